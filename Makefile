@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` (install + main job) and `make test` (install + tests).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3.11
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK := True
+export DO_NOT_TRACK := 1
+
+.PHONY: install run test serve lock clean
+
+install: $(VENV)/.installed
+
+# torch goes first, from its own pin: the lock leaves torch, nvidia-* and triton out so pip
+# keeps the CPU build instead of pulling ~2.7 GB of CUDA wheels (see STACK-NOTES).
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q -r requirements.lock 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import torch, mlflow, bentoml, prefect, great_expectations, dvc, transformers, mmcore"
+	touch $@
+
+run: install
+	$(PY) -m flows.retrain
+
+test: install
+	$(PY) -m pytest -q
+
+serve:
+	bentoml serve parcel-condition:latest --port 3000
+
+# Regenerate requirements.lock from requirements.in (needs uv: pip install uv).
+lock:
+	uv pip compile requirements.in -o requirements.lock.tmp --python-version 3.11 --no-header
+	grep -vE '^(torch|triton|nvidia-(cu|nccl|nvjitlink|nvshmem|nvtx)|cuda-)' requirements.lock.tmp > requirements.lock
+	rm requirements.lock.tmp
+
+clean:
+	rm -rf data/raw data/quarantine data/split data/cache artifacts reports/*.json mlflow.db mlartifacts .bentoml gx/uncommitted

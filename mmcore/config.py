@@ -1,0 +1,140 @@
+"""Typed views of `params.yaml`: one frozen dataclass per section.
+
+An unknown or missing key fails at load time, so a typo in params.yaml never
+silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CLASSES: tuple[str, ...] = ("normal", "damaged", "wet", "temperature_excursion", "tampered")
+SENSOR_CHANNELS: tuple[str, ...] = ("temperature_c", "humidity_pct", "shock_g", "light_lux")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    seed: int
+    batches: int
+    records_per_batch: int
+    image_size: int
+    label_noise: float
+    unlabelled_share: float
+    class_mix: dict[str, float]
+    p_image_missing: float
+    p_note_missing: float
+    p_note_empty: float
+    p_sensor_missing: float
+    p_chinese: float
+    p_image_evidence: float
+    p_note_evidence: float
+    p_sensor_evidence: float
+    hubs: list[str]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_bad_share: float
+    min_sensor_rows: int
+    max_sensor_rows: int
+    max_note_chars: int
+    max_image_bytes: int
+    max_image_pixels: int
+    shard_size: int
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    min_rows: int
+    max_missing_share: float
+    min_class_share: float
+    image_min_side: int
+    brightness_range: list[float]
+    sensor_temperature_range: list[float]
+    sensor_humidity_range: list[float]
+    sensor_shock_range: list[float]
+    sensor_light_range: list[float]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val_fraction: float
+    test_fraction: float
+    salt: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 160
+    text_max_tokens: int = 48
+    sensor_length: int = 128
+    width: int = 128
+    hidden: int = 256
+    dropout: float = 0.2
+    modality_dropout: float = 0.25
+    modalities: tuple[str, ...] = ("image", "text", "sensor")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    embed_batch_size: int
+    patience: int
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_macro_f1: float
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    experiment: str
+    model_name: str
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a config dataclass, refusing unknown keys with the section's name."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key(s) {sorted(unknown)} in params.yaml; "
+                         f"allowed: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class Params:
+    synth: SynthConfig
+    ingest: IngestConfig
+    validate: ValidateConfig
+    split: SplitConfig
+    model: ModelConfig
+    train: TrainConfig
+    gate: GateConfig
+    registry: RegistryConfig
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml into typed sections."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    hints = {"synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig,
+             "split": SplitConfig, "model": ModelConfig, "train": TrainConfig,
+             "gate": GateConfig, "registry": RegistryConfig}
+    if set(raw) != set(hints):
+        raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
+    built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}
+    return Params(**built, raw=raw)

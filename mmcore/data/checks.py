@@ -1,0 +1,149 @@
+"""Record rules of the landing contract (DESIGN §2).
+
+Each check either returns the normalised value or raises `Rejected` with a
+stable reason code, so ingest can quarantine a record with its reason instead
+of crashing or silently dropping it.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from mmcore.config import IngestConfig
+from mmcore.schema import LABELS, RECORD_FIELDS, RECORD_ID_RE, SENSOR_HEADER, Reason
+
+
+class Rejected(Exception):
+    """A record broke a rule; carries the reason code and a human-readable detail."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def check_fields(obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise Rejected(Reason.BAD_TYPE, f"a record must be a JSON object, got {type(obj).__name__}")
+    missing = [f for f in RECORD_FIELDS if f not in obj]
+    if missing:
+        raise Rejected(Reason.MISSING_FIELD, f"missing field(s) {missing}")
+    for name in ("record_id", "shipment_id", "captured_at", "hub"):
+        if not isinstance(obj[name], str) or not obj[name].strip():
+            raise Rejected(Reason.BAD_TYPE, f"{name} must be a non-empty string")
+    for name in ("image", "note", "sensor", "label"):
+        if obj[name] is not None and not isinstance(obj[name], str):
+            raise Rejected(Reason.BAD_TYPE, f"{name} must be a string or null")
+    if not RECORD_ID_RE.match(obj["record_id"]):
+        raise Rejected(Reason.BAD_RECORD_ID, f"record_id {obj['record_id'][:80]!r} breaks [A-Za-z0-9_-]{{1,64}}")
+    return obj
+
+
+def check_timestamp(value: str) -> str:
+    """ISO 8601 with a timezone, normalised to UTC so ordering is comparable across hubs."""
+    try:
+        ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"captured_at {value[:40]!r} is not ISO 8601") from exc
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"captured_at {value[:40]!r} has no timezone")
+    return ts.astimezone(timezone.utc).isoformat()
+
+
+def normalise_label(value: str | None) -> str | None:
+    """`Damaged` and ` damaged ` mean `damaged`; anything else outside the classes is refused."""
+    if value is None:
+        return None
+    label = value.strip().lower()
+    if label not in LABELS:
+        raise Rejected(Reason.UNKNOWN_LABEL, f"label {value[:40]!r} is not one of {sorted(LABELS)}")
+    return label
+
+
+def check_note(value: str | None, cfg: IngestConfig) -> str | None:
+    if value is None:
+        return None
+    if "\x00" in value:
+        raise Rejected(Reason.BAD_NOTE, "note contains NUL bytes")
+    if len(value) > cfg.max_note_chars:
+        raise Rejected(Reason.BAD_NOTE, f"note has {len(value)} chars, limit {cfg.max_note_chars}")
+    return value.replace("\r\n", "\n").strip()
+
+
+def safe_path(batch_dir: Path, rel: str) -> Path:
+    """Resolve a record's file inside its batch; anything leaving the batch is a rule violation."""
+    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel[:3]:
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} must be relative to the batch folder")
+    if ".." in Path(rel).parts:
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} leaves the batch folder")
+    root = batch_dir.resolve()
+    path = (batch_dir / rel).resolve()
+    if root not in path.parents:
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} resolves outside the batch folder")
+    if not path.is_file():
+        raise Rejected(Reason.MISSING_FILE, f"file {rel[:80]!r} does not exist")
+    return path
+
+
+def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
+    """Decode fully (not just the header) so truncated files are caught at ingest, not in training."""
+    if not data:
+        raise Rejected(Reason.BAD_IMAGE, "image file is empty")
+    if len(data) > cfg.max_image_bytes:
+        raise Rejected(Reason.IMAGE_TOO_LARGE, f"image has {len(data)} bytes, limit {cfg.max_image_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > cfg.max_image_pixels:
+                raise Rejected(Reason.IMAGE_TOO_LARGE,
+                               f"image is {img.width}x{img.height}, limit {cfg.max_image_pixels} pixels")
+            img.load()
+    except Rejected:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise Rejected(Reason.IMAGE_TOO_LARGE, f"decompression bomb refused: {exc}") from exc
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise Rejected(Reason.BAD_IMAGE, f"image does not decode: {type(exc).__name__}: {exc}") from exc
+    rgb = ImageOps.exif_transpose(img).convert("RGB")
+    return {"width": rgb.width, "height": rgb.height,
+            "brightness": float(np.asarray(rgb.convert("L"), dtype=np.float32).mean())}
+
+
+def check_sensor(data: bytes, cfg: IngestConfig) -> np.ndarray:
+    """Parse a sensor CSV into a (rows, 5) float32 array: header, count, finiteness and time order."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Rejected(Reason.BAD_SENSOR, "sensor file is not UTF-8") from exc
+    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
+    if not lines:
+        raise Rejected(Reason.BAD_SENSOR, "sensor file is empty")
+    header = tuple(h.strip() for h in lines[0].split(","))
+    if header != SENSOR_HEADER:
+        raise Rejected(Reason.BAD_SENSOR, f"sensor header {','.join(header)[:80]!r}, expected {','.join(SENSOR_HEADER)}")
+    rows = len(lines) - 1
+    if not cfg.min_sensor_rows <= rows <= cfg.max_sensor_rows:
+        raise Rejected(Reason.BAD_SENSOR, f"sensor has {rows} rows, allowed {cfg.min_sensor_rows}..{cfg.max_sensor_rows}")
+    try:
+        arr = np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]], dtype=np.float64)
+    except ValueError as exc:
+        raise Rejected(Reason.BAD_SENSOR, f"sensor value is not a number: {exc}") from exc
+    if arr.ndim != 2 or arr.shape[1] != len(SENSOR_HEADER):
+        raise Rejected(Reason.BAD_SENSOR, "sensor rows have the wrong number of columns")
+    if not np.isfinite(arr).all():
+        raise Rejected(Reason.BAD_SENSOR, "sensor has NaN or infinite values")
+    dt = np.diff(arr[:, 0])
+    if (dt <= 0).any():
+        raise Rejected(Reason.BAD_SENSOR, "sensor t_s is not strictly increasing")
+    if not math.isclose(float(dt.max()), float(dt.min()), rel_tol=0.05, abs_tol=1e-6):
+        raise Rejected(Reason.BAD_SENSOR, f"sensor rate is not fixed (steps {dt.min():g}..{dt.max():g} s)")
+    return arr.astype(np.float32)

@@ -1,0 +1,259 @@
+"""ingest: landing batches into the dataset of record, `data/raw/` (DESIGN §3.1).
+
+Accepted records become rows of `records.parquet` (normalised fields plus the
+profile that validation checks); image bytes and sensor arrays go into a few
+Parquet shards, never one file per record. Every rejected record is kept in the
+quarantine with its reason, and `landed == accepted + quarantined` is checked
+before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from mmcore.config import IngestConfig, load_params
+from mmcore.data.checks import (Rejected, check_fields, check_image, check_note, check_sensor,
+                                check_timestamp, normalise_label, safe_path)
+from mmcore.schema import SENSOR_HEADER, Reason
+
+CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@dataclass
+class Accepted:
+    row: dict[str, Any]
+    image: bytes | None
+    sensor: Any  # (rows, 5) float32 array or None
+
+
+@dataclass
+class BatchResult:
+    batch_id: str
+    landed: int = 0
+    accepted: list[Accepted] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+
+def ready_batches(landing: Path) -> list[Path]:
+    """Batches the producer has finished (`_SUCCESS` written last), in name order."""
+    if not landing.is_dir():
+        return []
+    return sorted(p for p in landing.iterdir() if p.is_dir() and (p / "_SUCCESS").is_file())
+
+
+def note_language(note: str | None) -> str:
+    if not note:
+        return "empty"
+    if CJK_RE.search(note):
+        return "zh"
+    return "en" if re.search(r"[A-Za-z]", note) else "other"
+
+
+def read_lines(path: Path) -> list[str]:
+    """records.jsonl as text lines; a BOM and CRLF line ends are tolerated."""
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    return [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
+
+
+def check_record(batch_dir: Path, obj: Any, cfg: IngestConfig) -> Accepted:
+    """All rules for one record; raises Rejected with the first rule it breaks."""
+    rec = check_fields(obj)
+    row: dict[str, Any] = {
+        "record_id": rec["record_id"], "shipment_id": rec["shipment_id"].strip(),
+        "captured_at": check_timestamp(rec["captured_at"]), "hub": rec["hub"].strip(),
+        "label": normalise_label(rec["label"]), "batch_id": batch_dir.name,
+    }
+    note = check_note(rec["note"], cfg)
+    image = sensor = None
+    if rec["image"] is not None:
+        image = safe_path(batch_dir, rec["image"]).read_bytes()
+        info = check_image(image, cfg)
+    if rec["sensor"] is not None:
+        sensor = check_sensor(safe_path(batch_dir, rec["sensor"]).read_bytes(), cfg)
+    if image is None and not note and sensor is None:
+        raise Rejected(Reason.NO_MODALITY, "record has no image, no note text and no sensor trace")
+    row.update(image_profile(image, info if image is not None else None))
+    row.update(note_profile(note))
+    row.update(sensor_profile(sensor))
+    digest = hashlib.sha256()
+    for part in (row["image_sha256"] or "", note or "", sensor.tobytes() if sensor is not None else b""):
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\x1f")
+    row["content_sha256"] = digest.hexdigest()
+    return Accepted(row, image, sensor)
+
+
+def image_profile(data: bytes | None, info: dict[str, Any] | None) -> dict[str, Any]:
+    if data is None or info is None:
+        return {"has_image": False, "image_width": None, "image_height": None,
+                "image_sha256": None, "image_brightness": None}
+    return {"has_image": True, "image_width": info["width"], "image_height": info["height"],
+            "image_sha256": hashlib.sha256(data).hexdigest(), "image_brightness": info["brightness"]}
+
+
+def note_profile(note: str | None) -> dict[str, Any]:
+    return {"has_note": bool(note), "note": note, "note_length": len(note or ""),
+            "note_lang": note_language(note)}
+
+
+def sensor_profile(arr: Any) -> dict[str, Any]:
+    if arr is None:
+        keys = ("temperature_min", "temperature_max", "humidity_min", "humidity_max", "shock_max", "light_max")
+        return {"has_sensor": False, "sensor_rows": None, "sensor_nan_count": None, **dict.fromkeys(keys)}
+    return {"has_sensor": True, "sensor_rows": int(arr.shape[0]), "sensor_nan_count": 0,
+            "temperature_min": float(arr[:, 1].min()), "temperature_max": float(arr[:, 1].max()),
+            "humidity_min": float(arr[:, 2].min()), "humidity_max": float(arr[:, 2].max()),
+            "shock_max": float(arr[:, 3].max()), "light_max": float(arr[:, 4].max())}
+
+
+def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason, detail: str,
+                     raw: str) -> dict[str, Any]:
+    return {"batch_id": batch_id, "line": line_no,
+            "record_id": record_id if isinstance(record_id, str) else None,
+            "reason": reason.value, "detail": detail, "raw": raw[:2000]}
+
+
+def ingest_batch(batch_dir: Path, cfg: IngestConfig, seen: set[str]) -> BatchResult:
+    """Check every line of one batch; `seen` carries record_ids across batches."""
+    result = BatchResult(batch_dir.name)
+    records_file = batch_dir / "records.jsonl"
+    lines = read_lines(records_file) if records_file.is_file() else []
+    for line_no, line in enumerate(lines, start=1):
+        result.landed += 1
+        obj: Any = None
+        try:
+            obj = json.loads(line)
+            acc = check_record(batch_dir, obj, cfg)
+            if acc.row["record_id"] in seen:
+                raise Rejected(Reason.DUPLICATE_RECORD_ID, f"record_id {acc.row['record_id']!r} seen before")
+        except json.JSONDecodeError as exc:
+            result.quarantined.append(quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_JSON, str(exc), line))
+            continue
+        except Rejected as rej:
+            rid = obj.get("record_id") if isinstance(obj, dict) else None
+            result.quarantined.append(quarantine_entry(batch_dir.name, line_no, rid, rej.reason, rej.detail, line))
+            continue
+        seen.add(acc.row["record_id"])
+        result.accepted.append(acc)
+    return result
+
+
+def reject_batch(result: BatchResult, share: float, limit: float) -> None:
+    """Too many bad records means the feed is broken: hold back its good records too."""
+    detail = f"batch bad share {share:.2f} exceeds ingest.max_bad_share {limit:.2f}"
+    for acc in result.accepted:
+        result.quarantined.append(quarantine_entry(result.batch_id, -1, acc.row["record_id"],
+                                                   Reason.BATCH_REJECTED, detail, ""))
+    result.accepted = []
+
+
+def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
+    """Write to a temp file beside the target, then rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_shards(accepted: list[Accepted], shard_dir: Path, shard_size: int) -> list[str]:
+    names = []
+    for start in range(0, len(accepted), shard_size):
+        chunk = accepted[start:start + shard_size]
+        name = f"part-{start // shard_size:05d}.parquet"
+        cols: dict[str, list[Any]] = {"record_id": [a.row["record_id"] for a in chunk],
+                                      "image": [a.image for a in chunk]}
+        for i, ch in enumerate(SENSOR_HEADER):
+            cols[ch] = [None if a.sensor is None else a.sensor[:, i].tolist() for a in chunk]
+        schema = pa.schema([("record_id", pa.string()), ("image", pa.binary()),
+                            *[(ch, pa.list_(pa.float32())) for ch in SENSOR_HEADER]])
+        table = pa.Table.from_pydict(cols, schema=schema)
+        write_atomic(shard_dir / name, lambda p, t=table: pq.write_table(t, p))
+        for a in chunk:
+            a.row["shard"] = name
+        names.append(name)
+    return names
+
+
+def add_unk_share(df: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
+    """Share of [UNK] tokens per note: shows when the text encoder cannot read a language."""
+    def share(note: Any) -> float:
+        if not isinstance(note, str) or not note:
+            return 0.0
+        ids = tokenizer(note, add_special_tokens=False)["input_ids"]
+        return sum(i == tokenizer.unk_token_id for i in ids) / max(len(ids), 1)
+    df["note_unk_share"] = df["note"].map(share).astype("float64")
+    return df
+
+
+def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
+           tokenizer: Any = None) -> dict[str, Any]:
+    """Rebuild data/raw from every finished landing batch; returns the accounting."""
+    seen: set[str] = set()
+    results = [ingest_batch(b, cfg, seen) for b in tqdm(ready_batches(landing), desc="ingest", unit="batch")]
+    batches = {}
+    for res in results:
+        share = len(res.quarantined) / res.landed if res.landed else 0.0
+        failed = share > cfg.max_bad_share
+        if failed:
+            reject_batch(res, share, cfg.max_bad_share)
+        batches[res.batch_id] = {"landed": res.landed, "accepted": len(res.accepted),
+                                 "quarantined": len(res.quarantined), "bad_share": round(share, 4),
+                                 "status": "rejected" if failed else "ok"}
+    accepted = [a for r in results for a in r.accepted]
+    quarantined = [q for r in results for q in r.quarantined]
+    landed = sum(r.landed for r in results)
+    if landed != len(accepted) + len(quarantined):
+        raise RuntimeError(f"accounting broken: landed {landed} != accepted {len(accepted)} "
+                           f"+ quarantined {len(quarantined)}; nothing was written")
+    if raw.exists():
+        shutil.rmtree(raw)
+    write_shards(accepted, raw / "shards", cfg.shard_size)
+    df = pd.DataFrame([a.row for a in accepted])
+    if tokenizer is not None and len(df):
+        df = add_unk_share(df, tokenizer)
+    write_atomic(raw / "records.parquet", lambda p: df.to_parquet(p, index=False))
+    write_atomic(quarantine / "records.jsonl", lambda p: p.write_text(
+        "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined), encoding="utf-8"))
+    return {"landed": landed, "accepted": len(accepted), "quarantined": len(quarantined),
+            "by_reason": dict(Counter(q["reason"] for q in quarantined)), "batches": batches}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Ingest landing batches into data/raw.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--landing", type=Path, required=True)
+    ap.add_argument("--raw", type=Path, required=True)
+    ap.add_argument("--quarantine", type=Path, required=True)
+    ap.add_argument("--report", type=Path, required=True)
+    args = ap.parse_args(argv)
+    from mmcore.encoders import load_tokenizer
+
+    summary = ingest(args.landing, args.raw, args.quarantine, load_params(args.params).ingest,
+                     tokenizer=load_tokenizer())
+    write_atomic(args.report, lambda p: p.write_text(json.dumps(summary, indent=2), encoding="utf-8"))
+    print(f"ingest: landed {summary['landed']} = accepted {summary['accepted']} "
+          f"+ quarantined {summary['quarantined']} {summary['by_reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The fused parcel-condition model: modality projections, missing embeddings, fusion head.
+
+The trained part works on frozen-encoder embeddings (image, text) and the raw
+resampled sensor trace. A model directory holds `weights.safetensors` and
+`config.json` (model config, label map, sensor statistics, encoder versions):
+loading it runs no pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmcore.config import CLASSES, ModelConfig
+from mmcore.encoders import IMAGE_DIM, TEXT_DIM, SensorEncoder
+
+MODALITIES: tuple[str, ...] = ("image", "text", "sensor")
+
+
+@dataclass
+class Batch:
+    """Model input; a modality's mask is 1 where it is present. Shapes in comments."""
+
+    image: torch.Tensor        # (B, 1280) frozen image embedding
+    text: torch.Tensor         # (B, 384) frozen text embedding
+    sensor: torch.Tensor       # (B, 4, L) normalised trace
+    mask: torch.Tensor         # (B, 3) presence of image, text, sensor
+
+    def to(self, device: str | torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
+
+
+class FusionModel(nn.Module):
+    """Concatenation fusion with a learned "missing" embedding per modality.
+
+    `cfg.modalities` restricts which inputs the model may see: a unimodal
+    baseline is the same class with one modality, so comparisons are fair.
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int = len(CLASSES)) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.proj = nn.ModuleDict({
+            "image": nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, w)),
+            "text": nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, w)),
+        })
+        self.sensor = SensorEncoder(4, w)
+        self.missing = nn.Parameter(torch.zeros(len(MODALITIES), w))
+        self.head = nn.Sequential(
+            nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(w * len(MODALITIES), cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, num_classes),
+        )
+        allowed = torch.tensor([m in cfg.modalities for m in MODALITIES], dtype=torch.float32)
+        self.register_buffer("allowed", allowed, persistent=False)
+
+    def effective_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Presence after restricting to allowed modalities and, in training, modality dropout."""
+        mask = mask.float() * self.allowed
+        if self.training and self.cfg.modality_dropout > 0:
+            keep = (torch.rand_like(mask) >= self.cfg.modality_dropout).float()
+            dropped = mask * keep
+            # never drop every present modality of a sample
+            mask = torch.where(dropped.sum(1, keepdim=True) > 0, dropped, mask)
+        return mask
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        mask = self.effective_mask(batch.mask)                           # (B, 3)
+        tokens = torch.stack([self.proj["image"](batch.image),
+                              self.proj["text"](batch.text),
+                              self.sensor(batch.sensor)], dim=1)         # (B, 3, w)
+        m = mask.unsqueeze(-1)
+        tokens = tokens * m + self.missing.unsqueeze(0) * (1 - m)        # (B, 3, w)
+        return self.head(tokens.flatten(1))                              # (B, C)
+
+
+@dataclass
+class ModelBundle:
+    """A trained head plus everything inference needs besides the frozen encoders."""
+
+    model: FusionModel
+    labels: list[str]
+    sensor_mean: np.ndarray
+    sensor_std: np.ndarray
+    encoders: dict[str, str]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path / "weights.safetensors"))
+        cfg = dataclasses.asdict(self.model.cfg)
+        cfg["modalities"] = list(cfg["modalities"])
+        meta = {"model": cfg, "labels": self.labels, "sensor_mean": self.sensor_mean.tolist(),
+                "sensor_std": self.sensor_std.tolist(), "encoders": self.encoders, "extra": self.extra}
+        (path / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelBundle":
+        meta = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        mcfg = dict(meta["model"])
+        mcfg["modalities"] = tuple(mcfg["modalities"])
+        model = FusionModel(ModelConfig(**mcfg), num_classes=len(meta["labels"]))
+        model.load_state_dict(load_file(str(Path(path) / "weights.safetensors")))
+        model.eval()
+        return cls(model, meta["labels"], np.asarray(meta["sensor_mean"], np.float32),
+                   np.asarray(meta["sensor_std"], np.float32), meta["encoders"], meta.get("extra", {}))

@@ -1,0 +1,73 @@
+"""The one preprocessing path, shared by training, evaluation and serving.
+
+Anything that turns a raw modality into model input lives here, so the bento
+and the training loop cannot drift apart (no training/serving skew).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from mmcore.config import SENSOR_CHANNELS
+
+# ImageNet-style EfficientNet-Lite input: RGB scaled to [-1, 1].
+IMAGE_MEAN = 0.5
+IMAGE_STD = 0.5
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Bytes to an upright RGB image (EXIF rotation applied, CMYK/alpha/16-bit/grey unified)."""
+    img = Image.open(io.BytesIO(data))
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+def image_to_array(img: Image.Image, size: int) -> np.ndarray:
+    """(3, size, size) float32 in [-1, 1]."""
+    arr = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    return ((arr - IMAGE_MEAN) / IMAGE_STD).transpose(2, 0, 1).copy()
+
+
+def prepare_image(data: bytes, size: int) -> np.ndarray:
+    return image_to_array(decode_image(data), size)
+
+
+def prepare_note(note: str | None) -> str | None:
+    """An empty or blank note carries no signal: treat it as the missing modality."""
+    if note is None:
+        return None
+    note = " ".join(note.split())
+    return note or None
+
+
+def sensor_features(t_s: np.ndarray, channels: np.ndarray, length: int) -> np.ndarray:
+    """Resample a trace to a fixed length; shock and light are log-scaled (heavy tails).
+
+    channels: (rows, 4) in SENSOR_CHANNELS order -> (4, length) float32.
+    """
+    t = np.asarray(t_s, dtype=np.float64)
+    x = np.asarray(channels, dtype=np.float64)
+    grid = np.linspace(t[0], t[-1], length) if len(t) > 1 else np.full(length, t[0])
+    out = np.stack([np.interp(grid, t, x[:, i]) for i in range(x.shape[1])])
+    # Interpolation would smooth away short shock spikes: keep each bin's max instead.
+    edges = np.searchsorted(t, np.linspace(t[0], t[-1], length + 1)[1:-1])
+    shock_bins = np.split(x[:, SENSOR_CHANNELS.index("shock_g")], edges)
+    out[2] = [b.max() if len(b) else np.nan for b in shock_bins]
+    out[2] = np.where(np.isnan(out[2]), np.interp(grid, t, x[:, 2]), out[2])
+    out[2] = np.log1p(np.clip(out[2], 0, None))
+    out[3] = np.log1p(np.clip(out[3], 0, None))
+    return out.astype(np.float32)
+
+
+def normalise_sensor(feats: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Per-channel standardisation with statistics stored in the model artifact."""
+    return ((feats - mean[:, None]) / std[:, None]).astype(np.float32)

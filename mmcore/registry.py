@@ -1,0 +1,89 @@
+"""MLflow tracking and registry: where every model came from, and which one is champion.
+
+Tracking defaults to a SQLite store in the project (`mlflow.db`, artifacts in
+`mlartifacts/`); `MLFLOW_TRACKING_URI` points it at a server instead.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the project store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path.cwd() / "mlartifacts").as_uri()
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return exp.experiment_id
+
+
+def client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_model(model_dir: Path, model_name: str) -> str:
+    """Log the model directory as a pyfunc (models from code) and register it; returns the version."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(PYFUNC_FILE), artifacts={"model_dir": str(model_dir)},
+        registered_model_name=model_name, pip_requirements=["mmcore", "torch", "transformers"])
+    version = str(info.registered_model_version)
+    client().set_registered_model_alias(model_name, CHALLENGER, version)
+    return version
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def download_model_dir(model_name: str, version: str, dst: Path | None = None) -> Path:
+    """The mmcore model directory (safetensors + JSON) of a registered version."""
+    import mlflow
+
+    dst = Path(dst or tempfile.mkdtemp(prefix="model-"))
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
+                                               dst_path=str(dst), tracking_uri=tracking_uri())
+    return Path(path) / "artifacts" / "model_dir"
+
+
+def promote(model_name: str, version: str) -> None:
+    """The single commit point of a release: move the champion alias."""
+    c = client()
+    c.set_registered_model_alias(model_name, CHAMPION, version)
+    c.set_model_version_tag(model_name, version, "gate", "promoted")
+
+
+def run_of(model_name: str, version: str) -> str:
+    return client().get_model_version(model_name, version).run_id

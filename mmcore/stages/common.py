@@ -1,0 +1,38 @@
+"""Small helpers the stage CLIs share: JSON reports, split loading, data version."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mmcore.data.ingest import write_atomic
+from mmcore.data.raw import load_records
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(Path(path), lambda p: p.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def split_records(raw: Path, splits: Path, name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records and labels of one split, in record_id order."""
+    table = pd.read_parquet(splits)
+    part = table[table["split"] == name]
+    _, records = load_records(raw, list(part["record_id"]))
+    return records, list(part["label"])
+
+
+def data_version(raw: Path, lock: Path = Path("dvc.lock")) -> str:
+    """The DVC hash of data/raw as recorded by the ingest stage; travels with each model."""
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get("ingest", {}).get("outs", []):
+            if Path(out["path"]) == Path(raw):
+                return str(out.get("md5", "unknown"))
+    return "unknown"
