@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mmcore.config import IngestConfig, load_params
 from mmcore.data.checks import (Rejected, check_fields, check_image, check_note, check_sensor,
                                 check_timestamp, normalise_label, safe_path)
-from mmcore.schema import SENSOR_HEADER, Reason
+from mmcore.schema import PROFILE_COLUMNS, SENSOR_HEADER, Reason
 
 CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -227,9 +227,9 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
     if raw.exists():
         shutil.rmtree(raw)
     write_shards(accepted, raw / "shards", cfg.shard_size)
-    df = pd.DataFrame([a.row for a in accepted])
-    if tokenizer is not None and len(df):
-        df = add_unk_share(df, tokenizer)
+    df = pd.DataFrame([a.row for a in accepted], columns=[c for c in PROFILE_COLUMNS if c != "note_unk_share"])
+    df = add_unk_share(df, tokenizer) if tokenizer is not None else df.assign(note_unk_share=0.0)
+    df = df.astype(PROFILE_COLUMNS)[list(PROFILE_COLUMNS)]
     write_atomic(raw / "records.parquet", lambda p: df.to_parquet(p, index=False))
     write_atomic(quarantine / "records.jsonl", lambda p: p.write_text(
         "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined), encoding="utf-8"))

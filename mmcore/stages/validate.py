@@ -1,0 +1,400 @@
+"""Validate stage (DESIGN §3.2): a Great Expectations suite over the raw profile table.
+
+Why GX and not asserts: the suite, its results and the Data Docs HTML are
+artifacts a person can open when the nightly run stops. Every expectation carries
+GX's own `severity` field: a `critical` one that fails is a hard failure (reported
+as "error"; the pipeline stops, exit 1), a `warning` that fails is reported and
+the run goes on. Range checks where one odd record is
+plausible come in two tiers: a strict warning, and an error with `mostly`, so a
+couple of outliers warn and a systematic break fails.
+
+CLI: python -m mmcore.stages.validate --params params.yaml --raw data/raw \
+         --gx gx --report reports/validation.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+
+from mmcore.config import CLASSES, ValidateConfig, load_params
+from mmcore.schema import NOTE_LANGS, PROFILE_COLUMNS, RECORD_ID_RE
+from mmcore.stages.common import write_json
+
+log = logging.getLogger(__name__)
+
+SUITE_NAME = "parcel_profile"
+DATASOURCE_NAME = "parcel_raw"
+ASSET_NAME = "profile_table"
+BATCH_DEFINITION_NAME = "whole_table"
+VALIDATION_NAME = "parcel_profile_validation"
+CHECKPOINT_NAME = "parcel_profile_checkpoint"
+ERROR, WARNING = "error", "warning"   # summary vocabulary
+GX_SEVERITY = {ERROR: "critical", WARNING: "warning"}  # GX 1.x FailureSeverity values
+UNK_SHARE_WARN = 0.3          # above this the English tokenizer cannot read a language
+ERROR_MOSTLY = 0.95           # error tier of a two-tier check: >5% bad rows is systematic
+MISSING_PREFIX, SHARE_PREFIX = "missing_", "label_share_"
+MODALITIES = ("image", "note", "sensor")
+# Record contract of DESIGN §2 (ingest quarantines outside it; ValidateConfig has no keys
+# for it, so the values live here and a mismatch with params `ingest:` is a hard failure).
+SENSOR_ROWS_RANGE = (30, 5000)
+MAX_NOTE_CHARS = 10_000
+
+
+# --------------------------------------------------------------------------- suite
+
+
+def _exp(cls: type, severity: str, **kwargs: Any) -> Any:
+    """One expectation, tagged with the severity that decides if the pipeline stops."""
+    return cls(severity=GX_SEVERITY[severity], **kwargs)
+
+
+def _tiered(cls: type, **kwargs: Any) -> list[Any]:
+    """Strict check that only warns + the same check with `mostly` that fails hard."""
+    return [_exp(cls, WARNING, **kwargs), _exp(cls, ERROR, mostly=ERROR_MOSTLY, **kwargs)]
+
+
+def _record_expectations(gxe: Any) -> list[Any]:
+    """Contract of DESIGN §2 that ingest should already enforce: a break here is a bug."""
+    rid = "record_id"
+    return [
+        _exp(gxe.ExpectTableColumnsToMatchSet, ERROR, column_set=list(PROFILE_COLUMNS),
+             exact_match=False),
+        _exp(gxe.ExpectColumnValuesToNotBeNull, ERROR, column=rid),
+        _exp(gxe.ExpectColumnValuesToBeUnique, ERROR, column=rid),
+        _exp(gxe.ExpectColumnValuesToMatchRegex, ERROR, column=rid, regex=RECORD_ID_RE.pattern),
+        _exp(gxe.ExpectColumnValuesToBeInSet, ERROR, column="label", value_set=list(CLASSES)),
+        _exp(gxe.ExpectColumnValuesToNotBeNull, ERROR, column="note_lang"),
+        _exp(gxe.ExpectColumnValuesToBeInSet, ERROR, column="note_lang",
+             value_set=list(NOTE_LANGS)),
+        _exp(gxe.ExpectColumnValuesToBeBetween, ERROR, column="note_length",
+             min_value=0, max_value=MAX_NOTE_CHARS),
+    ]
+
+
+def _image_expectations(gxe: Any, cfg: ValidateConfig) -> list[Any]:
+    """A few tiny or black photos happen; many mean a broken scanner."""
+    from great_expectations.expectations.row_conditions import Column
+
+    has_image = Column("has_image") == True  # noqa: E712  (builds a GX condition)
+    out: list[Any] = []
+    for col in ("image_width", "image_height"):
+        out += _tiered(gxe.ExpectColumnValuesToBeBetween, column=col,
+                       min_value=cfg.image_min_side, row_condition=has_image)
+    lo, hi = cfg.brightness_range
+    out += _tiered(gxe.ExpectColumnValuesToBeBetween, column="image_brightness",
+                   min_value=lo, max_value=hi)
+    return out
+
+
+def _sensor_expectations(gxe: Any, cfg: ValidateConfig) -> list[Any]:
+    """Readings outside the tracker's physical range are unit or firmware bugs: hard."""
+    ranges = {
+        ("temperature_min", "temperature_max"): cfg.sensor_temperature_range,
+        ("humidity_min", "humidity_max"): cfg.sensor_humidity_range,
+        ("shock_max",): cfg.sensor_shock_range,
+        ("light_max",): cfg.sensor_light_range,
+    }
+    out = [_exp(gxe.ExpectColumnValuesToBeBetween, ERROR, column="sensor_rows",
+                min_value=SENSOR_ROWS_RANGE[0], max_value=SENSOR_ROWS_RANGE[1])]
+    for cols, (lo, hi) in ranges.items():
+        out += [_exp(gxe.ExpectColumnValuesToBeBetween, ERROR, column=c,
+                     min_value=lo, max_value=hi) for c in cols]
+    out += _tiered(gxe.ExpectColumnValuesToBeBetween, column="sensor_nan_count",
+                   min_value=0, max_value=0)
+    return out
+
+
+def _batch_expectations(gxe: Any, cfg: ValidateConfig) -> list[Any]:
+    """Whole-table checks on the derived columns added by `_gx_frame`."""
+    out = [_exp(gxe.ExpectTableRowCountToBeBetween, ERROR, min_value=cfg.min_rows)]
+    out += [_exp(gxe.ExpectColumnMeanToBeBetween, ERROR, column=f"{MISSING_PREFIX}{m}",
+                 min_value=0.0, max_value=cfg.max_missing_share) for m in MODALITIES]
+    out += [_exp(gxe.ExpectColumnMeanToBeBetween, ERROR, column=f"{SHARE_PREFIX}{c}",
+                 min_value=cfg.min_class_share, max_value=1.0) for c in CLASSES]
+    return out
+
+
+def build_suite(cfg: ValidateConfig) -> Any:
+    """The `parcel_profile` suite, rebuilt from params every run so code is the source."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    expectations = (_record_expectations(gxe) + _image_expectations(gxe, cfg)
+                    + _sensor_expectations(gxe, cfg) + _batch_expectations(gxe, cfg))
+    return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations,
+                               meta={"built_by": "mmcore.stages.validate",
+                                     "validate_params": asdict(cfg)})
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _gx_frame(profile: pd.DataFrame) -> pd.DataFrame:
+    """Profile plus 0/1 columns whose means are the batch-level shares GX checks.
+
+    GX has no "share of rows where" expectation; a mean over a derived column is one.
+    Class shares are NaN on unlabelled rows, so their mean is over labelled rows.
+    """
+    frame = profile.copy()
+    for m in MODALITIES:
+        if f"has_{m}" in frame:
+            present = frame[f"has_{m}"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+            frame[f"{MISSING_PREFIX}{m}"] = (~present).astype(float)
+    if "label" in frame:
+        labelled = frame["label"].notna().to_numpy()
+        for c in CLASSES:
+            is_c = (frame["label"] == c).astype("boolean").fillna(False).to_numpy(dtype=float)
+            frame[f"{SHARE_PREFIX}{c}"] = np.where(labelled, is_c, np.nan)
+    return frame
+
+
+def unk_share_by_lang(profile: pd.DataFrame) -> dict[str, float | None]:
+    """Mean [UNK] token share per note language (English MiniLM tokenizer)."""
+    if not {"note_lang", "note_unk_share"} <= set(profile.columns):
+        return {}
+    means = profile.groupby("note_lang", dropna=True)["note_unk_share"].mean()
+    return {str(k): (None if pd.isna(v) else round(float(v), 4)) for k, v in means.items()}
+
+
+def _unk_warnings(shares: dict[str, float | None]) -> list[str]:
+    """Tell the user in words which languages the text encoder effectively cannot read."""
+    return [f"note_lang={lang}: mean [UNK] token share {s:.2f} > {UNK_SHARE_WARN}: the "
+            f"English MiniLM text encoder cannot read these notes; use a multilingual "
+            f"text model for them" for lang, s in sorted(shares.items())
+            if s is not None and s > UNK_SHARE_WARN]
+
+
+# --------------------------------------------------------------------------- GX context
+
+
+def _context(gx_root: Path) -> Any:
+    """File context in gx_root itself (gx_root holds great_expectations.yml), bars off."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    gx_root.mkdir(parents=True, exist_ok=True)
+    ctx = gx.get_context(mode="file", context_root_dir=str(gx_root))
+    bars = ctx.variables.progress_bars
+    if bars is None or bars.get("globally", True) or bars.get("metric_calculations", True):
+        # tqdm "Calculating Metrics" bars flood CI logs; persisted in great_expectations.yml.
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False,
+                                                         metric_calculations=False)
+        ctx.variables.save()
+    _ignore_uncommitted(gx_root)
+    return ctx
+
+
+def _ignore_uncommitted(gx_root: Path) -> None:
+    """GX scaffolds gx/.gitignore with uncommitted/ (run history, Data Docs, secrets);
+    make sure it stays there even if the folder was created by hand or the file edited."""
+    gitignore = gx_root / ".gitignore"
+    text = gitignore.read_text(encoding="utf-8") if gitignore.is_file() else ""
+    if "uncommitted/" not in text.split():
+        head = text.rstrip("\n") + "\n" if text.strip() else ""
+        gitignore.write_text(head + "uncommitted/\n", encoding="utf-8")
+
+
+def _batch_definition(ctx: Any) -> Any:
+    """Pandas datasource -> dataframe asset -> whole-frame batch; get-or-add, never dup."""
+    try:
+        ds = ctx.data_sources.get(DATASOURCE_NAME)
+    except KeyError:
+        ds = ctx.data_sources.add_pandas(name=DATASOURCE_NAME)
+    try:
+        asset = ds.get_asset(ASSET_NAME)
+    except LookupError:
+        asset = ds.add_dataframe_asset(name=ASSET_NAME)
+    try:
+        return asset.get_batch_definition(BATCH_DEFINITION_NAME)
+    except KeyError:
+        return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION_NAME)
+
+
+def _checkpoint(ctx: Any, cfg: ValidateConfig) -> Any:
+    """Suite, validation definition and checkpoint, add-or-update so reruns are idempotent."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    # checkpoints.add_or_update cascades to the validation definition and the suite
+    # (each add_or_update by name); calling all three would rewrite the suite 3 times.
+    vd = gx.ValidationDefinition(name=VALIDATION_NAME, data=_batch_definition(ctx),
+                                 suite=build_suite(cfg))
+    return ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name=CHECKPOINT_NAME, validation_definitions=[vd], result_format="SUMMARY",
+        actions=[UpdateDataDocsAction(name="update_data_docs")]))
+
+
+def _docs_index(ctx: Any, gx_root: Path) -> str:
+    """Path of the local Data Docs index.html, relative to cwd when it lies below it."""
+    urls = [u.get("site_url") for u in ctx.get_docs_sites_urls() if u.get("site_url")]
+    path = (Path(unquote(urlparse(urls[0]).path)) if urls
+            else gx_root / "uncommitted" / "data_docs" / "local_site" / "index.html")
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars, sets and NaN -> plain JSON (NaN becomes null)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in (sorted(obj, key=str) if isinstance(obj, set) else obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return None if obj is pd.NA else str(obj)
+
+
+def _exception_messages(info: dict) -> list[str]:
+    """GX 1.x keeps exceptions flat, or per metric id when a metric failed to compute."""
+    infos = [info] if "raised_exception" in info else list(info.values())
+    return sorted({str(i.get("exception_message")) for i in infos
+                   if isinstance(i, dict) and str(i.get("raised_exception")) == "True"})
+
+
+def _observed(res: Any) -> Any:
+    """What GX saw: the aggregate value, the unexpected rows, or the exception."""
+    errors = _exception_messages(res.exception_info or {})
+    if errors:
+        return {"exception": "; ".join(errors)}
+    result = res.result or {}
+    mismatched = (result.get("details") or {}).get("mismatched")
+    if mismatched:  # column-set check: extra (derived) columns are allowed, missing are not
+        return _jsonable({"missing_columns": mismatched.get("missing", [])})
+    if "observed_value" in result:
+        return _jsonable(result["observed_value"])
+    keys = ("element_count", "unexpected_count", "unexpected_percent", "partial_unexpected_list")
+    out = {k: result[k] for k in keys if k in result}
+    if "partial_unexpected_list" in out:
+        out["partial_unexpected_list"] = out["partial_unexpected_list"][:5]
+    return _jsonable(out)
+
+
+def _row(res: Any) -> dict[str, Any]:
+    """One expectation result as a flat JSON-able dict."""
+    conf = res.expectation_config
+    gx_severity = str(getattr(conf.severity, "value", conf.severity))
+    severity = ERROR if gx_severity == GX_SEVERITY[ERROR] else gx_severity
+    return {"expectation": conf.type, "column": conf.kwargs.get("column", "(table)"),
+            "success": bool(res.success), "severity": severity,
+            "mostly": conf.kwargs.get("mostly", 1.0), "observed": _observed(res)}
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """Human line for a failed expectation: type(column) and what was observed."""
+    obs = row["observed"]
+    if isinstance(obs, dict) and "exception" in obs:
+        obs = f"error: {obs['exception']}"
+    elif isinstance(obs, dict) and "unexpected_count" in obs:
+        pct = obs.get("unexpected_percent") or 0.0
+        obs = (f"{obs['unexpected_count']} unexpected ({pct:.1f}%), "
+               f"e.g. {obs.get('partial_unexpected_list', [])[:3]}")
+    mostly = f", mostly={row['mostly']}" if row["mostly"] != 1.0 else ""
+    return f"{row['expectation']}({row['column']}{mostly}): observed {obs}"
+
+
+def summarize(rows: list[dict[str, Any]], profile: pd.DataFrame, docs: str) -> dict[str, Any]:
+    """The stage's JSON summary; severity of each failed expectation decides success."""
+    failed = [r for r in rows if not r["success"]]
+    hard = [_describe(r) for r in failed if r["severity"] == ERROR]
+    shares = unk_share_by_lang(profile)
+    warns = [_describe(r) for r in failed if r["severity"] != ERROR] + _unk_warnings(shares)
+    return {"success": not hard, "hard_failures": hard, "warnings": warns,
+            "evaluated": len(rows), "successful": len(rows) - len(failed),
+            "rows": int(len(profile)), "unk_share_by_lang": shares,
+            "data_docs": docs, "results": rows}
+
+
+def run_validation(profile: pd.DataFrame, cfg: ValidateConfig, gx_root: Path) -> dict:
+    """Validate the profile table with GX, build Data Docs, return the JSON-able summary."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    ctx = _context(Path(gx_root))
+    result = _checkpoint(ctx, cfg).run(batch_parameters={"dataframe": _gx_frame(profile)})
+    rows = sorted((_row(r) for suite_result in result.run_results.values()
+                   for r in suite_result.results),
+                  key=lambda r: (r["column"], r["expectation"], r["severity"]))
+    return summarize(rows, profile, _docs_index(ctx, Path(gx_root)))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _paragraph(summary: dict[str, Any], seconds: float) -> str:
+    """One paragraph for logs; on failure it names the checks and the next step."""
+    unk = ", ".join(f"{k} {v:.2f}" for k, v in summary["unk_share_by_lang"].items()
+                    if v is not None) or "n/a"
+    parts = [f"validate: {'PASSED' if summary['success'] else 'FAILED'}: "
+             f"{summary['successful']}/{summary['evaluated']} expectations met on "
+             f"{summary['rows']} rows in {seconds:.1f}s; {len(summary['hard_failures'])} hard "
+             f"failure(s), {len(summary['warnings'])} warning(s); note [UNK] share: {unk}."]
+    if summary["warnings"]:
+        parts.append("Warnings: " + "; ".join(summary["warnings"]) + ".")
+    if summary["hard_failures"]:
+        parts.append(
+            "Hard failures, pipeline stopped: " + "; ".join(summary["hard_failures"]) + ". "
+            "Next: open the Data Docs below to see the failing values. A record-level rule "
+            "(ids, labels, ranges) means ingest let bad records through: fix ingest or the "
+            "producer and re-ingest; a table-level rule (row count, class mix, missing "
+            "modalities) means the data changed: check the landing batches. If the threshold "
+            "itself is wrong, change `validate:` in params.yaml. Then re-run `dvc repro`.")
+    parts.append(f"Data Docs: {summary['data_docs']}.")
+    return " ".join(parts)
+
+
+def _crash_summary(message: str) -> dict[str, Any]:
+    """Summary for a run that could not validate at all (missing input, GX error)."""
+    return {"success": False, "hard_failures": [message], "warnings": [], "evaluated": 0,
+            "successful": 0, "rows": 0, "unk_share_by_lang": {}, "data_docs": None,
+            "results": []}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mmcore.stages.validate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--raw", type=Path, default=Path("data/raw"))
+    p.add_argument("--gx", type=Path, default=Path("gx"))
+    p.add_argument("--report", type=Path, default=Path("reports/validation.json"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage; the report is written on every outcome, exit 1 on a hard failure."""
+    args = _parse(argv)
+    cfg = load_params(args.params).validate
+    table = args.raw / "records.parquet"
+    start = time.perf_counter()
+    if not table.is_file():
+        summary = _crash_summary(f"{table} not found: run the ingest stage first")
+    else:
+        try:
+            summary = run_validation(pd.read_parquet(table), cfg, args.gx)
+        except Exception as exc:  # the report must exist even when GX itself breaks
+            log.exception("validation could not run")
+            summary = _crash_summary(f"validation could not run: {type(exc).__name__}: {exc}")
+    write_json(args.report, summary)  # atomic: split (next stage) never reads half a file
+    text = _paragraph(summary, time.perf_counter() - start) + f" Report: {args.report}"
+    print(text, file=sys.stdout if summary["success"] else sys.stderr)
+    return 0 if summary["success"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""End to end on a tiny generated set: the Prefect flow runs the dvc.yaml graph, a second
+`dvc repro` is a no-op, and the built bento answers real and malformed records over HTTP."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from mmcore.config import CLASSES
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+TINY = {"synth": {"batches": 3, "records_per_batch": 50},
+        "train": {"epochs": 12, "patience": 12},
+        "validate": {"min_rows": 20},
+        "gate": {"min_macro_f1": 0.2}}
+
+
+def env_for(ws: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BENTOML_", "PREFECT_"))}
+    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", BENTOML_HOME=str(ws / ".bentoml"),
+               PREFECT_HOME=str(ws / ".prefect"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               BENTOML_DO_NOT_TRACK="True", DO_NOT_TRACK="1")
+    return env
+
+
+def make_workspace(ws: Path) -> None:
+    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements.lock"):
+        shutil.copy(ROOT / name, ws / name)
+    shutil.copytree(ROOT / "mmcore", ws / "mmcore", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([BIN / "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
+
+
+def run(cmd: list, ws: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], cwd=ws, env=env_for(ws), text=True,
+                          capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def landing_records(ws: Path, n: int) -> list[dict]:
+    """Records of the first landing batch in the API format of DESIGN §5."""
+    bdir = sorted((ws / "data" / "landing").iterdir())[0]
+    out = []
+    for line in (bdir / "records.jsonl").read_text().splitlines()[:n]:
+        rec = json.loads(line)
+        item = {"record_id": rec["record_id"], "note": rec["note"]}
+        if rec["image"]:
+            item["image"] = base64.b64encode((bdir / rec["image"]).read_bytes()).decode()
+        if rec["sensor"]:
+            arr = np.loadtxt(bdir / rec["sensor"], delimiter=",", skiprows=1, ndmin=2)
+            item["sensor"] = {c: arr[:, i].tolist() for i, c in
+                              enumerate(["t_s", "temperature_c", "humidity_pct", "shock_g", "light_lux"])}
+        out.append(item)
+    return out
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    make_workspace(ws)
+    run([sys.executable, "-m", "flows.retrain"], ws)
+    return ws
+
+
+def test_pipeline_leaves_reports_champion_and_bento(workspace: Path) -> None:
+    rep = {n: json.loads((workspace / "reports" / f"{n}.json").read_text())
+           for n in ("ingest", "validation", "metrics", "gate", "package")}
+    assert rep["ingest"]["landed"] == 150 == rep["ingest"]["accepted"] + rep["ingest"]["quarantined"]
+    assert rep["validation"]["success"] is True
+    assert set(rep["metrics"]["per_class"]) == set(CLASSES)
+    assert set(rep["metrics"]["unimodal_macro_f1"]) == {"image", "text", "sensor"}
+    assert 0.0 <= rep["metrics"]["macro_f1"] <= 1.0
+    assert rep["gate"]["promoted"] is True and rep["gate"]["champion_version"] == 1
+    assert rep["package"]["bento"] == "parcel-condition:v1"
+
+
+def test_second_repro_runs_nothing(workspace: Path) -> None:
+    proc = run([BIN / "dvc", "repro"], workspace)
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert "up to date" in proc.stdout.lower()
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path):
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "parcel-condition:latest", "--port", str(port),
+                             "--host", "127.0.0.1"], cwd=workspace, env=env_for(workspace),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "bentoml serve exited"
+            time.sleep(1)
+        else:
+            pytest.fail("bento did not become ready in 180 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
+    records = landing_records(workspace, 8)
+    records[0].pop("image", None)
+    records[1]["note"] = None
+    records[2].pop("sensor", None)
+    resp = httpx.post(f"{server}/predict", json={"records": records}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()
+    assert [p["record_id"] for p in preds] == [r["record_id"] for r in records]
+    for p in preds:
+        assert p["label"] in CLASSES and p["model_version"] == "1"
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+    assert "image" not in preds[0]["modalities"] and "sensor" not in preds[2]["modalities"]
+
+    from mmcore.predict import load_model
+    from service import Record, to_mmcore
+
+    local = load_model(workspace / "artifacts" / "model").predict([to_mmcore(Record(**r)) for r in records])
+    for p, q in zip(preds, local):
+        for c in CLASSES:
+            assert abs(p["probabilities"][c] - q["probabilities"][c]) < 1e-5
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"records": [{"note": "ok", "image": "%%%not-base64"}]}, "image"),
+    ({"records": [{"note": "ok", "image": base64.b64encode(b"not an image").decode()}]}, "image"),
+    ({"records": [{"sensor": {"temperature_c": [1, 2], "humidity_pct": [1], "shock_g": [1, 2],
+                               "light_lux": [0, 0]}}]}, "sensor"),
+    ({"records": [{"note": 123}]}, "note"),
+    ({"records": [{"note": "x", "colour": "red"}]}, "colour"),
+    ({"records": []}, "records"),
+    ({"rows": []}, "records"),
+    ({"records": [{"note": "   "}]}, "modality"),
+])
+def test_malformed_requests_get_4xx_naming_the_field(server: str, body: dict, field: str) -> None:
+    resp = httpx.post(f"{server}/predict", json=body, timeout=30)
+    assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
+    assert field in resp.text
