@@ -25,12 +25,10 @@ def setup(experiment: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
+    if mlflow.get_experiment_by_name(experiment) is None:
         location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path.cwd() / "mlartifacts").as_uri()
-        return mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
-    return exp.experiment_id
+        mlflow.create_experiment(experiment, artifact_location=location)
+    return mlflow.set_experiment(experiment).experiment_id
 
 
 def client() -> Any:
@@ -75,7 +73,10 @@ def download_model_dir(model_name: str, version: str, dst: Path | None = None) -
     dst = Path(dst or tempfile.mkdtemp(prefix="model-"))
     path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
                                                dst_path=str(dst), tracking_uri=tracking_uri())
-    return Path(path) / "artifacts" / "model_dir"
+    found = sorted((Path(path) / "artifacts").glob("*/config.json"))
+    if not found:
+        raise FileNotFoundError(f"version {version} of {model_name} holds no mmcore model directory")
+    return found[0].parent
 
 
 def promote(model_name: str, version: str) -> None:

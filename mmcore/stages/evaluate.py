@@ -32,6 +32,21 @@ def champion_scores(model_name: str, challenger: str, feat: Featurizer, records:
     return {"version": int(version), **scores}
 
 
+def log_metrics(run_id: str, metrics: dict[str, Any], report: Path) -> None:
+    """Test-set numbers onto the training run, in one batch."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from mmcore import registry
+
+    now = int(time.time() * 1000)
+    values = {"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"],
+              **{f"test_macro_f1_{m}_only": v for m, v in metrics["unimodal_macro_f1"].items()}}
+    registry.client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
+    registry.client().log_artifact(run_id, str(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Score challenger, baselines and champion on the gate set.")
     ap.add_argument("--params", default="params.yaml")
@@ -57,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics["model_version"] = int(trained["model_version"])
     metrics["champion"] = champion_scores(p.registry.model_name, trained["model_version"], feat, records, y)
     write_json(args.out, metrics)
-    import mlflow
-
-    with mlflow.start_run(run_id=trained["run_id"]):
-        mlflow.log_metrics({"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"],
-                            **{f"test_macro_f1_{m}_only": v for m, v in metrics["unimodal_macro_f1"].items()}})
-        mlflow.log_artifact(str(args.out))
+    log_metrics(trained["run_id"], metrics, args.out)
     print(f"evaluate: fused macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}, "
           f"unimodal {metrics['unimodal_macro_f1']}, champion "
           f"{metrics['champion']['macro_f1'] if metrics['champion'] else None}")

@@ -1,0 +1,1 @@
+"""Data: the synthetic landing-batch generator, ingest, profiles, datasets."""

@@ -1,0 +1,63 @@
+"""One preprocessing path: a record read back from data/raw and the same record sent to the
+service as JSON (base64 image, sensor arrays) become identical model inputs."""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmcore.config import ModelConfig
+from mmcore.data.ingest import ingest
+from mmcore.data.raw import load_records
+from mmcore.features import Featurizer
+from mmcore.preprocess import decode_image, prepare_image, prepare_note
+from service import Record, to_mmcore
+from tests.conftest import good_files, record, write_batch
+
+
+def test_raw_and_served_records_give_identical_inputs(tmp_path: Path, ingest_cfg) -> None:
+    files = {**good_files("a"), **good_files("b")}
+    bdir = write_batch(tmp_path / "landing", "b1", [record("a"), record("b", note="  wet   box ")], files)
+    ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg)
+    _, raw_records = load_records(tmp_path / "raw")
+    served = []
+    for rid, note in (("a", "corner crushed"), ("b", "  wet   box ")):
+        arr = np.loadtxt(bdir / "sensors" / f"{rid}.csv", delimiter=",", skiprows=1)
+        sensor = {c: arr[:, i].tolist() for i, c in
+                  enumerate(["t_s", "temperature_c", "humidity_pct", "shock_g", "light_lux"])}
+        image = base64.b64encode((bdir / "images" / f"{rid}.jpg").read_bytes()).decode()
+        served.append(to_mmcore(Record(note=note, image=image, sensor=sensor)))
+    feat = Featurizer(ModelConfig(sensor_length=32))
+    np.testing.assert_allclose(feat.sensors(raw_records)[0], feat.sensors(served)[0], rtol=1e-6, atol=1e-6)
+    for r, s in zip(raw_records, served):
+        assert r["image"] == s["image"]
+        np.testing.assert_array_equal(prepare_image(r["image"], 64), prepare_image(s["image"], 64))
+        assert prepare_note(r["note"]) == prepare_note(s["note"])
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16"])
+def test_any_image_mode_becomes_rgb(mode: str) -> None:
+    img = Image.new("RGB", (40, 30), (200, 100, 50)).convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 3000)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG" if mode in ("RGBA", "P", "I;16") else "JPEG" if mode != "L" else "PNG")
+    out = decode_image(buf.getvalue())
+    assert out.mode == "RGB" and out.size == (40, 30)
+    assert prepare_image(buf.getvalue(), 32).shape == (3, 32, 32)
+
+
+def test_exif_rotation_is_applied() -> None:
+    img = Image.new("RGB", (60, 20), (10, 20, 30))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90° on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    assert decode_image(buf.getvalue()).size == (20, 60)
+
+
+def test_blank_note_is_missing() -> None:
+    assert prepare_note("   ") is None and prepare_note(None) is None
+    assert prepare_note(" corner\ncrushed ") == "corner crushed"
