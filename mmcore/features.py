@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from mmcore.config import SENSOR_CHANNELS, ModelConfig
-from mmcore.encoders import IMAGE_DIM, TEXT_DIM
+from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.model import Batch
 from mmcore.preprocess import normalise_sensor, prepare_image, prepare_note, sensor_features
 
@@ -64,9 +64,10 @@ def image_key(data: bytes) -> str:
 class Featurizer:
     """Frozen encoders + cache; builds `Batch`es for a model bundle's sensor statistics."""
 
-    def __init__(self, cfg: ModelConfig, cache_dir: Path | None = None, device: str = "cpu",
+    def __init__(self, cfg: ModelConfig, cache_dir: Path | None = None, device: str | None = None,
                  batch_size: int = 32, progress: bool = False) -> None:
-        self.cfg, self.device, self.batch_size, self.progress = cfg, device, batch_size, progress
+        self.cfg, self.batch_size, self.progress = cfg, batch_size, progress
+        self.device = device or default_device()
         self._image_enc: Any = None
         self._text_enc: Any = None
         self.cache_dir = cache_dir
@@ -105,11 +106,12 @@ class Featurizer:
         steps = range(0, len(todo), self.batch_size)
         for start in tqdm(steps, desc=f"embed {kind}", unit="batch", disable=not self.progress or not todo):
             keys = todo[start:start + self.batch_size]
-            if kind == "image":
-                x = torch.from_numpy(np.stack([prepare_image(items[k], self.cfg.image_size) for k in keys]))
-                emb = self.image_encoder()(x.to(self.device))
-            else:
-                emb = self.text_encoder()([items[k] for k in keys])
+            with autocast(self.device):
+                if kind == "image":
+                    x = torch.from_numpy(np.stack([prepare_image(items[k], self.cfg.image_size) for k in keys]))
+                    emb = self.image_encoder()(x.to(self.device))
+                else:
+                    emb = self.text_encoder()([items[k] for k in keys])
             cache.put(keys, emb.float().cpu().numpy())
             self.embedded[kind] += len(keys)
 

@@ -21,6 +21,7 @@ class Reason(str, Enum):
     """Why a record was quarantined. Codes are stable: reports and alerts key on them."""
 
     BAD_JSON = "bad_json"
+    BAD_ENCODING = "bad_encoding"
     MISSING_FIELD = "missing_field"
     BAD_TYPE = "bad_type"
     BAD_RECORD_ID = "bad_record_id"

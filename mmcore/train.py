@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmcore.config import CLASSES, ModelConfig, TrainConfig
+from mmcore.encoders import autocast, default_device
 from mmcore.evaluate import macro_f1
 from mmcore.features import Featurizer, sensor_stats
 from mmcore.model import Batch, FusionModel, ModelBundle
@@ -44,8 +45,11 @@ def subset(batch: Batch, idx: torch.Tensor) -> Batch:
 @torch.inference_mode()
 def predict_logits(model: nn.Module, batch: Batch, chunk: int = 512) -> torch.Tensor:
     model.eval()
-    n = batch.mask.shape[0]
-    return torch.cat([model(subset(batch, torch.arange(i, min(i + chunk, n)))) for i in range(0, n, chunk)])
+    device = next(model.parameters()).device
+    batch, n = batch.to(device), batch.mask.shape[0]
+    with autocast(device):
+        return torch.cat([model(subset(batch, torch.arange(i, min(i + chunk, n), device=device))).float()
+                          for i in range(0, n, chunk)])
 
 
 def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -59,27 +63,30 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
         tcfg: TrainConfig, num_classes: int = len(CLASSES)) -> tuple[FusionModel, History]:
     """AdamW with warmup + cosine decay, early stopping on validation macro-F1; returns the best model."""
     seed_everything(tcfg.seed)
-    model = FusionModel(mcfg, num_classes)
+    device = default_device()
+    train, y, val = train.to(device), y.to(device), val.to(device)
+    model = FusionModel(mcfg, num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(y) / tcfg.batch_size))
     total, warmup = tcfg.epochs * steps_per_epoch, steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, total) / total)))
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, num_classes), label_smoothing=0.05)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, num_classes).to(device), label_smoothing=0.05)
     gen = torch.Generator().manual_seed(tcfg.seed)
     hist, best_state, stale = History(), copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, tcfg.epochs + 1):
         model.train()
         losses = []
         for idx in torch.randperm(len(y), generator=gen).split(tcfg.batch_size):
-            loss = loss_fn(model(subset(train, idx)), y[idx])
+            with autocast(device):
+                loss = loss_fn(model(subset(train, idx.to(device))).float(), y[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             losses.append(loss.item())
-        f1 = macro_f1(yv.numpy(), predict_logits(model, val).argmax(1).numpy(), num_classes)
+        f1 = macro_f1(yv.numpy(), predict_logits(model, val).argmax(1).cpu().numpy(), num_classes)
         hist.epoch.append(epoch)
         hist.train_loss.append(float(np.mean(losses)))
         hist.val_macro_f1.append(f1)
@@ -91,8 +98,7 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
             if stale >= tcfg.patience:
                 break
     model.load_state_dict(best_state)
-    model.eval()
-    return model, hist
+    return model.cpu().eval(), hist
 
 
 def encode_labels(labels: list[str]) -> torch.Tensor:

@@ -63,10 +63,10 @@ def note_language(note: str | None) -> str:
     return "en" if re.search(r"[A-Za-z]", note) else "other"
 
 
-def read_lines(path: Path) -> list[str]:
-    """records.jsonl as text lines; a BOM and CRLF line ends are tolerated."""
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
-    return [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
+def read_lines(path: Path) -> list[bytes]:
+    """records.jsonl as raw lines; a BOM and CRLF line ends are tolerated, blank lines skipped."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    return [ln.rstrip(b"\r") for ln in data.split(b"\n") if ln.strip()]
 
 
 def check_record(batch_dir: Path, obj: Any, cfg: IngestConfig) -> Accepted:
@@ -132,9 +132,16 @@ def ingest_batch(batch_dir: Path, cfg: IngestConfig, seen: set[str]) -> BatchRes
     result = BatchResult(batch_dir.name)
     records_file = batch_dir / "records.jsonl"
     lines = read_lines(records_file) if records_file.is_file() else []
-    for line_no, line in enumerate(lines, start=1):
+    for line_no, raw_line in enumerate(lines, start=1):
         result.landed += 1
         obj: Any = None
+        line = raw_line.decode("utf-8", errors="replace")
+        try:
+            raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            result.quarantined.append(quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_ENCODING,
+                                                       f"line is not UTF-8: {exc}", line))
+            continue
         try:
             obj = json.loads(line)
             acc = check_record(batch_dir, obj, cfg)

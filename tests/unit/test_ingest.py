@@ -63,6 +63,16 @@ def test_bad_records_are_quarantined_with_reasons(tmp_path: Path, ingest_cfg) ->
     assert {q["reason"] for q in quarantine} >= {"duplicate_record_id", "missing_field", "bad_json"}
 
 
+def test_bom_crlf_and_non_utf8_lines(tmp_path: Path, ingest_cfg) -> None:
+    bdir = write_batch(tmp_path / "landing", "b1", [], {**good_files("a"), **good_files("b")})
+    lines = [json.dumps(record("a")).encode(), json.dumps(record("b", note="caf\u00e9")).encode().replace(
+        "caf\\u00e9".encode(), b"caf\xe9"), json.dumps(record("b")).encode()]
+    (bdir / "records.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    summary, df, quarantine = run(tmp_path, dataclasses.replace(ingest_cfg, max_bad_share=0.9))
+    assert sorted(df["record_id"]) == ["a", "b"]
+    assert [q["reason"] for q in quarantine] == ["bad_encoding"]
+
+
 def test_labels_are_normalised_and_batches_need_success(tmp_path: Path, ingest_cfg) -> None:
     files = {**good_files("a"), **good_files("b")}
     write_batch(tmp_path / "landing", "b1", [record("a", label=" Damaged "), record("b", label=None)], files)
