@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 from collections import Counter
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -38,6 +41,7 @@ class Accepted:
     row: dict[str, Any]
     image: bytes | None
     sensor: Any  # (rows, 5) float32 array or None
+    line_no: int = 0
 
 
 @dataclass
@@ -127,35 +131,58 @@ def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason
             "reason": reason.value, "detail": detail, "raw": raw[:2000]}
 
 
-def ingest_batch(batch_dir: Path, cfg: IngestConfig, seen: set[str]) -> BatchResult:
-    """Check every line of one batch; `seen` carries record_ids across batches."""
-    result = BatchResult(batch_dir.name)
+def check_line(batch_dir: Path, line_no: int, raw_line: bytes, cfg: IngestConfig) -> Accepted | dict[str, Any]:
+    """One landing line to an accepted record or a quarantine entry; never raises for bad data."""
+    line = raw_line.decode("utf-8", errors="replace")
+    obj: Any = None
+    try:
+        raw_line.decode("utf-8")
+        obj = json.loads(line)
+        acc = check_record(batch_dir, obj, cfg)
+        acc.line_no = line_no
+        return acc
+    except UnicodeDecodeError as exc:
+        return quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_ENCODING, f"line is not UTF-8: {exc}", line)
+    except json.JSONDecodeError as exc:
+        return quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_JSON, str(exc), line)
+    except Rejected as rej:
+        rid = obj.get("record_id") if isinstance(obj, dict) else None
+        return quarantine_entry(batch_dir.name, line_no, rid, rej.reason, rej.detail, line)
+
+
+def check_chunk(batch_dir: Path, start: int, lines: list[bytes], cfg: IngestConfig) -> list[Accepted | dict[str, Any]]:
+    """A shard of lines, the unit of work sent to a pool worker (never one task per record)."""
+    return [check_line(batch_dir, start + i, ln, cfg) for i, ln in enumerate(lines)]
+
+
+def check_batch(batch_dir: Path, cfg: IngestConfig, pool: Executor | None,
+                chunk: int = 128) -> list[Accepted | dict[str, Any]]:
     records_file = batch_dir / "records.jsonl"
     lines = read_lines(records_file) if records_file.is_file() else []
-    for line_no, raw_line in enumerate(lines, start=1):
+    starts = range(0, len(lines), chunk)
+    args = [(batch_dir, s + 1, lines[s:s + chunk], cfg) for s in starts]
+    if pool is None or len(args) < 2:
+        parts = [check_chunk(*a) for a in args]
+    else:
+        parts = list(pool.map(check_chunk, *zip(*args)))
+    return [item for part in parts for item in part]
+
+
+def ingest_batch(batch_dir: Path, cfg: IngestConfig, seen: set[str], pool: Executor | None = None) -> BatchResult:
+    """Check every line of one batch (in parallel shards); duplicates are resolved in line order,
+    with `seen` carrying record_ids across batches."""
+    result = BatchResult(batch_dir.name)
+    for item in check_batch(batch_dir, cfg, pool):
         result.landed += 1
-        obj: Any = None
-        line = raw_line.decode("utf-8", errors="replace")
-        try:
-            raw_line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            result.quarantined.append(quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_ENCODING,
-                                                       f"line is not UTF-8: {exc}", line))
-            continue
-        try:
-            obj = json.loads(line)
-            acc = check_record(batch_dir, obj, cfg)
-            if acc.row["record_id"] in seen:
-                raise Rejected(Reason.DUPLICATE_RECORD_ID, f"record_id {acc.row['record_id']!r} seen before")
-        except json.JSONDecodeError as exc:
-            result.quarantined.append(quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_JSON, str(exc), line))
-            continue
-        except Rejected as rej:
-            rid = obj.get("record_id") if isinstance(obj, dict) else None
-            result.quarantined.append(quarantine_entry(batch_dir.name, line_no, rid, rej.reason, rej.detail, line))
-            continue
-        seen.add(acc.row["record_id"])
-        result.accepted.append(acc)
+        if isinstance(item, dict):
+            result.quarantined.append(item)
+        elif item.row["record_id"] in seen:
+            result.quarantined.append(quarantine_entry(
+                batch_dir.name, item.line_no, item.row["record_id"], Reason.DUPLICATE_RECORD_ID,
+                f"record_id {item.row['record_id']!r} seen before", ""))
+        else:
+            seen.add(item.row["record_id"])
+            result.accepted.append(item)
     return result
 
 
@@ -211,11 +238,35 @@ def add_unk_share(df: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
     return df
 
 
+@contextmanager
+def worker_pool(workers: int | None) -> Iterator[Executor | None]:
+    """Processes for decoding (CPU-bound, GIL-bound in PIL's Python parts); none when asked for 1."""
+    n = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    if n <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def swap_dir(new: Path, target: Path) -> None:
+    """Replace a directory by renames: a crash leaves the old or the new one, and the next run redoes it."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
-           tokenizer: Any = None) -> dict[str, Any]:
+           tokenizer: Any = None, workers: int | None = None) -> dict[str, Any]:
     """Rebuild data/raw from every finished landing batch; returns the accounting."""
     seen: set[str] = set()
-    results = [ingest_batch(b, cfg, seen) for b in tqdm(ready_batches(landing), desc="ingest", unit="batch")]
+    with worker_pool(workers) as pool:
+        results = [ingest_batch(b, cfg, seen, pool)
+                   for b in tqdm(ready_batches(landing), desc="ingest", unit="batch")]
     batches = {}
     for res in results:
         share = len(res.quarantined) / res.landed if res.landed else 0.0
@@ -231,13 +282,15 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
     if landed != len(accepted) + len(quarantined):
         raise RuntimeError(f"accounting broken: landed {landed} != accepted {len(accepted)} "
                            f"+ quarantined {len(quarantined)}; nothing was written")
-    if raw.exists():
-        shutil.rmtree(raw)
-    write_shards(accepted, raw / "shards", cfg.shard_size)
+    staging = raw.with_name(f".{raw.name}.new")
+    if staging.exists():
+        shutil.rmtree(staging)
+    write_shards(accepted, staging / "shards", cfg.shard_size)
     df = pd.DataFrame([a.row for a in accepted], columns=[c for c in PROFILE_COLUMNS if c != "note_unk_share"])
     df = add_unk_share(df, tokenizer) if tokenizer is not None else df.assign(note_unk_share=0.0)
     df = df.astype(PROFILE_COLUMNS)[list(PROFILE_COLUMNS)]
-    write_atomic(raw / "records.parquet", lambda p: df.to_parquet(p, index=False))
+    write_atomic(staging / "records.parquet", lambda p: df.to_parquet(p, index=False))
+    swap_dir(staging, raw)
     write_atomic(quarantine / "records.jsonl", lambda p: p.write_text(
         "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined), encoding="utf-8"))
     return {"landed": landed, "accepted": len(accepted), "quarantined": len(quarantined),

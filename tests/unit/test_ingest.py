@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from mmcore.data.ingest import ingest
 from tests.conftest import good_files, jpeg_bytes, record, sensor_csv, write_batch
@@ -111,3 +112,40 @@ def test_symlink_leaving_batch_is_refused(tmp_path: Path, ingest_cfg) -> None:
     os.symlink(outside, bdir / "images" / "link.jpg")
     summary, _, quarantine = run(tmp_path, dataclasses.replace(ingest_cfg, max_bad_share=0.9))
     assert [q["reason"] for q in quarantine] == ["unsafe_path"] and summary["accepted"] == 1
+
+
+def test_process_pool_gives_the_same_result_as_one_process(tmp_path: Path, ingest_cfg) -> None:
+    files: dict = {}
+    recs = []
+    for i in range(300):
+        rid = f"r{i}"
+        files.update(good_files(rid))
+        recs.append(record(rid, label="wet" if i % 2 else "normal") if i % 50 else record(rid, label="??"))
+    recs.append(record("r1"))  # a duplicate far from its first occurrence, in another shard
+    write_batch(tmp_path / "landing", "b1", recs, files)
+    one = ingest(tmp_path / "landing", tmp_path / "raw1", tmp_path / "q1", ingest_cfg, workers=1)
+    two = ingest(tmp_path / "landing", tmp_path / "raw2", tmp_path / "q2", ingest_cfg, workers=2)
+    assert one == two and one["by_reason"] == {"unknown_label": 6, "duplicate_record_id": 1}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "raw1" / "records.parquet"),
+                                  pd.read_parquet(tmp_path / "raw2" / "records.parquet"))
+    assert (tmp_path / "q1" / "records.jsonl").read_text() == (tmp_path / "q2" / "records.jsonl").read_text()
+
+
+def test_crash_before_swap_keeps_old_state_and_rerun_completes(tmp_path: Path, ingest_cfg, monkeypatch) -> None:
+    import mmcore.data.ingest as mod
+
+    write_batch(tmp_path / "landing", "b1", [record("a")], good_files("a"))
+    ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg)
+    write_batch(tmp_path / "landing", "b2", [record("b")], good_files("b"))
+
+    def crash(new: Path, target: Path) -> None:
+        raise KeyboardInterrupt("killed mid-run")
+
+    monkeypatch.setattr(mod, "swap_dir", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg)
+    assert list(pd.read_parquet(tmp_path / "raw" / "records.parquet")["record_id"]) == ["a"]
+    monkeypatch.undo()
+    summary = ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg)
+    assert summary["accepted"] == 2
+    assert sorted(pd.read_parquet(tmp_path / "raw" / "records.parquet")["record_id"]) == ["a", "b"]
