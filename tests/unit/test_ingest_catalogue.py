@@ -1,0 +1,85 @@
+"""The catalogue of bad inputs (issue 3): each one quarantined with its reason, or normalised."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mmcore.data.ingest import ingest
+from tests.conftest import good_files, jpeg_bytes, record, sensor_csv, write_batch
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims a huge canvas."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def image_in_mode(mode: str, fmt: str) -> bytes:
+    img = Image.new("RGB", (48, 40), (200, 120, 60))
+    img = Image.new("I;16", (48, 40), 40000) if mode == "I;16" else img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def one(tmp_path: Path, cfg, rec: dict, files: dict) -> tuple[dict, pd.DataFrame, list[dict]]:
+    write_batch(tmp_path / "landing", "b1", [record("ok"), rec], {**good_files("ok"), **files})
+    summary = ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", dataclasses.replace(cfg, max_bad_share=0.9))
+    df = pd.read_parquet(tmp_path / "raw" / "records.parquet")
+    q = [json.loads(x) for x in (tmp_path / "q" / "records.jsonl").read_text().splitlines()]
+    assert summary["landed"] == summary["accepted"] + summary["quarantined"] == 2
+    return summary, df, q
+
+
+CASES = {
+    "truncated_jpeg": ({"images/x.jpg": jpeg_bytes(size=128)[:300]}, {}, "bad_image"),
+    "zero_byte": ({"images/x.jpg": b""}, {}, "bad_image"),
+    "bomb": ({"images/x.jpg": png_bomb()}, {}, "image_too_large"),
+    "inf_sensor": ({"sensors/x.csv": sensor_csv().replace("55.0", "inf", 1)}, {}, "bad_sensor"),
+    "empty_sensor_value": ({"sensors/x.csv": sensor_csv().replace("55.0", "", 1)}, {}, "bad_sensor"),
+    "missing_header": ({"sensors/x.csv": "\n".join(sensor_csv().splitlines()[1:])}, {}, "bad_sensor"),
+    "too_few_rows": ({"sensors/x.csv": sensor_csv(rows=10)}, {}, "bad_sensor"),
+    "too_many_rows": ({"sensors/x.csv": sensor_csv(rows=5001)}, {}, "bad_sensor"),
+    "gap": ({"sensors/x.csv": sensor_csv().replace("\n600.0,", "\n900.0,", 1)}, {}, "bad_sensor"),
+    "long_note": ({}, {"note": "x" * 1_000_000}, "bad_note"),
+    "abs_sensor_path": ({}, {"sensor": "/tmp/x.csv"}, "unsafe_path"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_quarantined_with_reason(tmp_path: Path, ingest_cfg, case: str) -> None:
+    files, over, reason = CASES[case]
+    _, df, q = one(tmp_path, ingest_cfg, record("x", **over), {**good_files("x"), **files})
+    assert list(df["record_id"]) == ["ok"]
+    assert [(e["record_id"], e["reason"]) for e in q] == [("x", reason)]
+    assert q[0]["detail"]
+
+
+@pytest.mark.parametrize("mode, fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("I;16", "PNG"),
+                                       ("RGB", "PNG")])
+def test_unusual_images_are_normalised_not_rejected(tmp_path: Path, ingest_cfg, mode: str, fmt: str) -> None:
+    """Grey, CMYK, alpha, 16-bit and a PNG named .jpg are valid photos: decoded by content, kept."""
+    _, df, q = one(tmp_path, ingest_cfg, record("x"), {**good_files("x"), "images/x.jpg": image_in_mode(mode, fmt)})
+    assert q == [] and sorted(df["record_id"]) == ["ok", "x"]
+    row = df.set_index("record_id").loc["x"]
+    assert (row["image_width"], row["image_height"]) == (48, 40)
+
+
+def test_duplicate_across_batches_keeps_the_first(tmp_path: Path, ingest_cfg) -> None:
+    write_batch(tmp_path / "landing", "b1", [record("a")], good_files("a"))
+    write_batch(tmp_path / "landing", "b2", [record("a", note="later copy"), record("b")],
+                {**good_files("a"), **good_files("b")})
+    summary = ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", dataclasses.replace(ingest_cfg, max_bad_share=0.9))
+    df = pd.read_parquet(tmp_path / "raw" / "records.parquet")
+    assert sorted(df["record_id"]) == ["a", "b"] and df.set_index("record_id").loc["a", "note"] == "corner crushed"
+    assert summary["by_reason"] == {"duplicate_record_id": 1}
