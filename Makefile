@@ -10,6 +10,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export BENTOML_DO_NOT_TRACK := True
 export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a first start migrates a fresh Prefect database: slower than the default 20 s on 2 cores
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 

@@ -34,7 +34,7 @@ def env_for(ws: Path) -> dict[str, str]:
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", BENTOML_HOME=str(ws / ".bentoml"),
                PREFECT_HOME=str(ws / ".prefect"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                BENTOML_DO_NOT_TRACK="True", DO_NOT_TRACK="1",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     return env
 
 
