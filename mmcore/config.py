@@ -58,6 +58,9 @@ class ValidateConfig:
     sensor_humidity_range: list[float]
     sensor_shock_range: list[float]
     sensor_light_range: list[float]
+    drift_psi_warn: float        # PSI vs the champion's training data at which a column warns
+    drift_psi_fail: float        # ... and at which it counts as drift "fail"
+    drift_fail_is_hard: bool     # true: a drift fail stops the pipeline; false: it only warns
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 CHAMPION = "champion"
@@ -88,3 +91,46 @@ def promote(model_name: str, version: str) -> None:
 
 def run_of(model_name: str, version: str) -> str:
     return client().get_model_version(model_name, version).run_id
+
+
+# Reference data for drift checks: the profile rows a model version was trained on,
+# stored in that version's training run so "the champion's data" needs no other store.
+REFERENCE_DIR, REFERENCE_FILE = "reference", "profile.parquet"
+REFERENCE_DROP = ("note",)  # free text: drift never reads it, and it keeps notes out of MLflow
+
+
+def log_reference(profile: pd.DataFrame) -> None:
+    """Log training profile rows as `reference/profile.parquet` of the active MLflow run."""
+    import mlflow
+
+    keep = [c for c in profile.columns if c not in REFERENCE_DROP]
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        path = Path(tmp) / REFERENCE_FILE
+        profile[keep].to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
+
+
+def champion_reference(model_name: str) -> pd.DataFrame | None:
+    """Profile rows the champion was trained on, or None.
+
+    None when there is no champion yet or its run logged no reference (models trained
+    before drift reports existed). The frame's `attrs["source"]` names model, version
+    and run, so the drift report can say what it compared against.
+    """
+    import mlflow
+    import pandas as pd
+
+    version = alias_version(model_name, CHAMPION)
+    if version is None:
+        return None
+    run_id = run_of(model_name, version)
+    if REFERENCE_FILE not in {Path(a.path).name for a in client().list_artifacts(run_id, REFERENCE_DIR)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=f"{REFERENCE_DIR}/{REFERENCE_FILE}", dst_path=tmp,
+            tracking_uri=tracking_uri())
+        frame = pd.read_parquet(path)
+    frame.attrs["source"] = {"model": model_name, "alias": CHAMPION, "version": version,
+                             "run_id": run_id, "rows": int(len(frame))}
+    return frame

@@ -8,9 +8,11 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from mmcore.config import load_params
+from mmcore.data.raw import load_profile
 from mmcore.features import Featurizer
 from mmcore.model import MODALITIES
 from mmcore.stages.common import data_version, split_records, write_json
@@ -18,8 +20,11 @@ from mmcore.train import History, train_bundle
 
 
 def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_name: str,
-            experiment: str, data_ver: str) -> tuple[str, str]:
-    """One MLflow run per training: params, curves, tags; the fused model registered. Returns (run_id, version)."""
+            experiment: str, data_ver: str, reference: pd.DataFrame | None = None) -> tuple[str, str]:
+    """One MLflow run per training: params, curves, tags; the fused model registered. Returns (run_id, version).
+
+    `reference` (the training split's profile rows) is logged with the run: once this
+    version is champion, validate measures drift of new data against it."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -37,6 +42,8 @@ def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_
                    for name, h in hists.items() for key in ("train_loss", "val_macro_f1")
                    for step, v in zip(h.epoch, getattr(h, key))]
         registry.client().log_batch(run.info.run_id, metrics=metrics)
+        if reference is not None:
+            registry.log_reference(reference)
         version = registry.log_model(model_dir, model_name)
         registry.client().set_model_version_tag(model_name, version, "data_version", data_ver)
         registry.client().set_model_version_tag(model_name, version, "params_hash", params_hash)
@@ -65,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         bundle.save(args.out if name == "fused" else args.unimodal / name)
         print(f"train[{name}]: best val macro-F1 {hists[name].best_val_macro_f1:.3f} "
               f"at epoch {hists[name].best_epoch}")
+    profile = load_profile(args.raw)
+    reference = profile[profile["record_id"].isin({r["record_id"] for r in train_recs})]
     run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
-                              data_version(args.raw))
+                              data_version(args.raw), reference)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
                              "val_records": len(val_y), "embedded_now": feat.embedded,
                              "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()}})

@@ -8,14 +8,23 @@ the run goes on. Range checks where one odd record is
 plausible come in two tiers: a strict warning, and an error with `mostly`, so a
 couple of outliers warn and a systematic break fails.
 
+Drift: when the champion's training rows are at hand (MLflow artifact
+`reference/profile.parquet`, see mmcore.registry), rows of batches new to that
+reference are compared with it twice: PSI/KS per column by mmcore.drift (the
+drift report), and a handful of GX distribution expectations (KL divergence
+against a reference partition, means, hubs seen) so the same checks show in Data
+Docs. Drift only warns unless params `validate.drift_fail_is_hard` is true.
+
 CLI: python -m mmcore.stages.validate --params params.yaml --raw data/raw \
-         --gx gx --report reports/validation.json
+         --gx gx --report reports/validation.json \
+         [--drift-report reports/drift.json --drift-md reports/drift.md]
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -26,7 +35,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from mmcore.config import CLASSES, ValidateConfig, load_params
+from mmcore import drift
+from mmcore.config import CLASSES, Params, RegistryConfig, ValidateConfig, load_params
 from mmcore.schema import NOTE_LANGS, PROFILE_COLUMNS, RECORD_ID_RE
 from mmcore.stages.common import write_json
 
@@ -48,6 +58,15 @@ MODALITIES = ("image", "note", "sensor")
 # for it, so the values live here and a mismatch with params `ingest:` is a hard failure).
 SENSOR_ROWS_RANGE = (30, 5000)
 MAX_NOTE_CHARS = 10_000
+# Drift expectations (GX side). They look only at rows of batches new to the reference,
+# marked by a derived boolean column. KL(new || reference) is about half the PSI for small
+# shifts, so threshold psi_fail / 2 fails where the PSI does; a mean outside
+# reference mean +- 0.5 std is roughly a PSI 0.25 shift of a normal column.
+DRIFT_SCOPE = "in_drift_scope"
+DRIFT_KL_COLUMNS = ("image_brightness", "temperature_max", "shock_max")
+DRIFT_MEAN_COLUMNS = ("note_length",)
+DRIFT_MEAN_K = 0.5
+DRIFT_TAIL_HOLDOUT = 0.01     # weight for new values beyond the reference's min/max
 
 
 # --------------------------------------------------------------------------- suite
@@ -124,28 +143,80 @@ def _batch_expectations(gxe: Any, cfg: ValidateConfig) -> list[Any]:
     return out
 
 
-def build_suite(cfg: ValidateConfig) -> Any:
-    """The `parcel_profile` suite, rebuilt from params every run so code is the source."""
+def _kl(gxe: Any, severity: str, column: str, partition: dict | None, cfg: ValidateConfig,
+        scope: Any) -> list[Any]:
+    """KL(new rows || reference partition) below the level where the PSI says fail."""
+    if partition is None:
+        return []
+    return [_exp(gxe.ExpectColumnKLDivergenceToBeLessThan, severity, column=column,
+                 partition_object=partition, threshold=cfg.drift_psi_fail / 2,
+                 tail_weight_holdout=DRIFT_TAIL_HOLDOUT, row_condition=scope)]
+
+
+def _drift_expectations(gxe: Any, cfg: ValidateConfig, reference: pd.DataFrame,
+                        n_new: int) -> list[Any]:
+    """A handful of distribution checks built from the champion's training rows.
+
+    They run on the rows new to the reference only (DRIFT_SCOPE), so they show in Data
+    Docs next to the rest; mmcore.drift computes the full per-column report.
+    """
+    from great_expectations.expectations.row_conditions import Column
+
+    severity = ERROR if cfg.drift_fail_is_hard else WARNING
+    scope = Column(DRIFT_SCOPE) == True  # noqa: E712  (builds a GX condition)
+    out: list[Any] = []
+    hubs = sorted(reference["hub"].dropna().astype(str).unique()) if "hub" in reference else []
+    if hubs:  # values-in-set, not distinct-values-in-set: GX 1.24 Data Docs crash on the latter
+        mostly = {"mostly": ERROR_MOSTLY} if severity == ERROR else {}  # stop only if systematic
+        out.append(_exp(gxe.ExpectColumnValuesToBeInSet, severity, column="hub",
+                        value_set=hubs, row_condition=scope, **mostly))
+    if "label" in reference:
+        out += _kl(gxe, severity, "label", drift.categorical_partition(reference["label"]),
+                   cfg, scope)
+    for col in (c for c in DRIFT_KL_COLUMNS if c in reference):
+        out += _kl(gxe, severity, col, drift.continuous_partition(reference[col], n_new),
+                   cfg, scope)
+    for col in (c for c in DRIFT_MEAN_COLUMNS if c in reference):
+        bounds = drift.mean_bounds(reference[col], DRIFT_MEAN_K)
+        if bounds:
+            out.append(_exp(gxe.ExpectColumnMeanToBeBetween, severity, column=col,
+                            min_value=bounds[0], max_value=bounds[1], row_condition=scope))
+    return out
+
+
+def build_suite(cfg: ValidateConfig, reference: pd.DataFrame | None = None,
+                n_new: int = 0) -> Any:
+    """The `parcel_profile` suite, rebuilt from params every run so code is the source.
+
+    With a reference (champion's training rows) it also holds the drift expectations.
+    """
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     expectations = (_record_expectations(gxe) + _image_expectations(gxe, cfg)
                     + _sensor_expectations(gxe, cfg) + _batch_expectations(gxe, cfg))
+    if reference is not None:
+        expectations += _drift_expectations(gxe, cfg, reference, n_new)
     return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations,
                                meta={"built_by": "mmcore.stages.validate",
-                                     "validate_params": asdict(cfg)})
+                                     "validate_params": asdict(cfg),
+                                     "drift_reference": _jsonable(_reference_source(reference))})
 
 
 # --------------------------------------------------------------------------- data
 
 
-def _gx_frame(profile: pd.DataFrame) -> pd.DataFrame:
+def _gx_frame(profile: pd.DataFrame, drift_scope: np.ndarray | None = None) -> pd.DataFrame:
     """Profile plus 0/1 columns whose means are the batch-level shares GX checks.
 
     GX has no "share of rows where" expectation; a mean over a derived column is one.
     Class shares are NaN on unlabelled rows, so their mean is over labelled rows.
+    `drift_scope` marks the rows the drift expectations look at (batches new to the
+    reference).
     """
     frame = profile.copy()
+    if drift_scope is not None:
+        frame[DRIFT_SCOPE] = drift_scope
     for m in MODALITIES:
         if f"has_{m}" in frame:
             present = frame[f"has_{m}"].astype("boolean").fillna(False).to_numpy(dtype=bool)
@@ -220,7 +291,8 @@ def _batch_definition(ctx: Any) -> Any:
         return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION_NAME)
 
 
-def _checkpoint(ctx: Any, cfg: ValidateConfig) -> Any:
+def _checkpoint(ctx: Any, cfg: ValidateConfig, reference: pd.DataFrame | None = None,
+                n_new: int = 0) -> Any:
     """Suite, validation definition and checkpoint, add-or-update so reruns are idempotent."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
@@ -228,7 +300,7 @@ def _checkpoint(ctx: Any, cfg: ValidateConfig) -> Any:
     # checkpoints.add_or_update cascades to the validation definition and the suite
     # (each add_or_update by name); calling all three would rewrite the suite 3 times.
     vd = gx.ValidationDefinition(name=VALIDATION_NAME, data=_batch_definition(ctx),
-                                 suite=build_suite(cfg))
+                                 suite=build_suite(cfg, reference, n_new))
     return ctx.checkpoints.add_or_update(gx.Checkpoint(
         name=CHECKPOINT_NAME, validation_definitions=[vd], result_format="SUMMARY",
         actions=[UpdateDataDocsAction(name="update_data_docs")]))
@@ -323,15 +395,67 @@ def summarize(rows: list[dict[str, Any]], profile: pd.DataFrame, docs: str) -> d
             "data_docs": docs, "results": rows}
 
 
-def run_validation(profile: pd.DataFrame, cfg: ValidateConfig, gx_root: Path) -> dict:
-    """Validate the profile table with GX, build Data Docs, return the JSON-able summary."""
+# --------------------------------------------------------------------------- drift
+
+
+def _reference_source(reference: pd.DataFrame | None) -> dict[str, Any] | None:
+    """What the reference is: registry.champion_reference puts model/version/run in attrs."""
+    if reference is None:
+        return None
+    return dict(reference.attrs.get("source") or {"rows": int(len(reference))})
+
+
+def drift_report(profile: pd.DataFrame, reference: pd.DataFrame | None, cfg: ValidateConfig,
+                 scope: tuple[np.ndarray, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """drift.json: mmcore.drift statistics of the new rows, and what was compared."""
+    if reference is None:
+        return drift.no_reference_report()
+    mask, compared = scope or drift.new_rows(profile, reference)
+    report = drift.compute_drift(reference, profile[mask], cfg.drift_psi_warn, cfg.drift_psi_fail)
+    report["thresholds"]["fail_is_hard"] = cfg.drift_fail_is_hard
+    return _jsonable({"status": report.pop("status"), "reference": _reference_source(reference),
+                      "compared": compared, **report})
+
+
+def _drift_line(name: str, col: dict[str, Any], report: dict[str, Any]) -> str:
+    """One warning / hard-failure line for a drifted column."""
+    limit = report["thresholds"][f"psi_{col['status']}"]
+    ks = "" if col.get("ks") is None else f", KS {col['ks']:.3f}"
+    return (f"drift({name}): PSI {col['psi']:.3f} >= drift_psi_{col['status']} {limit} "
+            f"against the champion's training data{ks}")
+
+
+def with_drift(summary: dict[str, Any], report: dict[str, Any],
+               cfg: ValidateConfig) -> dict[str, Any]:
+    """Summary plus the drift report; a drift fail is hard only if drift_fail_is_hard."""
+    cols = report.get("columns", {})
+    fails = [_drift_line(c, cols[c], report) for c in report.get("fail", [])]
+    warns = [_drift_line(c, cols[c], report) for c in report.get("warn", [])]
+    hard = summary["hard_failures"] + (fails if cfg.drift_fail_is_hard else [])
+    soft = summary["warnings"] + warns + ([] if cfg.drift_fail_is_hard else fails)
+    return {**summary, "success": not hard, "hard_failures": hard, "warnings": soft,
+            "drift": report}
+
+
+def run_validation(profile: pd.DataFrame, cfg: ValidateConfig, gx_root: Path,
+                   reference: pd.DataFrame | None = None) -> dict:
+    """Validate the profile table with GX, build Data Docs, return the JSON-able summary.
+
+    `reference` is the champion's training rows (registry.champion_reference); with it
+    the suite gains drift expectations and `summary["drift"]` the drift report, without
+    it the report says "no_reference". Passing it in keeps this function free of MLflow.
+    """
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx = _context(Path(gx_root))
-    result = _checkpoint(ctx, cfg).run(batch_parameters={"dataframe": _gx_frame(profile)})
+    scope = None if reference is None else drift.new_rows(profile, reference)
+    mask = None if scope is None else scope[0]
+    checkpoint = _checkpoint(ctx, cfg, reference, 0 if mask is None else int(mask.sum()))
+    result = checkpoint.run(batch_parameters={"dataframe": _gx_frame(profile, mask)})
     rows = sorted((_row(r) for suite_result in result.run_results.values()
                    for r in suite_result.results),
                   key=lambda r: (r["column"], r["expectation"], r["severity"]))
-    return summarize(rows, profile, _docs_index(ctx, Path(gx_root)))
+    summary = summarize(rows, profile, _docs_index(ctx, Path(gx_root)))
+    return with_drift(summary, drift_report(profile, reference, cfg, scope), cfg)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -344,7 +468,8 @@ def _paragraph(summary: dict[str, Any], seconds: float) -> str:
     parts = [f"validate: {'PASSED' if summary['success'] else 'FAILED'}: "
              f"{summary['successful']}/{summary['evaluated']} expectations met on "
              f"{summary['rows']} rows in {seconds:.1f}s; {len(summary['hard_failures'])} hard "
-             f"failure(s), {len(summary['warnings'])} warning(s); note [UNK] share: {unk}."]
+             f"failure(s), {len(summary['warnings'])} warning(s); note [UNK] share: {unk}; "
+             f"{_drift_phrase(summary.get('drift') or {})}."]
     if summary["warnings"]:
         parts.append("Warnings: " + "; ".join(summary["warnings"]) + ".")
     if summary["hard_failures"]:
@@ -353,17 +478,76 @@ def _paragraph(summary: dict[str, Any], seconds: float) -> str:
             "Next: open the Data Docs below to see the failing values. A record-level rule "
             "(ids, labels, ranges) means ingest let bad records through: fix ingest or the "
             "producer and re-ingest; a table-level rule (row count, class mix, missing "
-            "modalities) means the data changed: check the landing batches. If the threshold "
+            "modalities) means the data changed: check the landing batches; a drift(...) rule "
+            "means new batches differ from the champion's training data (see the drift report; "
+            "`validate.drift_fail_is_hard: false` only warns). If the threshold "
             "itself is wrong, change `validate:` in params.yaml. Then re-run `dvc repro`.")
     parts.append(f"Data Docs: {summary['data_docs']}.")
     return " ".join(parts)
+
+
+def _drift_phrase(report: dict[str, Any]) -> str:
+    """Drift in a few words for the log paragraph."""
+    status = report.get("status", drift.NOT_RUN)
+    moved = ", ".join(report.get("fail", []) + report.get("warn", []))
+    return f"drift vs champion data: {status}" + (f" ({moved})" if moved else "")
 
 
 def _crash_summary(message: str) -> dict[str, Any]:
     """Summary for a run that could not validate at all (missing input, GX error)."""
     return {"success": False, "hard_failures": [message], "warnings": [], "evaluated": 0,
             "successful": 0, "rows": 0, "unk_share_by_lang": {}, "data_docs": None,
-            "results": []}
+            "results": [], "drift": drift.not_run_report(message)}
+
+
+def champion_reference(model_name: str, experiment: str) -> pd.DataFrame | None:
+    """The champion's training rows from MLflow (tracking URI as the registry sets it)."""
+    from mmcore import registry
+
+    registry.setup(experiment)
+    return registry.champion_reference(model_name)
+
+
+def _reference(reg: RegistryConfig) -> tuple[pd.DataFrame | None, str | None]:
+    """(reference, error): a registry that cannot be read is reported, not a crash,
+    because without a reference the rest of validation still means something."""
+    try:
+        return champion_reference(reg.model_name, reg.experiment), None
+    except Exception as exc:  # tracking store down or corrupt
+        log.exception("champion reference could not be loaded")
+        return None, (f"drift: the champion's training data could not be loaded from MLflow "
+                      f"({type(exc).__name__}: {exc}); drift was not checked")
+
+
+def _note_reference_error(summary: dict[str, Any], error: str, hard: bool) -> dict[str, Any]:
+    """A failed lookup is as serious as the drift check it disables."""
+    key = "hard_failures" if hard else "warnings"
+    out = {**summary, key: summary[key] + [error], "drift": drift.not_run_report(error)}
+    return {**out, "success": not out["hard_failures"]}
+
+
+def _write_drift(report: dict[str, Any], json_path: Path | None, md_path: Path | None) -> None:
+    """drift.json and drift.md, each only when asked for; atomic like the main report."""
+    if json_path is not None:
+        write_json(json_path, report)
+    if md_path is not None:
+        md_path = Path(md_path)
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = md_path.with_name(md_path.name + ".tmp")
+        tmp.write_text(drift.render_markdown(report), encoding="utf-8")
+        os.replace(tmp, md_path)
+
+
+def _validate_table(table: Path, params: Params, gx_root: Path, wants_drift: bool) -> dict:
+    """run_validation on the raw table, with the champion's reference when drift is wanted."""
+    cfg = params.validate
+    reference, error = _reference(params.registry) if wants_drift else (None, None)
+    try:
+        summary = run_validation(pd.read_parquet(table), cfg, gx_root, reference)
+    except Exception as exc:  # the report must exist even when GX itself breaks
+        log.exception("validation could not run")
+        return _crash_summary(f"validation could not run: {type(exc).__name__}: {exc}")
+    return _note_reference_error(summary, error, cfg.drift_fail_is_hard) if error else summary
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -373,25 +557,29 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--raw", type=Path, default=Path("data/raw"))
     p.add_argument("--gx", type=Path, default=Path("gx"))
     p.add_argument("--report", type=Path, default=Path("reports/validation.json"))
+    p.add_argument("--drift-report", type=Path, default=None,
+                   help="drift JSON; with either drift flag the champion's training data is "
+                        "read from MLflow and drift is checked (neither: drift skipped)")
+    p.add_argument("--drift-md", type=Path, default=None, help="drift report as Markdown")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the stage; the report is written on every outcome, exit 1 on a hard failure."""
     args = _parse(argv)
-    cfg = load_params(args.params).validate
+    params = load_params(args.params)
     table = args.raw / "records.parquet"
     start = time.perf_counter()
+    wants_drift = args.drift_report is not None or args.drift_md is not None
     if not table.is_file():
         summary = _crash_summary(f"{table} not found: run the ingest stage first")
     else:
-        try:
-            summary = run_validation(pd.read_parquet(table), cfg, args.gx)
-        except Exception as exc:  # the report must exist even when GX itself breaks
-            log.exception("validation could not run")
-            summary = _crash_summary(f"validation could not run: {type(exc).__name__}: {exc}")
+        summary = _validate_table(table, params, args.gx, wants_drift)
     write_json(args.report, summary)  # atomic: split (next stage) never reads half a file
+    _write_drift(summary["drift"], args.drift_report, args.drift_md)
     text = _paragraph(summary, time.perf_counter() - start) + f" Report: {args.report}"
+    if args.drift_md is not None:
+        text += f" Drift: {args.drift_md}"
     print(text, file=sys.stdout if summary["success"] else sys.stderr)
     return 0 if summary["success"] else 1
 

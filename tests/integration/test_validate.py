@@ -5,6 +5,7 @@ rule it breaks; no ingest run is needed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -188,3 +189,125 @@ def test_main_without_input_still_writes_report(tmp_path):
     assert main(argv) == 1
     report = json.loads((tmp_path / "reports" / "v.json").read_text(encoding="utf-8"))
     assert "ingest" in report["hard_failures"][0]
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def _drifted(reference: pd.DataFrame, n: int = 200) -> pd.DataFrame:
+    """reference + one new batch whose photos are brighter and 20% from an unknown hub."""
+    new = make_profile(n, seed=2)
+    new["batch_id"] = "b0002"
+    new["record_id"] = [f"new-{i:05d}" for i in range(n)]
+    new["image_brightness"] += 40.0  # stays inside brightness_range: drift, not bad data
+    new.loc[new.index[::5], "hub"] = "ZZZ09"
+    return pd.concat([reference, new], ignore_index=True).astype(PROFILE_COLUMNS)
+
+
+def _failed(summary: dict) -> dict[tuple[str, str], str]:
+    """(expectation, column) -> severity of each failed expectation."""
+    return {(r["expectation"], r["column"]): r["severity"]
+            for r in summary["results"] if not r["success"]}
+
+
+def test_reference_gives_drift_report_and_gx_drift_checks(tmp_path, cfg):
+    reference = make_profile(300, seed=1)
+    frame = _drifted(reference)
+    summary = run_validation(frame, cfg, tmp_path / "gx", reference=reference)
+    report = summary["drift"]
+    assert report["status"] == "fail" and report["fail"] == ["image_brightness", "hub"]
+    assert report["warn"] == []
+    assert report["compared"] == {"scope": "new_batches", "rows": 200, "batches": ["b0002"]}
+    assert report["reference"] == {"rows": 300}
+    assert report["columns"]["temperature_max"]["status"] == "ok"
+    json.dumps(report, allow_nan=False)
+    # drift only warns by default; GX shows the same drift in Data Docs
+    assert summary["success"] is True, summary["hard_failures"]
+    assert any(w.startswith("drift(image_brightness): PSI") for w in summary["warnings"])
+    assert _failed(summary) == {
+        ("expect_column_kl_divergence_to_be_less_than", "image_brightness"): "warning",
+        ("expect_column_values_to_be_in_set", "hub"): "warning"}
+    drift_checks = [r for r in summary["results"] if r["expectation"] in (
+        "expect_column_kl_divergence_to_be_less_than", "expect_column_mean_to_be_between")
+        and not r["column"].startswith(("missing_", "label_share_"))]
+    assert len(drift_checks) == 5  # label, brightness, temperature, shock (KL); note_length (mean)
+
+    hard = dataclasses.replace(cfg, drift_fail_is_hard=True)
+    summary = run_validation(frame, hard, tmp_path / "gx", reference=reference)
+    assert summary["success"] is False
+    assert any(h.startswith("drift(hub): PSI") for h in summary["hard_failures"])
+    assert any(h.startswith("expect_column_kl_divergence_to_be_less_than(image_brightness")
+               for h in summary["hard_failures"])
+
+
+def test_same_data_as_reference_has_no_drift(tmp_path, cfg):
+    reference = make_profile(300, seed=1)
+    summary = run_validation(reference, cfg, tmp_path / "gx", reference=reference)
+    assert summary["drift"]["status"] == "ok"
+    assert summary["drift"]["compared"]["scope"] == "all_rows"
+    assert summary["success"] is True and _failed(summary) == {}
+
+
+def test_main_writes_drift_report_with_and_without_reference(tmp_path, monkeypatch):
+    from mmcore.stages import validate
+
+    reference = make_profile(300, seed=1)
+    argv = _cli_workspace(tmp_path, _drifted(reference)) + [
+        "--drift-report", str(tmp_path / "reports" / "drift.json"),
+        "--drift-md", str(tmp_path / "reports" / "drift.md")]
+    monkeypatch.setattr(validate, "champion_reference", lambda model, experiment: None)
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "reports" / "drift.json").read_text(encoding="utf-8"))
+    assert report == {"reference": None, "columns": {}, "status": "no_reference"}
+    assert "no reference" in (tmp_path / "reports" / "drift.md").read_text(encoding="utf-8")
+
+    monkeypatch.setattr(validate, "champion_reference", lambda model, experiment: reference)
+    assert main(argv) == 0  # drift_fail_is_hard is false in params.yaml
+    report = json.loads((tmp_path / "reports" / "drift.json").read_text(encoding="utf-8"))
+    assert report["status"] == "fail" and "image_brightness" in report["fail"]
+    md = (tmp_path / "reports" / "drift.md").read_text(encoding="utf-8")
+    assert md.startswith("# Data drift: FAIL") and "| image_brightness | **FAIL** |" in md
+
+
+def test_unreadable_registry_warns_and_says_drift_not_run(tmp_path, monkeypatch):
+    from mmcore.stages import validate
+
+    def broken(model, experiment):
+        raise ConnectionError("tracking server down")
+
+    argv = _cli_workspace(tmp_path, make_profile()) + [
+        "--drift-report", str(tmp_path / "drift.json")]
+    monkeypatch.setattr(validate, "champion_reference", broken)
+    assert main(argv) == 0  # drift is optional by default: the rest still validates
+    summary = json.loads((tmp_path / "reports" / "v.json").read_text(encoding="utf-8"))
+    assert any("tracking server down" in w for w in summary["warnings"])
+    report = json.loads((tmp_path / "drift.json").read_text(encoding="utf-8"))
+    assert report["status"] == "not_run" and "tracking server down" in report["message"]
+
+
+def test_champion_reference_round_trip_through_mlflow(tmp_path, monkeypatch):
+    """train logs the reference with the run; validate finds it behind alias champion."""
+    import mlflow
+
+    from mmcore import registry
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    argv = _cli_workspace(tmp_path, _drifted(make_profile(300, seed=1))) + [
+        "--drift-report", str(tmp_path / "drift.json")]
+    assert main(argv) == 0  # no champion yet
+    assert json.loads((tmp_path / "drift.json").read_text())["status"] == "no_reference"
+    registry.setup("parcel-condition")
+    with mlflow.start_run() as run:
+        registry.log_reference(make_profile(300, seed=1))
+    c = registry.client()
+    c.create_registered_model("parcel-condition")
+    version = c.create_model_version("parcel-condition", f"runs:/{run.info.run_id}/model",
+                                     run_id=run.info.run_id).version
+    registry.promote("parcel-condition", version)
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "drift.json").read_text())
+    assert report["reference"] == {"model": "parcel-condition", "alias": "champion",
+                                   "version": str(version), "run_id": run.info.run_id,
+                                   "rows": 300}
+    assert report["fail"] == ["image_brightness", "hub"]
