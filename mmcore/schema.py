@@ -52,5 +52,6 @@ PROFILE_COLUMNS: dict[str, str] = {
     "temperature_min": "float64", "temperature_max": "float64",
     "humidity_min": "float64", "humidity_max": "float64",
     "shock_max": "float64", "light_max": "float64",
+    "sensor_stuck_channels": "string",
 }
 NOTE_LANGS: tuple[str, ...] = ("en", "zh", "empty", "other")

@@ -27,14 +27,14 @@ def jpeg_bytes(size: int = 64, color: tuple[int, int, int] = (180, 140, 90), fmt
 
 
 def sensor_csv(rows: int = 60, nan: bool = False, header: str = "t_s,temperature_c,humidity_pct,shock_g,light_lux",
-               shuffle_time: bool = False) -> str:
+               shuffle_time: bool = False, frozen_temperature: bool = False) -> str:
     t = np.arange(rows) * 60.0
     if shuffle_time:
         t[[3, 4]] = t[[4, 3]]
     lines = [header]
     for i in range(rows):
-        temp = "nan" if nan and i == 5 else f"{4 + 0.1 * np.sin(i):.3f}"
-        lines.append(f"{t[i]:.1f},{temp},55.0,0.2,0.0")
+        temp = "nan" if nan and i == 5 else "4.000" if frozen_temperature else f"{4 + 0.1 * np.sin(i):.3f}"
+        lines.append(f"{t[i]:.1f},{temp},{55 + 0.5 * np.cos(i):.2f},{0.2 + 0.01 * (i % 3):.2f},0.0")
     return "\n".join(lines) + "\n"
 
 

@@ -118,6 +118,17 @@ def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
             "brightness": float(np.asarray(rgb.convert("L"), dtype=np.float32).mean())}
 
 
+# Channels that always move on a live tracker; light stays at 0 in a closed box, so it is not here.
+LIVE_CHANNELS: tuple[str, ...] = ("temperature_c", "humidity_pct", "shock_g")
+
+
+def stuck_channels(arr: np.ndarray) -> list[str]:
+    """Channels frozen at one value for the whole trace: a dead sensor, flagged but kept
+    (the other channels still carry signal), and counted by validation."""
+    cols = [SENSOR_HEADER.index(c) for c in LIVE_CHANNELS]
+    return [SENSOR_HEADER[i] for i in cols if float(arr[:, i].max()) == float(arr[:, i].min())]
+
+
 def check_sensor(data: bytes, cfg: IngestConfig) -> np.ndarray:
     """Parse a sensor CSV into a (rows, 5) float32 array: header, count, finiteness and time order."""
     try:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mmcore.config import IngestConfig, load_params
 from mmcore.data.checks import (Rejected, check_fields, check_image, check_note, check_sensor,
-                                check_timestamp, normalise_label, safe_path)
+                                check_timestamp, normalise_label, safe_path, stuck_channels)
 from mmcore.schema import PROFILE_COLUMNS, SENSOR_HEADER, Reason
 
 CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -116,12 +116,14 @@ def note_profile(note: str | None) -> dict[str, Any]:
 
 def sensor_profile(arr: Any) -> dict[str, Any]:
     if arr is None:
-        keys = ("temperature_min", "temperature_max", "humidity_min", "humidity_max", "shock_max", "light_max")
+        keys = ("temperature_min", "temperature_max", "humidity_min", "humidity_max", "shock_max", "light_max",
+                "sensor_stuck_channels")
         return {"has_sensor": False, "sensor_rows": None, "sensor_nan_count": None, **dict.fromkeys(keys)}
     return {"has_sensor": True, "sensor_rows": int(arr.shape[0]), "sensor_nan_count": 0,
             "temperature_min": float(arr[:, 1].min()), "temperature_max": float(arr[:, 1].max()),
             "humidity_min": float(arr[:, 2].min()), "humidity_max": float(arr[:, 2].max()),
-            "shock_max": float(arr[:, 3].max()), "light_max": float(arr[:, 4].max())}
+            "shock_max": float(arr[:, 3].max()), "light_max": float(arr[:, 4].max()),
+            "sensor_stuck_channels": ",".join(stuck_channels(arr))}
 
 
 def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason, detail: str,
@@ -293,8 +295,10 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
     swap_dir(staging, raw)
     write_atomic(quarantine / "records.jsonl", lambda p: p.write_text(
         "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined), encoding="utf-8"))
+    stuck = int((df["sensor_stuck_channels"].fillna("") != "").sum())
     return {"landed": landed, "accepted": len(accepted), "quarantined": len(quarantined),
-            "by_reason": dict(Counter(q["reason"] for q in quarantined)), "batches": batches}
+            "by_reason": dict(Counter(q["reason"] for q in quarantined)), "batches": batches,
+            "warnings": {"sensor_stuck_channel": stuck}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,6 +125,8 @@ def _sensor_expectations(gxe: Any, cfg: ValidateConfig) -> list[Any]:
     }
     out = [_exp(gxe.ExpectColumnValuesToBeBetween, ERROR, column="sensor_rows",
                 min_value=SENSOR_ROWS_RANGE[0], max_value=SENSOR_ROWS_RANGE[1])]
+    # a dead channel (frozen for the whole trace) warns; many of them mean a broken tracker fleet
+    out += _tiered(gxe.ExpectColumnValuesToBeInSet, column="sensor_stuck_channels", value_set=[""])
     for cols, (lo, hi) in ranges.items():
         out += [_exp(gxe.ExpectColumnValuesToBeBetween, ERROR, column=c,
                      min_value=lo, max_value=hi) for c in cols]

@@ -58,6 +58,7 @@ def make_profile(n: int = 100, seed: int = 0) -> pd.DataFrame:
         "temperature_min": sensor(-5, 5), "temperature_max": sensor(10, 30),
         "humidity_min": sensor(10, 40), "humidity_max": sensor(50, 90),
         "shock_max": sensor(0, 20), "light_max": sensor(0, 500),
+        "sensor_stuck_channels": _optional(has_sensor, [""] * n),
     })
     return frame.astype(PROFILE_COLUMNS)
 

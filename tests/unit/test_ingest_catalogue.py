@@ -45,8 +45,8 @@ CASES = {
     "truncated_jpeg": ({"images/x.jpg": jpeg_bytes(size=128)[:300]}, {}, "bad_image"),
     "zero_byte": ({"images/x.jpg": b""}, {}, "bad_image"),
     "bomb": ({"images/x.jpg": png_bomb()}, {}, "image_too_large"),
-    "inf_sensor": ({"sensors/x.csv": sensor_csv().replace("55.0", "inf", 1)}, {}, "bad_sensor"),
-    "empty_sensor_value": ({"sensors/x.csv": sensor_csv().replace("55.0", "", 1)}, {}, "bad_sensor"),
+    "inf_sensor": ({"sensors/x.csv": sensor_csv().replace(",0.0\n", ",inf\n", 1)}, {}, "bad_sensor"),
+    "empty_sensor_value": ({"sensors/x.csv": sensor_csv().replace(",0.0\n", ",\n", 1)}, {}, "bad_sensor"),
     "missing_header": ({"sensors/x.csv": "\n".join(sensor_csv().splitlines()[1:])}, {}, "bad_sensor"),
     "too_few_rows": ({"sensors/x.csv": sensor_csv(rows=10)}, {}, "bad_sensor"),
     "too_many_rows": ({"sensors/x.csv": sensor_csv(rows=5001)}, {}, "bad_sensor"),
@@ -83,3 +83,11 @@ def test_duplicate_across_batches_keeps_the_first(tmp_path: Path, ingest_cfg) ->
     df = pd.read_parquet(tmp_path / "raw" / "records.parquet")
     assert sorted(df["record_id"]) == ["a", "b"] and df.set_index("record_id").loc["a", "note"] == "corner crushed"
     assert summary["by_reason"] == {"duplicate_record_id": 1}
+
+
+def test_dead_sensor_channel_is_flagged_and_kept(tmp_path: Path, ingest_cfg) -> None:
+    frozen = sensor_csv(frozen_temperature=True)
+    summary, df, q = one(tmp_path, ingest_cfg, record("x"), {**good_files("x"), "sensors/x.csv": frozen})
+    assert q == [] and summary["warnings"]["sensor_stuck_channel"] == 1
+    stuck = df.set_index("record_id")["sensor_stuck_channels"]
+    assert stuck["x"] == "temperature_c" and stuck["ok"] == ""
