@@ -79,7 +79,12 @@ class ModelConfig:
     hidden: int = 256
     dropout: float = 0.2
     modality_dropout: float = 0.25
+    fusion: str = "concat"          # concat | gated | attention
     modalities: tuple[str, ...] = ("image", "text", "sensor")
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("concat", "gated", "attention"):
+            raise ValueError(f"model.fusion must be concat, gated or attention, got {self.fusion!r}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class TrainConfig:
     weight_decay: float
     embed_batch_size: int
     patience: int
+    accumulate: int = 1               # gradient accumulation steps
+    contrastive_weight: float = 0.0   # CLIP-style image-text InfoNCE added to the loss
+    contrastive_temperature: float = 0.07
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,49 @@ class Batch:
         return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
 
 
+class GatedFusion(nn.Module):
+    """Softmax gates over modality tokens: the model learns which modality to trust per sample."""
+
+    def __init__(self, w: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(w * len(MODALITIES), len(MODALITIES))
+        self.out_dim = w
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.gate(tokens.flatten(1))                          # (B, 3)
+        scores = scores.masked_fill(mask == 0, -1e4)                   # absent modalities get ~0 weight
+        weights = torch.softmax(scores, dim=-1).unsqueeze(-1)          # (B, 3, 1)
+        return (weights * tokens).sum(1)                               # (B, w)
+
+
+class AttentionFusion(nn.Module):
+    """A learned query token attends over the modality tokens (one transformer layer)."""
+
+    def __init__(self, w: int, dropout: float) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, w))
+        self.type_emb = nn.Parameter(torch.zeros(1, len(MODALITIES), w))
+        self.layer = nn.TransformerEncoderLayer(w, nhead=4, dim_feedforward=2 * w, dropout=dropout,
+                                                batch_first=True, norm_first=True)
+        self.out_dim = w
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens + self.type_emb], dim=1)  # (B, 4, w)
+        return self.layer(x)[:, 0]                                                           # (B, w)
+
+
+class ConcatFusion(nn.Module):
+    def __init__(self, w: int) -> None:
+        super().__init__()
+        self.out_dim = w * len(MODALITIES)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return tokens.flatten(1)                                        # (B, 3w)
+
+
 class FusionModel(nn.Module):
-    """Concatenation fusion with a learned "missing" embedding per modality.
+    """Modality tokens (a learned "missing" embedding stands in for an absent one), fused by
+    `cfg.fusion`, then a classification head.
 
     `cfg.modalities` restricts which inputs the model may see: a unimodal
     baseline is the same class with one modality, so comparisons are fair.
@@ -54,9 +95,11 @@ class FusionModel(nn.Module):
         })
         self.sensor = SensorEncoder(4, w)
         self.missing = nn.Parameter(torch.zeros(len(MODALITIES), w))
+        self.fusion = {"concat": lambda: ConcatFusion(w), "gated": lambda: GatedFusion(w),
+                       "attention": lambda: AttentionFusion(w, cfg.dropout)}[cfg.fusion]()
         self.head = nn.Sequential(
             nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.Linear(w * len(MODALITIES), cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+            nn.Linear(self.fusion.out_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, num_classes),
         )
         allowed = torch.tensor([m in cfg.modalities for m in MODALITIES], dtype=torch.float32)
@@ -72,14 +115,28 @@ class FusionModel(nn.Module):
             mask = torch.where(dropped.sum(1, keepdim=True) > 0, dropped, mask)
         return mask
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        mask = self.effective_mask(batch.mask)                           # (B, 3)
+    def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected modality tokens (B, 3, w), missing ones replaced, and the mask used (B, 3)."""
+        mask = self.effective_mask(batch.mask)
         tokens = torch.stack([self.proj["image"](batch.image),
                               self.proj["text"](batch.text),
-                              self.sensor(batch.sensor)], dim=1)         # (B, 3, w)
+                              self.sensor(batch.sensor)], dim=1)
         m = mask.unsqueeze(-1)
-        tokens = tokens * m + self.missing.unsqueeze(0) * (1 - m)        # (B, 3, w)
-        return self.head(tokens.flatten(1))                              # (B, C)
+        return tokens * m + self.missing.unsqueeze(0) * (1 - m), mask
+
+    def classify(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fusion(tokens, mask))                     # (B, C)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.classify(*self.tokens(batch))
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric CLIP loss between paired rows of a and b (B, w)."""
+    a, b = nn.functional.normalize(a, dim=-1), nn.functional.normalize(b, dim=-1)
+    logits = a @ b.T / temperature                                      # (B, B)
+    target = torch.arange(len(a), device=a.device)
+    return (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
 
 
 @dataclass

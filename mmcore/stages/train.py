@@ -16,7 +16,7 @@ from mmcore.data.raw import load_profile
 from mmcore.features import Featurizer
 from mmcore.model import MODALITIES
 from mmcore.stages.common import data_version, split_records, write_json
-from mmcore.train import History, train_bundle
+from mmcore.train import History, checkpoint_path, train_bundle
 
 
 def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_name: str,
@@ -65,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
     train_recs, train_y = split_records(args.raw, args.splits, "train")
     val_recs, val_y = split_records(args.raw, args.splits, "val")
-    hists = {}
+    hists, ckpts = {}, []
     for name, mods in [("fused", MODALITIES)] + [(m, (m,)) for m in MODALITIES]:
         mcfg = dataclasses.replace(p.model, modalities=tuple(mods))
-        bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train)
+        ckpt = checkpoint_path(args.cache / "checkpoints", name, mcfg, p.train, [r["record_id"] for r in train_recs])
+        bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt)
+        ckpts.append(ckpt)
         bundle.save(args.out if name == "fused" else args.unimodal / name)
         print(f"train[{name}]: best val macro-F1 {hists[name].best_val_macro_f1:.3f} "
               f"at epoch {hists[name].best_epoch}")
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
                              "val_records": len(val_y), "embedded_now": feat.embedded,
                              "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()}})
+    for ckpt in ckpts:  # the stage is complete: a rerun must train afresh, not resume
+        ckpt.unlink(missing_ok=True)
     print(f"train: registered {p.registry.model_name} version {version} (run {run_id})")
     return 0
 

@@ -24,15 +24,17 @@ def random_batch(n: int, seed: int = 0, mask: torch.Tensor | None = None) -> Bat
                  torch.ones(n, 3) if mask is None else mask)
 
 
+@pytest.mark.parametrize("fusion", ["concat", "gated", "attention"])
 @pytest.mark.parametrize("mask", [[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]])
-def test_forward_shape_for_any_modality_subset(mask: list[int]) -> None:
-    model = FusionModel(MCFG).eval()
+def test_forward_shape_for_any_modality_subset(mask: list[int], fusion: str) -> None:
+    model = FusionModel(dataclasses.replace(MCFG, fusion=fusion)).eval()
     out = model(random_batch(4, mask=torch.tensor([mask] * 4, dtype=torch.float32)))
     assert out.shape == (4, 5) and torch.isfinite(out).all()
 
 
-def test_missing_modality_ignores_its_input() -> None:
-    model = FusionModel(MCFG).eval()
+@pytest.mark.parametrize("fusion", ["concat", "gated", "attention"])
+def test_missing_modality_ignores_its_input(fusion: str) -> None:
+    model = FusionModel(dataclasses.replace(MCFG, fusion=fusion)).eval()
     a = random_batch(3, seed=1, mask=torch.tensor([[1.0, 0.0, 1.0]] * 3))
     b = dataclasses.replace(a, text=torch.randn(3, TEXT_DIM))
     assert torch.allclose(model(a), model(b))
