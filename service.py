@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -104,6 +105,27 @@ def check_images(records: list[Record], limit_pixels: int = 40_000_000) -> None:
                 f"records[{i}].image: not a decodable JPEG/PNG ({type(exc).__name__})") from exc
 
 
+OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs", "/docs.json")
+
+
+class ApiKeyMiddleware:
+    """With PARCEL_API_KEY set, every call but health, metrics and docs needs header `x-api-key`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.key = os.environ.get("PARCEL_API_KEY") or None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.key and scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"x-api-key", b"").decode("latin-1") != self.key:
+                from starlette.responses import JSONResponse
+
+                await JSONResponse({"error": "missing or wrong x-api-key header"}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 @bentoml.service(traffic={"timeout": 60}, resources={"cpu": "2"})
 class ParcelCondition:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
@@ -118,6 +140,9 @@ class ParcelCondition:
     @bentoml.api
     def predict(self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
                 ) -> list[Prediction]:
+        return self._predict(records)
+
+    def _predict(self, records: list[Record]) -> list[Prediction]:
         check_images(records)
         for i, rec in enumerate(records):
             if rec.image is None and not (rec.note or "").strip() and rec.sensor is None:
@@ -127,6 +152,18 @@ class ParcelCondition:
         return [Prediction(record_id=r.record_id, model_version=self.version, **p)
                 for r, p in zip(records, preds)]
 
+    @bentoml.api(route="/predict_file")
+    def predict_file(self, image: Path, note: Annotated[str | None, Field(max_length=MAX_NOTE_CHARS)] = None,
+                     sensor: Sensor | None = None) -> Prediction:
+        """Multipart form: one image file plus optional `note` and `sensor` (a JSON object of channel arrays)."""
+        data = Path(image).read_bytes()
+        if len(data) > MAX_IMAGE_BYTES:
+            raise bentoml.exceptions.InvalidArgument(f"image: {len(data)} bytes, limit {MAX_IMAGE_BYTES}")
+        return self._predict([Record(note=note, image=base64.b64encode(data).decode(), sensor=sensor)])[0]
+
     @bentoml.api(route="/labels")
     def labels(self) -> dict[str, Any]:
         return {"labels": list(CLASSES), "model_version": self.version}
+
+
+ParcelCondition.add_asgi_middleware(ApiKeyMiddleware)

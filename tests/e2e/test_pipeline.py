@@ -105,11 +105,10 @@ def test_second_repro_runs_nothing(workspace: Path) -> None:
     assert "up to date" in proc.stdout.lower()
 
 
-@pytest.fixture(scope="module")
-def server(workspace: Path):
+def start_server(workspace: Path, **env: str):
     port = free_port()
     proc = subprocess.Popen([str(BIN / "bentoml"), "serve", "parcel-condition:latest", "--port", str(port),
-                             "--host", "127.0.0.1"], cwd=workspace, env=env_for(workspace),
+                             "--host", "127.0.0.1"], cwd=workspace, env={**env_for(workspace), **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -128,6 +127,29 @@ def server(workspace: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path):
+    yield from start_server(workspace)
+
+
+def test_multipart_image_file(workspace: Path, server: str) -> None:
+    image = sorted((workspace / "data" / "landing").glob("*/images/*"))[0]
+    ok = httpx.post(f"{server}/predict_file", files={"image": image.read_bytes()}, data={"note": "box dented"}, timeout=60)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["label"] in CLASSES and ok.json()["modalities"] == ["image", "text"]
+    bad = httpx.post(f"{server}/predict_file", files={"image": b"not an image"}, timeout=60)
+    assert bad.status_code == 400 and "image" in bad.text
+
+
+def test_api_key_is_required_when_set(workspace: Path) -> None:
+    for url in start_server(workspace, PARCEL_API_KEY="s3cret"):
+        body = {"records": [{"note": "corner crushed"}]}
+        assert httpx.post(f"{url}/predict", json=body, timeout=30).status_code == 401
+        assert httpx.post(f"{url}/predict", json=body, headers={"x-api-key": "wrong"}, timeout=30).status_code == 401
+        assert httpx.post(f"{url}/predict", json=body, headers={"x-api-key": "s3cret"}, timeout=30).status_code == 200
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
 
 
 def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
