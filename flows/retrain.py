@@ -43,8 +43,18 @@ def run_dvc(stage: str) -> None:
         raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-repro = task(run_dvc, name="dvc-repro")
-repro_retried = task(run_dvc, name="dvc-repro", retries=2, retry_delay_seconds=[5, 30])
+repro = task(run_dvc, name="dvc-repro", task_run_name="dvc-repro-{stage}")
+repro_retried = task(run_dvc, name="dvc-repro", task_run_name="dvc-repro-{stage}", retries=2,
+                     retry_delay_seconds=[5, 30])
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=[5, 30, 120])
+def push_data() -> None:
+    """The run's data versions to the DVC remote (storage hiccups are retried)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "push"], text=True, capture_output=True)
+    get_run_logger().info(proc.stdout[-2000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 @task(name="report")
@@ -75,6 +85,7 @@ def retrain(landing: str = "data/landing", params: str = "params.yaml", seed_if_
             logger.info(f"landing area was empty: generated {made} default batches")
     for stage in stages():
         (repro_retried if stage in RETRIED else repro)(stage)
+    push_data()
     return report()
 
 
