@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a first start migrates a fresh Prefect database: slower than the default 20 s on 2 cores
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install run test serve lock clean
+.PHONY: install run test bench serve lock clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Speed goals live here, as ratios against a limit measured in the same run (JSON in reports/bench/).
+bench: install
+	$(PY) -m mmcore.bench ingest --records 3000 --out reports/bench/ingest.json
 
 serve:
 	bentoml serve parcel-condition:latest --port 3000

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -210,18 +211,26 @@ def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+def list_column(values: list[Any]) -> pa.Array:
+    """float32 arrays (or None) to an Arrow list column without a detour through Python lists."""
+    lengths = np.array([0 if v is None else len(v) for v in values], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+                       mask=np.array([v is None for v in values] + [False]) if any(v is None for v in values) else None)
+    flat = [v for v in values if v is not None]
+    data = pa.array(np.concatenate(flat).astype(np.float32) if flat else np.zeros(0, np.float32))
+    return pa.ListArray.from_arrays(offsets, data)
+
+
 def write_shards(accepted: list[Accepted], shard_dir: Path, shard_size: int) -> list[str]:
     names = []
     for start in range(0, len(accepted), shard_size):
         chunk = accepted[start:start + shard_size]
         name = f"part-{start // shard_size:05d}.parquet"
-        cols: dict[str, list[Any]] = {"record_id": [a.row["record_id"] for a in chunk],
-                                      "image": [a.image for a in chunk]}
+        cols: dict[str, Any] = {"record_id": pa.array([a.row["record_id"] for a in chunk], pa.string()),
+                                "image": pa.array([a.image for a in chunk], pa.binary())}
         for i, ch in enumerate(SENSOR_HEADER):
-            cols[ch] = [None if a.sensor is None else a.sensor[:, i].tolist() for a in chunk]
-        schema = pa.schema([("record_id", pa.string()), ("image", pa.binary()),
-                            *[(ch, pa.list_(pa.float32())) for ch in SENSOR_HEADER]])
-        table = pa.Table.from_pydict(cols, schema=schema)
+            cols[ch] = list_column([None if a.sensor is None else a.sensor[:, i] for a in chunk])
+        table = pa.table(cols)
         write_atomic(shard_dir / name, lambda p, t=table: pq.write_table(t, p))
         for a in chunk:
             a.row["shard"] = name
@@ -247,7 +256,9 @@ def worker_pool(workers: int | None) -> Iterator[Executor | None]:
     if n <= 1:
         yield None
         return
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # fork starts workers in milliseconds; spawn (slow imports in every worker) where fork is absent
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(method)) as pool:
         yield pool
 
 

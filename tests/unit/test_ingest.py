@@ -149,3 +149,18 @@ def test_crash_before_swap_keeps_old_state_and_rerun_completes(tmp_path: Path, i
     summary = ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg)
     assert summary["accepted"] == 2
     assert sorted(pd.read_parquet(tmp_path / "raw" / "records.parquet")["record_id"]) == ["a", "b"]
+
+
+def test_shards_keep_each_record_with_its_own_payload(tmp_path: Path, ingest_cfg) -> None:
+    from mmcore.data.raw import load_records
+    from tests.conftest import sensor_csv
+
+    files = {**good_files("a"), **good_files("c"), "sensors/c.csv": sensor_csv(rows=90),
+             "images/b.jpg": good_files("b")["images/b.jpg"]}
+    write_batch(tmp_path / "landing", "b1", [record("a"), record("b", sensor=None), record("c", image=None)], files)
+    ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg)
+    _, recs = load_records(tmp_path / "raw")
+    by_id = {r["record_id"]: r for r in recs}
+    assert len(by_id["a"]["sensor"]["t_s"]) == 60 and by_id["b"]["sensor"] is None
+    assert len(by_id["c"]["sensor"]["temperature_c"]) == 90 and by_id["c"]["image"] is None
+    assert by_id["b"]["image"] == files["images/b.jpg"]
