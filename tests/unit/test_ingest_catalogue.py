@@ -91,3 +91,9 @@ def test_dead_sensor_channel_is_flagged_and_kept(tmp_path: Path, ingest_cfg) -> 
     assert q == [] and summary["warnings"]["sensor_stuck_channel"] == 1
     stuck = df.set_index("record_id")["sensor_stuck_channels"]
     assert stuck["x"] == "temperature_c" and stuck["ok"] == ""
+
+
+def test_sensor_csv_with_bom_and_crlf_is_read(tmp_path: Path, ingest_cfg) -> None:
+    crlf = "\ufeff" + sensor_csv().replace("\n", "\r\n")
+    _, df, q = one(tmp_path, ingest_cfg, record("x"), {**good_files("x"), "sensors/x.csv": crlf})
+    assert q == [] and df.set_index("record_id").loc["x", "sensor_rows"] == 60
