@@ -72,6 +72,14 @@ DRIFT_TAIL_HOLDOUT = 0.01     # weight for new values beyond the reference's min
 # --------------------------------------------------------------------------- suite
 
 
+# Storage types the raw table must keep (pandas names; a float read as object means a broken writer).
+COLUMN_TYPES = {
+    "image_brightness": ["float64", "Float64"], "note_length": ["int64", "Int64"],
+    "temperature_max": ["float64", "Float64"],
+    "has_image": ["bool", "boolean"], "has_sensor": ["bool", "boolean"],
+}
+
+
 def _exp(cls: type, severity: str, **kwargs: Any) -> Any:
     """One expectation, tagged with the severity that decides if the pipeline stops."""
     return cls(severity=GX_SEVERITY[severity], **kwargs)
@@ -97,6 +105,10 @@ def _record_expectations(gxe: Any) -> list[Any]:
              value_set=list(NOTE_LANGS)),
         _exp(gxe.ExpectColumnValuesToBeBetween, ERROR, column="note_length",
              min_value=0, max_value=MAX_NOTE_CHARS),
+        _exp(gxe.ExpectColumnValueLengthsToBeBetween, ERROR, column="hub", min_value=1, max_value=32),
+        _exp(gxe.ExpectColumnValueLengthsToBeBetween, ERROR, column="image_sha256", min_value=64, max_value=64),
+        *[_exp(gxe.ExpectColumnValuesToBeInTypeList, ERROR, column=c, type_list=types)
+          for c, types in COLUMN_TYPES.items()],
     ]
 
 
