@@ -114,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_ingest(args.records, args.params, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    rows = [("ingest records/s", result["records_per_s"]), ("decode-only limit/s", result["decode_limit_per_s"]),
+            ("ratio (goal >= %s)" % result["goal_ratio"], result["ratio"]),
+            ("validation rows/s", result["validation_rows_per_s"]), ("no-op dvc repro s", result["noop_dvc_repro_s"])]
+    print(f"ingest bench: {result['records']} records, {result['workers']} workers, "
+          f"{result['machine']['cpus']} cpus -> {args.out}")
+    for name, value in rows:
+        print(f"  {name:<22}{value:>10}")
     return 0
 
 
