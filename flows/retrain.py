@@ -50,7 +50,12 @@ repro_retried = task(run_dvc, name="dvc-repro", task_run_name="dvc-repro-{stage}
 
 @task(name="dvc-push", retries=3, retry_delay_seconds=[5, 30, 120])
 def push_data() -> None:
-    """The run's data versions to the DVC remote (storage hiccups are retried)."""
+    """The run's data versions to the DVC remote (storage hiccups are retried); a workspace
+    without a remote has nothing to push to, and says so."""
+    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], text=True, capture_output=True)
+    if not remotes.stdout.strip():
+        get_run_logger().warning("no DVC remote configured: data versions stay in the local cache only")
+        return
     proc = subprocess.run([sys.executable, "-m", "dvc", "push"], text=True, capture_output=True)
     get_run_logger().info(proc.stdout[-2000:])
     if proc.returncode != 0:
