@@ -102,9 +102,27 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    n_boot: int                 # paired bootstrap rounds for the challenger-minus-champion macro-F1 interval
+    ci: float                   # its confidence level (0.95: the 2.5th..97.5th percentile)
+    seed: int                   # seeds the bootstrap's numpy Generator
+    ece_bins: int               # equal-width confidence bins of the ECE and the reliability diagram
+    latency_records: int        # gate-set records timed one at a time (batch 1, full path, CPU)
+    latency_warmup: int         # untimed calls first
+    latency_repeats: int        # each record counts with its best of this many calls (damps a busy machine's noise)
+
+
+@dataclass(frozen=True)
 class GateConfig:
-    min_macro_f1: float
-    min_delta: float
+    min_macro_f1: float         # floors: apply to every challenger, the first model included
+    min_accuracy: float
+    min_class_f1: float         # the worst class's F1
+    max_ece: float
+    max_latency_p95_ms: float   # CPU, batch 1, encoders included
+    min_delta: float            # vs champion: the bootstrap interval's lower bound of the macro-F1 gain must exceed it
+    max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion
+    max_slice_f1_drop: float    # nor any slice's macro-F1 (hub, note language, missing modality) ...
+    min_slice_n: int            # ... of at least this many records (smaller slices are reported, not gated)
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,7 @@ class Params:
     split: SplitConfig
     model: ModelConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
     gate: GateConfig
     registry: RegistryConfig
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -144,7 +163,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     hints = {"synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig,
              "split": SplitConfig, "model": ModelConfig, "train": TrainConfig,
-             "gate": GateConfig, "registry": RegistryConfig}
+             "evaluate": EvaluateConfig, "gate": GateConfig, "registry": RegistryConfig}
     if set(raw) != set(hints):
         raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
     built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}

@@ -1,9 +1,17 @@
-"""Scores of a model on labelled records: the numbers the gate and the reports use."""
+"""Scores of a model on labelled records: the numbers the gate and the reports use.
+
+Pure functions over labels, predictions and probabilities (plus two small helpers
+that run a model on a `Batch`), so each can be tested alone.
+"""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
+
+from mmcore.model import MODALITIES, Batch
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
@@ -24,16 +32,124 @@ def per_class(cm: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def class_f1(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1 of one (C, C) or many (..., C, C) confusion matrices: 2tp / (2tp + fp + fn), 0 when undefined."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
+    denom = cm.sum(-1) + cm.sum(-2)           # (tp + fn) + (tp + fp)
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> float:
-    stats = per_class(confusion(y_true, y_pred, n), [str(i) for i in range(n)])
-    return float(np.mean([v["f1"] for v in stats.values()]))
+    """Mean F1 over all n classes (an absent, never-predicted class counts as 0)."""
+    return float(class_f1(confusion(y_true, y_pred, n)).mean())
 
 
-def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """macro-F1, accuracy, per-class precision/recall/F1/support and the confusion matrix."""
+def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str], ece_bins: int = 15) -> dict[str, Any]:
+    """macro-F1, accuracy, per-class precision/recall/F1/support, the confusion matrix and the ECE."""
     y_pred = probs.argmax(1)
     cm = confusion(y_true, y_pred, len(labels))
     classes = per_class(cm, labels)
     return {"macro_f1": float(np.mean([v["f1"] for v in classes.values()])),
             "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-            "n": int(len(y_true)), "per_class": classes, "confusion_matrix": cm.tolist()}
+            "n": int(len(y_true)), "per_class": classes, "confusion_matrix": cm.tolist(),
+            "ece": ece(probs, y_true, ece_bins)}
+
+
+# --- calibration -------------------------------------------------------------------------
+
+def reliability(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
+    """Top-label reliability: per equal-width confidence bin, mean confidence, accuracy and count."""
+    conf = probs.max(1) if len(probs) else np.zeros(0)
+    correct = probs.argmax(1) == np.asarray(y_true) if len(probs) else np.zeros(0, bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (lo, hi], first bin [0, hi]
+    out = []
+    for b in range(bins):
+        sel = which == b
+        k = int(sel.sum())
+        out.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": k,
+                    "confidence": float(conf[sel].mean()) if k else None,
+                    "accuracy": float(correct[sel].mean()) if k else None})
+    return out
+
+
+def ece(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: count-weighted mean |accuracy - confidence| over the reliability bins."""
+    n = len(probs)
+    if n == 0:
+        return 0.0
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability(probs, y_true, bins) if b["count"]))
+
+
+# --- paired bootstrap of the macro-F1 difference -----------------------------------------
+
+def bootstrap_macro_f1_delta(y_true: np.ndarray, pred_new: np.ndarray, pred_old: np.ndarray, n_classes: int,
+                             n_boot: int, seed: int, ci: float = 0.95) -> dict[str, Any]:
+    """Paired bootstrap of macro-F1(new) - macro-F1(old): both models are scored on the same resampled
+    records each round, so record difficulty cancels. Percentile interval at level `ci`."""
+    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y_true, pred_new, pred_old))
+    observed = macro_f1(y, a, n_classes) - macro_f1(y, b, n_classes)
+    if len(y) == 0:
+        return {"observed": 0.0, "mean": 0.0, "low": 0.0, "high": 0.0, "ci": ci, "n_boot": 0, "seed": seed}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))                     # (B, N) resampled record ids
+    deltas = _boot_macro_f1(y[idx], a[idx], n_classes) - _boot_macro_f1(y[idx], b[idx], n_classes)
+    tail = (1 - ci) / 2 * 100
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    return {"observed": float(observed), "mean": float(deltas.mean()), "low": float(low), "high": float(high),
+            "ci": ci, "n_boot": int(n_boot), "seed": int(seed)}
+
+
+def _boot_macro_f1(y: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """Macro-F1 of each row of (B, N) labels/predictions, from one bincount over all rows."""
+    rows = np.arange(len(y))[:, None] * n * n
+    cms = np.bincount((rows + y * n + p).ravel(), minlength=len(y) * n * n).reshape(len(y), n, n)
+    return class_f1(cms).mean(-1)
+
+
+# --- slices and ablation -----------------------------------------------------------------
+
+def slice_scores(y_true: np.ndarray, y_pred: np.ndarray, groups: dict[str, np.ndarray],
+                 n_classes: int) -> dict[str, dict[str, Any]]:
+    """macro-F1, accuracy and size of each named boolean slice of the records.
+
+    A slice's macro-F1 averages over the classes that occur in it (as label or prediction):
+    a small hub without `wet` parcels is not charged a zero for `wet`."""
+    out = {}
+    for name, sel in groups.items():
+        sel = np.asarray(sel, bool)
+        yt, yp = np.asarray(y_true)[sel], np.asarray(y_pred)[sel]
+        f1 = class_f1(confusion(yt, yp, n_classes))
+        seen = np.union1d(yt, yp).astype(int)
+        out[name] = {"macro_f1": float(f1[seen].mean()) if len(seen) else 0.0,
+                     "accuracy": float((yt == yp).mean()) if len(yt) else 0.0, "n": int(sel.sum())}
+    return out
+
+
+def mask_modality(batch: Batch, modality: str) -> Batch:
+    """The same batch with one modality marked absent: the model's learned missing embedding stands in."""
+    mask = batch.mask.clone()
+    mask[:, MODALITIES.index(modality)] = 0
+    return dataclasses.replace(batch, mask=mask)
+
+
+def model_probs(model: torch.nn.Module, batch: Batch) -> np.ndarray:
+    """(N, C) class probabilities of a model on a prepared batch (eval mode, no grad)."""
+    with torch.inference_mode():
+        logits = model.eval()(batch)
+    return torch.softmax(logits.float(), dim=-1).numpy()
+
+
+def ablation(model: torch.nn.Module, batch: Batch, y_true: np.ndarray, n_classes: int) -> dict[str, float]:
+    """macro-F1 with each modality masked at test time: `drop_image`, `drop_text`, `drop_sensor`."""
+    return {f"drop_{m}": macro_f1(y_true, model_probs(model, mask_modality(batch, m)).argmax(1), n_classes)
+            for m in MODALITIES}
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50/p95 in milliseconds of measured durations."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    if len(ms) == 0:
+        return {"p50": 0.0, "p95": 0.0, "n": 0}
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "n": int(len(ms))}

@@ -134,3 +134,100 @@ def champion_reference(model_name: str) -> pd.DataFrame | None:
     frame.attrs["source"] = {"model": model_name, "alias": CHAMPION, "version": version,
                              "run_id": run_id, "rows": int(len(frame))}
     return frame
+
+
+# Operations on the registry: rollback moves the champion alias back, lineage says where a
+# served version came from. Both run as `python -m mmcore.registry {rollback,lineage} --version N`.
+LINEAGE_TAGS = ("data_version", "git_commit", "params_hash")
+
+
+def model_version(model_name: str, version: int | str) -> Any:
+    """The registered version, or ValueError naming the versions that do exist."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        return c.get_model_version(model_name, str(version))
+    except MlflowException:
+        try:
+            known = sorted(int(v.version) for v in c.search_model_versions(f"name='{model_name}'"))
+        except MlflowException:
+            known = []
+        raise ValueError(f"model {model_name!r} has no version {version}; registered versions: "
+                         f"{', '.join(map(str, known)) or 'none'}") from None
+
+
+def rollback(model_name: str, version: int | str) -> str | None:
+    """Move `champion` back to an existing version (the same single commit point as a promotion).
+
+    Returns the previous champion. Both versions are tagged, so the registry records the rollback."""
+    target = str(model_version(model_name, version).version)
+    previous = alias_version(model_name, CHAMPION)
+    c = client()
+    c.set_registered_model_alias(model_name, CHAMPION, target)
+    c.set_model_version_tag(model_name, target, "rollback_from", str(previous))
+    if previous is not None and previous != target:
+        c.set_model_version_tag(model_name, previous, "rolled_back_to", target)
+    return previous
+
+
+def lineage(model_name: str, version: int | str) -> dict[str, Any]:
+    """Data version, git commit, params hash, params and metrics of the run that produced a version."""
+    mv = model_version(model_name, version)
+    run = client().get_run(mv.run_id)
+    tags = {k: mv.tags.get(k) or run.data.tags.get(k) or "unknown" for k in LINEAGE_TAGS}
+    return {"model": model_name, "version": int(mv.version), "aliases": sorted(mv.aliases or []),
+            "run_id": mv.run_id, **tags, "gate": mv.tags.get("gate"),
+            "params": dict(sorted(run.data.params.items())), "metrics": dict(sorted(run.data.metrics.items()))}
+
+
+def format_lineage(info: dict[str, Any]) -> str:
+    head = [f"{info['model']} version {info['version']}"
+            + (f" (aliases: {', '.join(info['aliases'])})" if info["aliases"] else ""),
+            *(f"  {k}: {info[k]}" for k in ("run_id", *LINEAGE_TAGS, "gate"))]
+    params = ["params:", *(f"  {k} = {v}" for k, v in info["params"].items())]
+    metrics = ["metrics (last value):", *(f"  {k} = {v:.6g}" for k, v in info["metrics"].items())]
+    return "\n".join(head + params + metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m mmcore.registry", description="Registry operations.")
+    ap.add_argument("--params", default="params.yaml", help="read registry.model_name from here")
+    ap.add_argument("--model", help="registered model name (default: registry.model_name in params)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    rb = sub.add_parser("rollback", help="move the champion alias back to an existing version")
+    rb.add_argument("--version", type=int, required=True)
+    ln = sub.add_parser("lineage", help="data version, commit, params and metrics of a model version")
+    which = ln.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int, help="the model_version a prediction carries")
+    which.add_argument("--alias", help="e.g. champion")
+    ln.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    name = args.model
+    if name is None:
+        from mmcore.config import load_params
+
+        name = load_params(args.params).registry.model_name
+    try:
+        if args.command == "rollback":
+            previous = rollback(name, args.version)
+            print(f"champion of {name}: version {previous} -> {args.version}. Rebuild the bento to serve it: "
+                  "python -m mmcore.stages.package --out reports/package.json")
+            return 0
+        version = args.version if args.alias is None else alias_version(name, args.alias)
+        if version is None:
+            raise ValueError(f"model {name!r} has no alias {args.alias!r}")
+        info = lineage(name, version)
+        print(json.dumps(info, indent=2) if args.json else format_lineage(info))
+        return 0
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

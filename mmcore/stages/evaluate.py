@@ -1,50 +1,162 @@
-"""evaluate stage: challenger, unimodal baselines and the current champion on the same gate set."""
+"""evaluate stage: challenger, unimodal baselines and the current champion on the same gate set.
+
+Both fused models get the same numbers (macro-F1, accuracy, per-class, confusion, ECE,
+per-modality ablation, slices, CPU latency at batch 1); the paired bootstrap of their
+macro-F1 difference is computed here, so the gate only reads reports/metrics.json.
+Plots go to `--plots` (DVC plot data + PNGs) and, as PNGs, to the training run in MLflow.
+"""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
-from mmcore.config import CLASSES, load_params
-from mmcore.evaluate import score
+from mmcore import plots
+from mmcore.config import CLASSES, EvaluateConfig, load_params
+from mmcore.data.raw import load_records
+from mmcore.evaluate import (ablation, bootstrap_macro_f1_delta, macro_f1, model_probs, percentiles_ms, reliability,
+                             score, slice_scores)
 from mmcore.features import Featurizer
-from mmcore.model import MODALITIES, ModelBundle
+from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
-from mmcore.stages.common import read_json, split_records, write_json
+from mmcore.stages.common import read_json, write_json
+
+CURVE_SUFFIXES = ("_train_loss", "_val_macro_f1")
 
 
-def score_dir(model_dir: Path, feat: Featurizer, records: list[dict[str, Any]], y: np.ndarray) -> dict[str, Any]:
-    pred = Predictor(ModelBundle.load(model_dir), feat)
-    return score(y, pred.probabilities(records), pred.labels)
+def gate_set(raw: Path, splits: Path) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, np.ndarray]]:
+    """Test-split records (in the split table's order), their class indices, and hub / note-language slices."""
+    table = pd.read_parquet(splits)
+    part = table[table["split"] == "test"]
+    profile, records = load_records(raw, list(part["record_id"]))
+    y = np.array([CLASSES.index(lbl) for lbl in part["label"]], dtype=np.int64)
+    groups = {}
+    for col in ("hub", "note_lang"):
+        values = profile[col].astype("string").fillna("unknown").to_numpy()
+        groups |= {f"{col}={v}": values == v for v in sorted(set(values))}
+    return records, y, groups
 
 
-def champion_scores(model_name: str, challenger: str, feat: Featurizer, records: list[dict[str, Any]],
-                    y: np.ndarray) -> dict[str, Any] | None:
-    """The production model, scored now on the same records; None before the first promotion."""
+def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
+    """Records where a modality is absent, as the model sees it (an empty note counts as missing text)."""
+    mask = batch.mask.numpy()
+    return {f"missing={m}": mask[:, i] == 0 for i, m in enumerate(MODALITIES)}
+
+
+def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
+    """The shared featurizer when its input settings match the bundle's, a fresh one on the same cache otherwise."""
+    keys = ("image_size", "text_max_tokens", "sensor_length")
+    if all(getattr(shared.cfg, k) == getattr(bundle.model.cfg, k) for k in keys):
+        return shared
+    return Featurizer(bundle.model.cfg, cache_dir=shared.cache_dir, device=shared.device,
+                      batch_size=shared.batch_size, progress=shared.progress)
+
+
+def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, records: list[dict[str, Any]], y: np.ndarray,
+                    groups: dict[str, np.ndarray], cfg: EvaluateConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """All gate-set numbers of one fused model except latency, and its probabilities."""
+    if list(bundle.labels) != list(CLASSES):
+        raise ValueError(f"model labels {bundle.labels} differ from {list(CLASSES)}")
+    feat = featurizer_for(bundle, feat)
+    if feat.versions() != bundle.encoders:
+        raise ValueError(f"model was trained with encoders {bundle.encoders}, featurizer gives {feat.versions()}")
+    batch = feat.batch(records, bundle.sensor_mean, bundle.sensor_std)
+    probs = model_probs(bundle.model, batch)
+    n = len(CLASSES)
+    metrics = score(y, probs, bundle.labels, cfg.ece_bins)
+    metrics["ablation"] = ablation(bundle.model, batch, y, n)
+    metrics["slices"] = slice_scores(y, probs.argmax(1), {**groups, **missing_groups(batch)}, n)
+    return metrics, probs
+
+
+def unimodal_macro_f1(model_dir: Path, feat: Featurizer, records: list[dict[str, Any]], y: np.ndarray) -> float:
+    bundle = ModelBundle.load(model_dir)
+    batch = featurizer_for(bundle, feat).batch(records, bundle.sensor_mean, bundle.sensor_std)
+    return macro_f1(y, model_probs(bundle.model, batch).argmax(1), len(CLASSES))
+
+
+def latency(bundle: ModelBundle, records: list[dict[str, Any]], cfg: EvaluateConfig,
+            feat: Featurizer | None = None) -> dict[str, float]:
+    """p50/p95 ms of `Predictor.predict([record])` on CPU: decode, encoders, sensor path, head.
+
+    The featurizer has no disk cache and its in-memory cache is emptied before every call,
+    so each timed call embeds its image and note as serving does. Each record counts with the
+    best of `latency_repeats` calls: p50/p95 then spread over records, not over a neighbour's load."""
+    feat = feat or Featurizer(bundle.model.cfg, cache_dir=None, device="cpu")
+    pred = Predictor(bundle, feat)
+    sample = records[:cfg.latency_records]
+
+    def once(rec: dict[str, Any]) -> float:
+        feat.image_cache.mem.clear()
+        feat.text_cache.mem.clear()
+        start = time.perf_counter()
+        pred.predict([rec])
+        return time.perf_counter() - start
+
+    for rec in sample[:cfg.latency_warmup]:
+        once(rec)
+    return {**percentiles_ms([min(once(rec) for _ in range(cfg.latency_repeats)) for rec in sample]),
+            "repeats": cfg.latency_repeats, "threads": torch.get_num_threads()}
+
+
+def champion_bundle(model_name: str, challenger: str) -> tuple[str, ModelBundle] | None:
+    """The production model; None before the first promotion (or when the challenger is it)."""
     from mmcore import registry
 
     version = registry.alias_version(model_name, registry.CHAMPION)
-    if version is None or version == challenger:
+    if version is None or version == str(challenger):
         return None
-    scores = score_dir(registry.download_model_dir(model_name, version), feat, records, y)
-    return {"version": int(version), **scores}
+    return version, ModelBundle.load(registry.download_model_dir(model_name, version))
 
 
-def log_metrics(run_id: str, metrics: dict[str, Any], report: Path) -> None:
-    """Test-set numbers onto the training run, in one batch."""
-    import time
+def training_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch curves the train stage logged (`<model>_train_loss`, `<model>_val_macro_f1`)."""
+    from mmcore import registry
 
+    c = registry.client()
+    keys = sorted(k for k in c.get_run(run_id).data.metrics if k.endswith(CURVE_SUFFIXES))
+    return {k: [(int(m.step), float(m.value)) for m in c.get_metric_history(run_id, k)] for k in keys}
+
+
+def write_plots(out: Path, y: np.ndarray, probs: dict[str, np.ndarray], metrics: dict[str, dict[str, Any]],
+                history: dict[str, list[tuple[int, float]]], bins: int) -> list[Path]:
+    """DVC plot data and PNGs for the models scored (challenger, and champion when there is one); returns the PNGs."""
+    labels = list(CLASSES)
+    rel = {name: reliability(p, y, bins) for name, p in probs.items()}
+    f1 = {name: {c: v["f1"] for c, v in m["per_class"].items()} for name, m in metrics.items()}
+    plots.confusion_rows(out / "confusion.csv", labels, y, probs["challenger"].argmax(1))
+    plots.reliability_rows(out / "reliability.json", rel)
+    plots.per_class_rows(out / "per_class_f1.json", f1)
+    plots.training_rows(out / "training.json", history)
+    return [plots.confusion_png(out / "confusion.png", labels, {k: m["confusion_matrix"] for k, m in metrics.items()}),
+            plots.reliability_png(out / "reliability.png", rel, {k: m["ece"] for k, m in metrics.items()}),
+            plots.per_class_png(out / "per_class_f1.png", f1),
+            plots.training_png(out / "training_curves.png", history)]
+
+
+def log_to_run(run_id: str, metrics: dict[str, Any], report: Path, pngs: list[Path]) -> None:
+    """Test-set numbers onto the training run in one batch, the report and the PNGs as artifacts."""
     from mlflow.entities import Metric
 
     from mmcore import registry
 
     now = int(time.time() * 1000)
-    values = {"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"],
-              **{f"test_macro_f1_{m}_only": v for m, v in metrics["unimodal_macro_f1"].items()}}
-    registry.client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
-    registry.client().log_artifact(run_id, str(report))
+    values = {"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"], "test_ece": metrics["ece"],
+              "test_latency_p50_ms": metrics["latency_ms"]["p50"], "test_latency_p95_ms": metrics["latency_ms"]["p95"],
+              **{f"test_macro_f1_{m}_only": v for m, v in metrics["unimodal_macro_f1"].items()},
+              **{f"test_macro_f1_{k}": v for k, v in metrics["ablation"].items()}}
+    if metrics.get("comparison"):
+        values |= {f"test_macro_f1_delta_{k}": metrics["comparison"][k] for k in ("low", "mean", "high")}
+    c = registry.client()
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
+    c.log_artifact(run_id, str(report))
+    for png in pngs:
+        c.log_artifact(run_id, str(png), artifact_path="plots")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,25 +169,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unimodal", type=Path, required=True)
     ap.add_argument("--train-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--plots", type=Path, default=Path("reports/plots"))
     args = ap.parse_args(argv)
     p = load_params(args.params)
+    cfg = p.evaluate
     from mmcore import registry
 
     registry.setup(p.registry.experiment)
     trained = read_json(args.train_report)
     feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
-    records, labels = split_records(args.raw, args.splits, "test")
-    y = np.array([CLASSES.index(lbl) for lbl in labels])
-    metrics = score_dir(args.model, feat, records, y)
-    metrics["unimodal_macro_f1"] = {m: score_dir(args.unimodal / m, feat, records, y)["macro_f1"]
-                                    for m in MODALITIES}
+    records, y, groups = gate_set(args.raw, args.splits)
+
+    challenger = ModelBundle.load(args.model)
+    metrics, chal_probs = evaluate_bundle(challenger, feat, records, y, groups, cfg)
+    lat_feat = Featurizer(challenger.model.cfg, cache_dir=None, device="cpu")
+    metrics["latency_ms"] = latency(challenger, records, cfg, lat_feat)
+    metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, records, y) for m in MODALITIES}
     metrics["model_version"] = int(trained["model_version"])
-    metrics["champion"] = champion_scores(p.registry.model_name, trained["model_version"], feat, records, y)
+
+    probs, scored = {"challenger": chal_probs}, {"challenger": metrics}
+    metrics["champion"], metrics["comparison"] = None, None
+    champ = champion_bundle(p.registry.model_name, trained["model_version"])
+    if champ is not None:
+        version, bundle = champ
+        champ_metrics, probs["champion"] = evaluate_bundle(bundle, feat, records, y, groups, cfg)
+        champ_metrics["latency_ms"] = latency(bundle, records, cfg, featurizer_for(bundle, lat_feat))
+        metrics["champion"] = scored["champion"] = {"version": int(version), **champ_metrics}
+        # macro-F1(challenger) - macro-F1(champion), paired bootstrap over gate-set records
+        metrics["comparison"] = bootstrap_macro_f1_delta(y, chal_probs.argmax(1), probs["champion"].argmax(1),
+                                                         len(CLASSES), cfg.n_boot, cfg.seed, cfg.ci)
     write_json(args.out, metrics)
-    log_metrics(trained["run_id"], metrics, args.out)
+    pngs = write_plots(args.plots, y, probs, scored, training_history(trained["run_id"]), cfg.ece_bins)
+    log_to_run(trained["run_id"], metrics, args.out, pngs)
+    comp = metrics["comparison"]
     print(f"evaluate: fused macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}, "
-          f"unimodal {metrics['unimodal_macro_f1']}, champion "
-          f"{metrics['champion']['macro_f1'] if metrics['champion'] else None}")
+          f"ECE {metrics['ece']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
+          f"{metrics['latency_ms']['p95']:.0f} ms, ablation {metrics['ablation']}, unimodal "
+          f"{metrics['unimodal_macro_f1']}, champion {metrics['champion']['macro_f1'] if champ else None}"
+          + (f", delta {comp['observed']:+.3f} [{comp['low']:+.3f}, {comp['high']:+.3f}]" if comp else ""))
     return 0
 
 

@@ -27,11 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         registry.client().set_model_version_tag(p.registry.model_name, version, "gate", "rejected")
     champion = registry.alias_version(p.registry.model_name, registry.CHAMPION)
-    report = {"promoted": promoted, "challenger_version": int(version), "reasons": reasons(rules),
-              "rules": rules, "champion_version": int(champion) if champion else None}
+    lines = reasons(rules)
+    failed = [line for line, r in zip(lines, rules) if not r["passed"]]
+    report = {"promoted": promoted, "challenger_version": int(version), "reasons": lines, "rules": rules,
+              "champion_version": int(champion) if champion else None,
+              "compared_with": (metrics.get("champion") or {}).get("version"),
+              "failed": [r["rule"] for r in rules if not r["passed"]], "comparison": metrics.get("comparison")}
     write_json(args.out, report)
     print(f"gate: {'PROMOTED' if promoted else 'rejected'} version {version}; champion is {champion}; "
-          + "; ".join(report["reasons"]))
+          f"{len(rules) - len(failed)}/{len(rules)} rules pass" + "".join(f"\n  FAILED {f}" for f in failed))
     return 0
 
 

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 TINY = {"synth": {"batches": 3, "records_per_batch": 50},
         "train": {"epochs": 12, "patience": 12},
         "validate": {"min_rows": 20},
-        "gate": {"min_macro_f1": 0.2}}
+        # ~30 gate-set records: a class may be missed entirely; latency is not this test's business
+        "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
+                 "max_latency_p95_ms": 60000}}
 
 
 def env_for(ws: Path) -> dict[str, str]:
@@ -97,6 +99,33 @@ def test_pipeline_leaves_reports_champion_and_bento(workspace: Path) -> None:
     assert 0.0 <= rep["metrics"]["macro_f1"] <= 1.0
     assert rep["gate"]["promoted"] is True and rep["gate"]["champion_version"] == 1
     assert rep["package"]["bento"] == "parcel-condition:v1"
+
+
+def test_evaluation_report_plots_and_gate_rules(workspace: Path) -> None:
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    gate = json.loads((workspace / "reports" / "gate.json").read_text())
+    assert set(metrics["ablation"]) == {"drop_image", "drop_text", "drop_sensor"}
+    assert 0.0 <= metrics["ece"] <= 1.0 and metrics["latency_ms"]["p95"] >= metrics["latency_ms"]["p50"] > 0
+    assert {"missing=image", "missing=text", "missing=sensor"} <= set(metrics["slices"])
+    assert {k.split("=")[0] for k in metrics["slices"]} == {"hub", "note_lang", "missing"}
+    assert metrics["champion"] is None and metrics["comparison"] is None
+    # first model: floors and the latency budget only, each with value, limit and verdict
+    assert [r["rule"] for r in gate["rules"]] == ["min_macro_f1", "min_accuracy", "min_class_f1", "max_ece",
+                                                  "max_latency_p95_ms"]
+    assert all({"value", "limit", "passed"} <= set(r) for r in gate["rules"])
+    plots = workspace / "reports" / "plots"
+    assert {"confusion.csv", "reliability.json", "per_class_f1.json", "training.json", "confusion.png",
+            "reliability.png", "per_class_f1.png", "training_curves.png"} <= {p.name for p in plots.iterdir()}
+    shown = json.loads(run([BIN / "dvc", "plots", "show", "--json"], workspace).stdout)
+    assert len(shown["data"]) == 5 and not shown.get("errors"), shown.get("errors")
+    assert all(v[0]["content"]["data"]["values"] for v in shown["data"].values())
+    assert "macro_f1" in run([BIN / "dvc", "metrics", "show"], workspace).stdout
+    from mlflow import MlflowClient
+
+    run_id = json.loads((workspace / "reports" / "train.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
+    assert {"confusion.png", "reliability.png", "per_class_f1.png", "training_curves.png"} <= logged
 
 
 def test_second_repro_runs_nothing(workspace: Path) -> None:

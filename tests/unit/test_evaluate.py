@@ -1,0 +1,125 @@
+"""Evaluation metrics: calibration, the paired bootstrap, slices and per-modality ablation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmcore.evaluate import (_boot_macro_f1, ablation, bootstrap_macro_f1_delta, class_f1, confusion, ece, macro_f1,
+                             mask_modality, model_probs, per_class, reliability, slice_scores)
+from mmcore.model import FusionModel
+from tests.unit.test_model import MCFG, random_batch
+
+
+def two_class_probs(conf: np.ndarray) -> np.ndarray:
+    """Predict class 0 with the given confidence."""
+    return np.stack([conf, 1 - conf], axis=1)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy() -> None:
+    probs = two_class_probs(np.full(100, 0.8))
+    y = np.array([0] * 80 + [1] * 20)                  # 80 % right at 80 % confidence
+    assert ece(probs, y, bins=10) < 1e-9
+
+
+def test_ece_of_an_overconfident_model_is_the_gap() -> None:
+    probs = two_class_probs(np.full(200, 0.99))
+    y = np.array([0, 1] * 100)                         # 50 % right at 99 % confidence
+    assert abs(ece(probs, y, bins=15) - 0.49) < 1e-9
+
+
+def test_reliability_bins_cover_every_record_once() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 5))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    bins = reliability(probs, rng.integers(0, 5, 300), bins=15)
+    assert len(bins) == 15 and sum(b["count"] for b in bins) == 300
+    for b in bins:
+        assert b["count"] == 0 or b["lower"] <= b["confidence"] <= b["upper"]
+
+
+def test_class_f1_matches_per_class_and_the_bootstrap_kernel() -> None:
+    rng = np.random.default_rng(1)
+    y, p = rng.integers(0, 5, (4, 60)), rng.integers(0, 5, (4, 60))
+    for yt, yp in zip(y, p):
+        cm = confusion(yt, yp, 5)
+        expected = [v["f1"] for v in per_class(cm, list("abcde")).values()]
+        assert np.allclose(class_f1(cm), expected)
+    assert np.allclose(_boot_macro_f1(y, p, 5), [macro_f1(yt, yp, 5) for yt, yp in zip(y, p)])
+
+
+def test_bootstrap_of_identical_models_is_exactly_zero() -> None:
+    rng = np.random.default_rng(2)
+    y, p = rng.integers(0, 5, 400), rng.integers(0, 5, 400)
+    out = bootstrap_macro_f1_delta(y, p, p, 5, n_boot=300, seed=0)
+    assert out["low"] == out["high"] == out["mean"] == out["observed"] == 0.0
+
+
+def noisy_predictions(y: np.ndarray, accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    wrong = rng.random(len(y)) > accuracy
+    return np.where(wrong, (y + rng.integers(1, 5, len(y))) % 5, y)
+
+
+def test_bootstrap_interval_contains_the_population_difference() -> None:
+    rng = np.random.default_rng(3)
+    # a population where the new model is right 85 % of the time and the old one 78 %
+    pop_y = rng.integers(0, 5, 200_000)
+    pop_new, pop_old = noisy_predictions(pop_y, 0.85, rng), noisy_predictions(pop_y, 0.78, rng)
+    true_delta = macro_f1(pop_y, pop_new, 5) - macro_f1(pop_y, pop_old, 5)
+    covered = 0
+    for seed in range(40):                                          # 40 gate sets of 600 records
+        s = rng.choice(len(pop_y), 600, replace=False)
+        out = bootstrap_macro_f1_delta(pop_y[s], pop_new[s], pop_old[s], 5, n_boot=500, seed=seed)
+        covered += out["low"] < true_delta < out["high"]
+    assert covered >= 34                                            # a 95 % interval: ~38 expected
+
+
+def test_bootstrap_sees_a_clear_gain_and_is_reproducible() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 5, 600)
+    new, old = noisy_predictions(y, 0.9, rng), noisy_predictions(y, 0.7, rng)
+    out = bootstrap_macro_f1_delta(y, new, old, 5, n_boot=1000, seed=0)
+    assert 0 < out["low"] < out["observed"] < out["high"]
+    assert out == bootstrap_macro_f1_delta(y, new, old, 5, n_boot=1000, seed=0)   # seeded: the gate is reproducible
+    flipped = bootstrap_macro_f1_delta(y, old, new, 5, n_boot=1000, seed=0)
+    assert abs(flipped["low"] + out["high"]) < 1e-12                               # challenger minus champion
+
+
+def test_bootstrap_interval_is_narrow_for_nearly_identical_models() -> None:
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 600)
+    old = noisy_predictions(y, 0.8, rng)
+    new = old.copy()
+    new[:3] = y[:3]                                                 # three records differ
+    out = bootstrap_macro_f1_delta(y, new, old, 5, n_boot=500, seed=1)
+    assert out["high"] - out["low"] < 0.02
+
+
+def test_slices_average_over_the_classes_they_contain() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([0, 0, 1, 0, 2, 2])
+    out = slice_scores(y, p, {"a": np.array([1, 1, 0, 0, 0, 0], bool), "all": np.ones(6, bool)}, 5)
+    assert out["a"] == {"macro_f1": 1.0, "accuracy": 1.0, "n": 2}   # only class 0 occurs: not charged for 1..4
+    assert out["all"]["n"] == 6 and out["all"]["macro_f1"] < 1.0
+
+
+def test_mask_modality_marks_only_that_modality_absent() -> None:
+    batch = random_batch(4, seed=6)
+    masked = mask_modality(batch, "text")
+    assert masked.mask[:, 1].sum() == 0 and torch.equal(masked.mask[:, [0, 2]], batch.mask[:, [0, 2]])
+    assert batch.mask.sum() == 12                                   # the input batch is untouched
+    assert torch.equal(masked.text, batch.text)                     # the data stays; only presence changes
+
+
+def test_ablation_is_the_model_with_that_modality_replaced_by_its_missing_embedding() -> None:
+    torch.manual_seed(0)
+    model = FusionModel(MCFG).eval()
+    batch = random_batch(40, seed=7)
+    y = np.arange(40) % 5
+    out = ablation(model, batch, y, 5)
+    assert set(out) == {"drop_image", "drop_text", "drop_sensor"}
+    # masking the sensor means its input no longer matters: scrambling it changes nothing
+    scrambled = mask_modality(batch, "sensor")
+    scrambled.sensor = torch.randn_like(batch.sensor)
+    assert np.allclose(model_probs(model, mask_modality(batch, "sensor")), model_probs(model, scrambled), atol=1e-6)
+    assert out["drop_sensor"] == macro_f1(y, model_probs(model, scrambled).argmax(1), 5)
+    assert not np.allclose(model_probs(model, batch), model_probs(model, scrambled))
