@@ -1,26 +1,94 @@
 """The `retrain` flow: runs the dvc.yaml graph stage by stage as Prefect tasks.
 
 The flow never re-implements a stage: each task is `dvc repro <stage>`, so a
-Prefect run and a laptop `dvc repro` leave the same artifacts and dvc.lock.
+Prefect run and a laptop `dvc repro` leave the same artifacts and dvc.lock. Flow
+parameters are orchestration choices: where the landing area is, whether to run
+without new data, and overrides of params.yaml, which are written into params.yaml
+(as `dvc exp run -S` does) so dvc.lock and params.yaml keep agreeing.
+
+Runs never overlap: the body holds the one slot of the global concurrency limit
+`retrain` (created on first use), since two `dvc repro` in one workspace fail on
+DVC's lock. When no new batch has landed since the last run, the flow ends before
+any stage runs.
+
+    python -m flows.retrain [--landing DIR] [--force] [--set train.epochs=5 ...]
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
 
-# Stages that talk to the tracking server or storage may fail transiently; the others are deterministic.
-RETRIED = {"train", "evaluate", "gate", "package"}
+from flows.publish import RUNS, notify, publish
+
+SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
+STATE = RUNS / "last_batches.json"   # batches (and their _SUCCESS times) the last finished run saw
+# Failures worth retrying: the tracking server, object storage, the network, DVC's or SQLite's lock.
+TRANSIENT = re.compile(r"Connection ?(Error|refused|reset|aborted)|Max retries exceeded|timed? ?out|"
+                       r"Temporary failure|Service Unavailable|Bad Gateway|Gateway Time-?out|Too Many Requests|"
+                       r"(HTTP|status|response)[^\n]{0,12}\b(50[234]|429)\b|"
+                       r"Unable to acquire lock|database is locked|RemoteDisconnected|EndpointConnectionError|"
+                       r"SlowDown|RequestTimeout|BrokenPipe", re.IGNORECASE)
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro <stage>` exited non-zero; the message carries the stage's output."""
 
 
 def stages(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
     """Stage names in the order dvc.yaml declares them (the graph's topological order here)."""
     return list(yaml.safe_load(dvc_file.read_text())["stages"])
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """retry_condition_fn: retry only failures that look transient; a failed validation or a bug
+    fails at once instead of three times."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as err:  # the result itself could not be read: treat as transient
+        exc = err
+    return bool(TRANSIENT.search(str(exc)))
+
+
+@task(name="dvc-repro", task_run_name="{stage}", retries=3, retry_delay_seconds=exponential_backoff(10),
+      retry_jitter_factor=0.3, retry_condition_fn=transient)
+def repro(stage: str) -> dict[str, Any]:
+    """One stage of dvc.yaml; reports whether it ran or was up to date."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], text=True, capture_output=True)
+    logger = get_run_logger()
+    logger.info(proc.stdout[-4000:])
+    if proc.returncode != 0:
+        raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return {"stage": stage, "ran": f"Running stage '{stage}'" in proc.stdout, "ok": True,
+            "seconds": round(time.monotonic() - start, 1)}
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.3)
+def push_data() -> None:
+    """The run's data versions to the DVC remote (storage hiccups are retried); a workspace
+    without a remote has nothing to push to, and says so."""
+    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], text=True, capture_output=True)
+    if not remotes.stdout.strip():
+        get_run_logger().warning("no DVC remote configured: data versions stay in the local cache only")
+        return
+    proc = subprocess.run([sys.executable, "-m", "dvc", "push"], text=True, capture_output=True)
+    get_run_logger().info(proc.stdout[-2000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 @task(name="seed-landing")
@@ -35,65 +103,144 @@ def seed_landing(landing: str, params: str) -> int:
     return len(generate_default(Path(landing), load_params(params).synth))
 
 
-def run_dvc(stage: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], text=True, capture_output=True)
-    logger = get_run_logger()
-    logger.info(proc.stdout[-4000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+def apply_overrides(path: Path, overrides: dict[str, dict[str, Any]]) -> list[str]:
+    """Write overrides into params.yaml, comments kept; checked by the typed config first."""
+    from ruamel.yaml import YAML
+
+    from mmcore.config import load_params
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    data = rt.load(path.read_text(encoding="utf-8"))
+    changed = []
+    for section, values in (overrides or {}).items():
+        if section not in data or not isinstance(values, dict):
+            raise ValueError(f"override {section!r}: expected an existing params.yaml section and a mapping")
+        for key, value in values.items():
+            if data[section].get(key) != value:
+                data[section][key] = value
+                changed.append(f"{section}.{key}={value!r}")
+    if changed:
+        tmp = path.with_name(f".{path.name}.new")
+        with tmp.open("w", encoding="utf-8") as f:
+            rt.dump(data, f)
+        try:
+            load_params(tmp)  # an unknown key or a bad value fails here, params.yaml untouched
+        except Exception:
+            tmp.unlink()
+            raise
+        os.replace(tmp, path)
+    return changed
 
 
-repro = task(run_dvc, name="dvc-repro", task_run_name="dvc-repro-{stage}")
-repro_retried = task(run_dvc, name="dvc-repro", task_run_name="dvc-repro-{stage}", retries=2,
-                     retry_delay_seconds=[5, 30])
+def landed(landing: Path) -> dict[str, int]:
+    """Finished batches in the landing area and when each was finished (its _SUCCESS mtime)."""
+    from mmcore.data.ingest import ready_batches
+
+    return {b.name: (b / "_SUCCESS").stat().st_mtime_ns for b in ready_batches(landing)}
 
 
-@task(name="dvc-push", retries=3, retry_delay_seconds=[5, 30, 120])
-def push_data() -> None:
-    """The run's data versions to the DVC remote (storage hiccups are retried); a workspace
-    without a remote has nothing to push to, and says so."""
-    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], text=True, capture_output=True)
-    if not remotes.stdout.strip():
-        get_run_logger().warning("no DVC remote configured: data versions stay in the local cache only")
+def new_batches(now: dict[str, int]) -> list[str]:
+    """Batches that are new or replaced since the last finished run."""
+    seen = json.loads(STATE.read_text()) if STATE.is_file() else {}
+    return [b for b, t in now.items() if seen.get(b) != t]
+
+
+def ensure_slot() -> None:
+    """The one-slot global concurrency limit, created on first use."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(SLOT)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=SLOT, limit=1))
+            except ObjectAlreadyExists:
+                pass
+
+
+def run_stages(run: dict[str, Any]) -> None:
+    """dvc.yaml's stages in order; stops at the first failure (a failed validation included)."""
+    for stage in stages():
+        state = repro(stage, return_state=True)
+        if state.is_completed():
+            run["stages"].append(state.result())
+            continue
+        run["stages"].append({"stage": stage, "ran": False, "ok": False, "seconds": 0.0})
+        if stage != "validate":
+            run["error"] = str(state.result(raise_on_failure=False))
         return
-    proc = subprocess.run([sys.executable, "-m", "dvc", "push"], text=True, capture_output=True)
-    get_run_logger().info(proc.stdout[-2000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-
-
-@task(name="report")
-def report() -> dict:
-    """Prefect artifact with the accounting, metrics and gate verdict of this run."""
-    def load(name: str) -> dict:
-        path = Path("reports") / name
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    ingest, metrics, gate = load("ingest.json"), load("metrics.json"), load("gate.json")
-    md = ["# Retrain run", "",
-          f"**Data**: landed {ingest.get('landed')} = accepted {ingest.get('accepted')} "
-          f"+ quarantined {ingest.get('quarantined')} {ingest.get('by_reason', {})}", "",
-          f"**Metrics**: macro-F1 {metrics.get('macro_f1')}, accuracy {metrics.get('accuracy')}, "
-          f"unimodal {metrics.get('unimodal_macro_f1')}", "",
-          f"**Gate**: {'promoted' if gate.get('promoted') else 'not promoted'}; "
-          f"champion version {gate.get('champion_version')}", ""] + [f"- {r}" for r in gate.get("reasons", [])]
-    create_markdown_artifact(key="retrain-report", markdown="\n".join(md), description="retrain summary")
-    return gate
+    push_data()
 
 
 @flow(name="retrain")
-def retrain(landing: str = "data/landing", params: str = "params.yaml", seed_if_empty: bool = True) -> dict:
+def retrain(landing: str | None = None, force: bool = False, overrides: dict[str, dict[str, Any]] | None = None,
+            seed_if_empty: bool = False, notify_block: str | None = "retrain-alerts",
+            slot_timeout_s: float = 6 * 3600, params: str = "params.yaml") -> dict[str, Any]:
+    """Ingest whatever landed, validate, train, evaluate, gate and package, once per new data.
+
+    landing: landing area (default: params `ingest.landing`); force: run the stages even with no new
+    batch (DVC still skips stages whose inputs did not change); overrides: {section: {key: value}}
+    written into params.yaml; seed_if_empty: generate the default data into an empty landing area;
+    notify_block: Webhook block told about gate rejections and validation failures.
+    """
     logger = get_run_logger()
-    if seed_if_empty:
-        made = seed_landing(landing, params)
-        if made:
+    ensure_slot()
+    logger.info(f"waiting for the {SLOT!r} concurrency slot")
+    with concurrency(SLOT, occupy=1, timeout_seconds=slot_timeout_s, strict=True):
+        start = datetime.now(timezone.utc)
+        wanted = {section: dict(values) for section, values in (overrides or {}).items()}
+        if landing:
+            wanted.setdefault("ingest", {})["landing"] = landing
+        changed = apply_overrides(Path(params), wanted)
+        if changed:
+            logger.info(f"params.yaml overrides: {', '.join(changed)}")
+        from mmcore.config import load_params
+
+        where = Path(load_params(params).ingest.landing)
+        if seed_if_empty and (made := seed_landing(str(where), params)):
             logger.info(f"landing area was empty: generated {made} default batches")
-    for stage in stages():
-        (repro_retried if stage in RETRIED else repro)(stage)
-    push_data()
-    return report()
+        now = landed(where)
+        run: dict[str, Any] = {"id": str(flow_run.id), "name": flow_run.name or "local", "landing": str(where),
+                               "started": start.isoformat(timespec="seconds"), "stamp": start.strftime("%Y%m%dT%H%M%SZ"),
+                               "new_batches": new_batches(now), "overrides": changed, "force": force, "stages": []}
+        if run["new_batches"] or force or changed:
+            run_stages(run)
+        else:
+            logger.info(f"no new batch in {where} since the last run: nothing to do")
+        run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        page = publish(run)
+        run["notified"] = notify(run, page, notify_block)
+        if run["verdict"]["status"] != "failed":
+            STATE.write_text(json.dumps(now))   # this data is dealt with (a validation failure included)
+    logger.info(f"verdict: {run['verdict']['status']}: {run['verdict']['summary']}; report {page}")
+    if run["verdict"]["status"] in ("validation_failed", "failed"):
+        raise StageFailed(f"{run['verdict']['summary']}: " + "; ".join(run["verdict"]["reasons"])[:2000])
+    return {**run["verdict"], "report": str(page), "stages": run["stages"], "new_batches": run["new_batches"]}
+
+
+def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`section.key=value` (value parsed as YAML) into {section: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        if not (section and key and _):
+            raise SystemExit(f"--set expects section.key=value, got {item!r}")
+        out.setdefault(section, {})[key] = yaml.safe_load(value)
+    return out
 
 
 if __name__ == "__main__":
-    result = retrain()
+    ap = argparse.ArgumentParser(description="Run the retrain flow once.")
+    ap.add_argument("--landing", help="landing area (default: params ingest.landing)")
+    ap.add_argument("--force", action="store_true", help="run the stages even when no new batch landed")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override params.yaml")
+    ap.add_argument("--no-seed", action="store_true", help="do not generate default data into an empty landing area")
+    args = ap.parse_args()
+    result = retrain(landing=args.landing, force=args.force, overrides=parse_set(args.set),
+                     seed_if_empty=not args.no_seed)
     print(json.dumps(result, indent=2))

@@ -45,6 +45,13 @@ class IngestConfig:
     max_image_bytes: int
     max_image_pixels: int
     shard_size: int
+    landing: str = "data/landing"     # landing area the ingest stage reads (dvc.yaml: ${ingest.landing})
+    executor: str = "process"         # process: a local process pool; dask: a Dask cluster (dask_address)
+    dask_address: str = ""            # dask scheduler address; "" starts a local cluster for the run
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("process", "dask"):
+            raise ValueError(f"ingest.executor must be process or dask, got {self.executor!r}")
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,27 @@ def worker_pool(workers: int | None) -> Iterator[Executor | None]:
         yield pool
 
 
+@contextmanager
+def line_executor(cfg: IngestConfig, workers: int | None) -> Iterator[Executor | None]:
+    """The seam for scaling out: the same `check_chunk` calls go to a local process pool or,
+    with `ingest.executor: dask`, to a Dask cluster (`ingest.dask_address`, or a local one
+    started for this run). The cluster's workers must see the landing area's paths."""
+    if cfg.executor != "dask":
+        with worker_pool(workers) as pool:
+            yield pool
+        return
+    from distributed import Client, LocalCluster
+
+    if cfg.dask_address:
+        with Client(cfg.dask_address) as client:
+            yield client.get_executor()
+        return
+    n = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client.get_executor()
+
+
 def swap_dir(new: Path, target: Path) -> None:
     """Replace a directory by renames: a crash leaves the old or the new one, and the next run redoes it."""
     old = target.with_name(f".{target.name}.old")
@@ -277,7 +298,7 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
            tokenizer: Any = None, workers: int | None = None) -> dict[str, Any]:
     """Rebuild data/raw from every finished landing batch; returns the accounting."""
     seen: set[str] = set()
-    with worker_pool(workers) as pool:
+    with line_executor(cfg, workers) as pool:
         results = [ingest_batch(b, cfg, seen, pool)
                    for b in tqdm(ready_batches(landing), desc="ingest", unit="batch")]
     batches = {}

@@ -38,7 +38,7 @@ import pandas as pd
 from mmcore import drift
 from mmcore.config import CLASSES, Params, RegistryConfig, ValidateConfig, load_params
 from mmcore.schema import NOTE_LANGS, PROFILE_COLUMNS, RECORD_ID_RE
-from mmcore.stages.common import write_json
+from mmcore.stages.common import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -575,7 +575,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="drift JSON; with either drift flag the champion's training data is "
                         "read from MLflow and drift is checked (neither: drift skipped)")
     p.add_argument("--drift-md", type=Path, default=None, help="drift report as Markdown")
+    p.add_argument("--ingest-report", type=Path, default=None,
+                   help="ingest accounting: a batch ingest rejected whole is a hard failure")
     return p.parse_args(argv)
+
+
+def with_rejected_batches(summary: dict[str, Any], ingest: dict[str, Any]) -> dict[str, Any]:
+    """A batch whose bad share broke ingest.max_bad_share means a broken feed: its good records
+    were held back too, so the data is incomplete and the pipeline stops until the batch is
+    fixed or removed from the landing area."""
+    lines = [f"batch {b}: rejected whole by ingest (bad share {s.get('bad_share', 0):.2f} > "
+             f"ingest.max_bad_share); its {s.get('landed')} records are in data/quarantine with their "
+             f"reasons; fix the feed, then replace or remove the batch in the landing area"
+             for b, s in sorted((ingest.get("batches") or {}).items()) if s.get("status") == "rejected"]
+    if not lines:
+        return summary
+    return {**summary, "success": False, "hard_failures": summary["hard_failures"] + lines}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -589,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = _crash_summary(f"{table} not found: run the ingest stage first")
     else:
         summary = _validate_table(table, params, args.gx, wants_drift)
+    if args.ingest_report is not None and Path(args.ingest_report).is_file():
+        summary = with_rejected_batches(summary, read_json(args.ingest_report))
     write_json(args.report, summary)  # atomic: split (next stage) never reads half a file
     _write_drift(summary["drift"], args.drift_report, args.drift_md)
     text = _paragraph(summary, time.perf_counter() - start) + f" Report: {args.report}"
