@@ -94,6 +94,9 @@ class ModelConfig:
             raise ValueError(f"model.fusion must be concat, gated or attention, got {self.fusion!r}")
 
 
+STRATEGIES = ("frozen", "top_k", "full", "lora")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int
@@ -106,6 +109,17 @@ class TrainConfig:
     accumulate: int = 1               # gradient accumulation steps
     contrastive_weight: float = 0.0   # CLIP-style image-text InfoNCE added to the loss
     contrastive_temperature: float = 0.07
+    strategy: str = "frozen"          # frozen | top_k | full | lora: what of the pretrained encoders trains
+    unfreeze_top_k: int = 2           # top_k: the last k blocks of each encoder train
+    encoder_lr: float = 1e-4          # encoders (top_k, full, lora) learn slower than the fusion head
+    lora_rank: int = 8
+    nproc: int = 1                    # >1: torchrun DistributedDataParallel with this many processes
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.nproc < 1:
+            raise ValueError(f"train.nproc must be at least 1, got {self.nproc}")
 
 
 @dataclass(frozen=True)

@@ -76,14 +76,22 @@ class TextEncoder(nn.Module):
         self.dim = int(self.net.config.hidden_size)
         self.version = f"{Path(self.path).name}-{self.dim}-{max_tokens}"
 
-    def forward(self, notes: list[str]) -> torch.Tensor:
-        device = next(self.net.parameters()).device
-        tok = self.tokenizer(notes, padding=True, truncation=True, max_length=self.max_tokens,
-                             return_tensors="pt").to(device)
-        hidden = self.net(**tok).last_hidden_state  # (B, T, 384)
-        mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    def tokenize(self, notes: list[str], fixed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask), (B, T); `fixed` pads to max_tokens so batches can be sliced."""
+        tok = self.tokenizer(notes, padding="max_length" if fixed else True, truncation=True,
+                             max_length=self.max_tokens, return_tensors="pt")
+        return tok["input_ids"], tok["attention_mask"]
+
+    def encode_ids(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        hidden = self.net(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, 384)
+        mask = attention.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return nn.functional.normalize(pooled, dim=-1)
+
+    def forward(self, notes: list[str]) -> torch.Tensor:
+        device = next(self.net.parameters()).device
+        ids, attention = self.tokenize(notes)
+        return self.encode_ids(ids.to(device), attention.to(device))
 
 
 class SensorEncoder(nn.Module):

@@ -20,12 +20,16 @@ from tqdm import tqdm
 
 from mmcore.config import SENSOR_CHANNELS, ModelConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
-from mmcore.model import Batch
-from mmcore.preprocess import normalise_sensor, prepare_image, prepare_note, sensor_features
+from mmcore.finetune import weights_tag
+from mmcore.model import Batch, ModelBundle
+from mmcore.preprocess import image_pixels, normalise_sensor, prepare_image, prepare_note, sensor_features
 
 
 class EmbeddingCache:
-    """Append-only chunks of (key -> vector) per encoder version, stored as safetensors + JSON keys."""
+    """Append-only chunks of (key -> array) per version, stored as safetensors + JSON keys.
+
+    Holds frozen-encoder embeddings (float32) and decoded images at training resolution (uint8).
+    """
 
     def __init__(self, root: Path | None, version: str) -> None:
         self.dir = Path(root) / version if root else None
@@ -47,7 +51,7 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"chunk-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:16]}"
         tmp = self.dir / f".{name}.tmp"
-        save_file({"emb": np.ascontiguousarray(emb, dtype=np.float32)}, str(tmp))
+        save_file({"emb": np.ascontiguousarray(emb)}, str(tmp))
         os.replace(tmp, self.dir / f"{name}.safetensors")
         # keys last: a chunk without its keys file is ignored, so a crash leaves no half entry
         (self.dir / f"{name}.json").write_text(json.dumps(keys))
@@ -65,23 +69,33 @@ class Featurizer:
     """Frozen encoders + cache; builds `Batch`es for a model bundle's sensor statistics."""
 
     def __init__(self, cfg: ModelConfig, cache_dir: Path | None = None, device: str | None = None,
-                 batch_size: int = 32, progress: bool = False) -> None:
+                 batch_size: int = 32, progress: bool = False,
+                 encoder_state: dict[str, torch.Tensor] | None = None) -> None:
         self.cfg, self.batch_size, self.progress = cfg, batch_size, progress
+        self.encoder_state = encoder_state
+        self.tag = f"+ft-{weights_tag(encoder_state)}" if encoder_state is not None else ""
         self.device = device or default_device()
         self._image_enc: Any = None
         self._text_enc: Any = None
         self.cache_dir = cache_dir
         self.image_cache = EmbeddingCache(cache_dir, self.image_version)
         self.text_cache = EmbeddingCache(cache_dir, self.text_version)
+        self.pixel_cache = EmbeddingCache(cache_dir, f"decoded-{cfg.image_size}")
         self.embedded = {"image": 0, "text": 0}
+        self.decoded = 0
+
+    @classmethod
+    def for_bundle(cls, bundle: ModelBundle, **kwargs: Any) -> "Featurizer":
+        """The featurizer a saved model needs: its input settings and, if fine-tuned, its encoder weights."""
+        return cls(bundle.model.cfg, encoder_state=bundle.encoder_state, **kwargs)
 
     @property
     def image_version(self) -> str:
-        return f"efficientnet-lite0-imagenet-{self.cfg.image_size}"
+        return f"efficientnet-lite0-imagenet-{self.cfg.image_size}{self.tag}"
 
     @property
     def text_version(self) -> str:
-        return f"all-MiniLM-L6-v2-{self.cfg.text_max_tokens}"
+        return f"all-MiniLM-L6-v2-{self.cfg.text_max_tokens}{self.tag}"
 
     def versions(self) -> dict[str, str]:
         return {"image": self.image_version, "text": self.text_version}
@@ -90,15 +104,21 @@ class Featurizer:
         if self._image_enc is None:
             from mmcore.encoders import ImageEncoder
 
-            self._image_enc = ImageEncoder().eval().to(self.device)
+            self._image_enc = self._load_state(ImageEncoder(), "image.").eval().to(self.device)
         return self._image_enc
 
     def text_encoder(self) -> Any:
         if self._text_enc is None:
             from mmcore.encoders import TextEncoder
 
-            self._text_enc = TextEncoder(max_tokens=self.cfg.text_max_tokens).eval().to(self.device)
+            self._text_enc = self._load_state(TextEncoder(max_tokens=self.cfg.text_max_tokens), "text.")
+            self._text_enc = self._text_enc.eval().to(self.device)
         return self._text_enc
+
+    def _load_state(self, encoder: torch.nn.Module, prefix: str) -> torch.nn.Module:
+        if self.encoder_state is not None:
+            encoder.load_state_dict({k[len(prefix):]: v for k, v in self.encoder_state.items() if k.startswith(prefix)})
+        return encoder
 
     @torch.inference_mode()
     def _embed(self, items: dict[str, Any], cache: EmbeddingCache, kind: str) -> None:
@@ -141,13 +161,52 @@ class Featurizer:
                 present[i] = 1
         return out, present
 
+    def pixels(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """(N, 3, S, S) uint8 at training resolution, zeros where the image is missing.
+
+        Decoded once per image content (the cache key): later epochs and retrains read the cache."""
+        images = {image_key(r["image"]): r["image"] for r in records if r.get("image") is not None}
+        todo = self.pixel_cache.missing(images)
+        for start in tqdm(range(0, len(todo), 256), desc="decode images", unit="chunk",
+                          disable=not self.progress or not todo):
+            keys = todo[start:start + 256]
+            self.pixel_cache.put(keys, np.stack([image_pixels(images[k], self.cfg.image_size) for k in keys]))
+            self.decoded += len(keys)
+        out = np.zeros((len(records), 3, self.cfg.image_size, self.cfg.image_size), np.uint8)
+        for i, r in enumerate(records):
+            if r.get("image") is not None:
+                out[i] = self.pixel_cache.mem[image_key(r["image"])]
+        return out
+
+    def tokens(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """(N, 2, T) token ids and attention mask, padded to text_max_tokens; all-pad where the note is missing."""
+        notes = [prepare_note(r.get("note")) or "" for r in records]
+        from mmcore.encoders import load_tokenizer
+
+        tok = load_tokenizer()(notes, padding="max_length", truncation=True, max_length=self.cfg.text_max_tokens,
+                               return_tensors="np")
+        attention = tok["attention_mask"] * np.array([bool(n) for n in notes])[:, None]
+        return np.stack([tok["input_ids"], attention], axis=1).astype(np.int64)
+
+    def _sensor_batch(self, records: list[dict[str, Any]], mean: np.ndarray,
+                      std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        sens, present = self.sensors(records)
+        return torch.from_numpy(normalise_sensor(sens, mean, std) * present[:, None, None]), torch.from_numpy(present)
+
     def batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray) -> Batch:
+        """Frozen-encoder embeddings: the input of a FusionModel."""
         img, txt, present = self.embed(records)
-        sens, s_present = self.sensors(records)
-        sens = normalise_sensor(sens, mean, std) * s_present[:, None, None]
-        mask = np.concatenate([present, s_present[:, None]], axis=1)
-        return Batch(torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(sens),
-                     torch.from_numpy(mask))
+        sens, s_present = self._sensor_batch(records, mean, std)
+        mask = torch.cat([torch.from_numpy(present), s_present[:, None]], dim=1)
+        return Batch(torch.from_numpy(img), torch.from_numpy(txt), sens, mask)
+
+    def raw_batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray) -> Batch:
+        """Pixels and token ids: the input of a FinetuneModel (encoders in the loop)."""
+        tokens = self.tokens(records)
+        sens, s_present = self._sensor_batch(records, mean, std)
+        present = np.stack([[r.get("image") is not None for r in records], tokens[:, 1].any(1)], axis=1)
+        mask = torch.cat([torch.from_numpy(present.astype(np.float32)), s_present[:, None]], dim=1)
+        return Batch(torch.from_numpy(self.pixels(records)), torch.from_numpy(tokens), sens, mask)
 
 
 def sensor_arrays(sensor: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from mmcore.config import CLASSES, ModelConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM, SensorEncoder
 
 MODALITIES: tuple[str, ...] = ("image", "text", "sensor")
+ENCODER_WEIGHTS = "encoders.safetensors"
 
 
 @dataclass
@@ -127,8 +128,12 @@ class FusionModel(nn.Module):
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.fusion(tokens, mask))                     # (B, C)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.classify(*self.tokens(batch))
+    def forward(self, batch: Batch, with_tokens: bool = False) -> Any:
+        """Logits (B, C); with `with_tokens`, (logits, tokens, mask) for auxiliary losses (one
+        forward call, so DistributedDataParallel sees it)."""
+        tokens, mask = self.tokens(batch)
+        logits = self.classify(tokens, mask)
+        return (logits, tokens, mask) if with_tokens else logits
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -149,11 +154,14 @@ class ModelBundle:
     sensor_std: np.ndarray
     encoders: dict[str, str]
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    encoder_state: dict[str, torch.Tensor] | None = None   # fine-tuned encoder weights; None: pretrained
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(path / "weights.safetensors"))
+        if self.encoder_state is not None:
+            save_file(self.encoder_state, str(path / ENCODER_WEIGHTS))
         cfg = dataclasses.asdict(self.model.cfg)
         cfg["modalities"] = list(cfg["modalities"])
         meta = {"model": cfg, "labels": self.labels, "sensor_mean": self.sensor_mean.tolist(),
@@ -168,5 +176,7 @@ class ModelBundle:
         model = FusionModel(ModelConfig(**mcfg), num_classes=len(meta["labels"]))
         model.load_state_dict(load_file(str(Path(path) / "weights.safetensors")))
         model.eval()
+        enc = Path(path) / ENCODER_WEIGHTS
         return cls(model, meta["labels"], np.asarray(meta["sensor_mean"], np.float32),
-                   np.asarray(meta["sensor_std"], np.float32), meta["encoders"], meta.get("extra", {}))
+                   np.asarray(meta["sensor_std"], np.float32), meta["encoders"], meta.get("extra", {}),
+                   load_file(str(enc)) if enc.is_file() else None)

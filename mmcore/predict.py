@@ -17,7 +17,7 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, featurizer: Featurizer | None = None) -> None:
         self.bundle = bundle
-        self.featurizer = featurizer or Featurizer(bundle.model.cfg)
+        self.featurizer = featurizer or Featurizer.for_bundle(bundle)
         if self.featurizer.versions() != bundle.encoders:
             raise ValueError(f"model was trained with encoders {bundle.encoders}, "
                              f"featurizer gives {self.featurizer.versions()}")
@@ -52,4 +52,4 @@ class Predictor:
 def load_model(path: str | Path, cache_dir: Path | None = None) -> Predictor:
     """Load a model directory (safetensors + JSON, no pickle) with its frozen encoders."""
     bundle = ModelBundle.load(Path(path))
-    return Predictor(bundle, Featurizer(bundle.model.cfg, cache_dir=cache_dir))
+    return Predictor(bundle, Featurizer.for_bundle(bundle, cache_dir=cache_dir))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from mmcore.config import SENSOR_CHANNELS
@@ -31,14 +32,20 @@ def decode_image(data: bytes) -> Image.Image:
     return img.convert("RGB")
 
 
-def image_to_array(img: Image.Image, size: int) -> np.ndarray:
-    """(3, size, size) float32 in [-1, 1]."""
-    arr = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-    return ((arr - IMAGE_MEAN) / IMAGE_STD).transpose(2, 0, 1).copy()
+def image_pixels(data: bytes, size: int) -> np.ndarray:
+    """Bytes to (3, size, size) uint8 at training resolution: what the decoded-image cache holds."""
+    img = decode_image(data).resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def normalise_pixels(pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """uint8 pixels to float32 in [-1, 1], in numpy or torch alike (the encoder input)."""
+    x = pixels.astype(np.float32) if isinstance(pixels, np.ndarray) else pixels.float()
+    return (x / 255.0 - IMAGE_MEAN) / IMAGE_STD
 
 
 def prepare_image(data: bytes, size: int) -> np.ndarray:
-    return image_to_array(decode_image(data), size)
+    return normalise_pixels(image_pixels(data, size))
 
 
 def prepare_note(note: str | None) -> str | None:

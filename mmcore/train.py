@@ -18,13 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
 
 from mmcore.config import CLASSES, ModelConfig, TrainConfig
 from mmcore.encoders import autocast, default_device
 from mmcore.evaluate import macro_f1
 from mmcore.features import Featurizer, sensor_stats
-from mmcore.model import Batch, FusionModel, ModelBundle, info_nce
+from mmcore.finetune import build_model, param_groups, split_trained
+from mmcore.model import Batch, ModelBundle, info_nce
 
 
 @dataclass
@@ -77,10 +81,10 @@ def load_checkpoint(path: Path | None) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
 
 
-def step_loss(model: FusionModel, batch: Batch, y: torch.Tensor, loss_fn: nn.Module, tcfg: TrainConfig) -> torch.Tensor:
+def step_loss(net: nn.Module, batch: Batch, y: torch.Tensor, loss_fn: nn.Module, tcfg: TrainConfig) -> torch.Tensor:
     """Classification loss, plus image-text InfoNCE on samples that have both when asked for."""
-    tokens, mask = model.tokens(batch)
-    loss = loss_fn(model.classify(tokens, mask).float(), y)
+    logits, tokens, mask = net(batch, with_tokens=True)
+    loss = loss_fn(logits.float(), y)
     if tcfg.contrastive_weight > 0:
         both = (mask[:, 0] * mask[:, 1]) > 0
         if both.sum() > 1:
@@ -89,67 +93,100 @@ def step_loss(model: FusionModel, batch: Batch, y: torch.Tensor, loss_fn: nn.Mod
     return loss
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torchrun with a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train_device() -> str:
+    device = default_device()
+    if device == "cuda" and world()[1] > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return device
+
+
 def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: ModelConfig,
-        tcfg: TrainConfig, num_classes: int = len(CLASSES),
-        checkpoint: Path | None = None) -> tuple[FusionModel, History]:
+        tcfg: TrainConfig, num_classes: int = len(CLASSES), checkpoint: Path | None = None,
+        progress: bool = False) -> tuple[nn.Module, History]:
     """AdamW with warmup + cosine decay, gradient accumulation and clipping, early stopping on
-    validation macro-F1; returns the best model.
+    validation macro-F1; returns the best model (`build_model(mcfg, tcfg)`: the fusion head, or
+    head plus encoders when fine-tuning).
+
+    Under torchrun each process trains on its DistributedSampler share through
+    DistributedDataParallel; every rank scores the whole validation set, so all take the same
+    early-stopping decision, and rank 0 alone writes checkpoints.
 
     With `checkpoint`, every epoch ends with a checkpoint (weights, optimiser, schedule, RNG
-    states, history); a rerun after a kill resumes from it and ends where an uninterrupted
-    run would have.
+    state, history); a rerun after a kill resumes from it and ends where an uninterrupted
+    run would have (the sampler's order depends on seed and epoch only).
     """
     seed_everything(tcfg.seed)
-    device = default_device()
+    rank, size = world()
+    device = train_device()
     train, y, val = train.to(device), y.to(device), val.to(device)
-    model = FusionModel(mcfg, num_classes).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(y) / (tcfg.batch_size * tcfg.accumulate)))
+    model = build_model(mcfg, tcfg, num_classes).to(device)
+    net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    opt = torch.optim.AdamW(param_groups(model, tcfg), weight_decay=tcfg.weight_decay)
+    sampler = DistributedSampler(range(len(y)), num_replicas=size, rank=rank, shuffle=True, seed=tcfg.seed)
+    steps_per_epoch = max(1, math.ceil(len(sampler) / (tcfg.batch_size * tcfg.accumulate)))
     total, warmup = tcfg.epochs * steps_per_epoch, steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(y, num_classes).to(device), label_smoothing=0.05)
-    gen = torch.Generator().manual_seed(tcfg.seed)
     hist, best_state, stale, start = History(), copy.deepcopy(model.state_dict()), 0, 1
     if (ck := load_checkpoint(checkpoint)) is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
         torch.set_rng_state(ck["rng"])
         hist, best_state, stale, start = History(**ck["hist"]), ck["best"], ck["stale"], ck["epoch"] + 1
-    for epoch in range(start, tcfg.epochs + 1):
+    bar = tqdm(range(start, tcfg.epochs + 1), desc=f"train {'+'.join(mcfg.modalities)}", unit="epoch",
+               disable=not progress or rank != 0)
+    for epoch in bar:
         if stale >= tcfg.patience:
             break
-        model.train()
-        losses = []
-        for i, idx in enumerate(torch.randperm(len(y), generator=gen).split(tcfg.batch_size)):
-            idx = idx.to(device)
-            with autocast(device):
-                loss = step_loss(model, subset(train, idx), y[idx], loss_fn, tcfg)
-            (loss / tcfg.accumulate).backward()
-            losses.append(loss.item())
-            if (i + 1) % tcfg.accumulate == 0 or (i + 1) * tcfg.batch_size >= len(y):
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+        sampler.set_epoch(epoch)
+        losses = train_epoch(net, opt, sched, train, y, torch.tensor(list(sampler)), loss_fn, tcfg)
         f1 = macro_f1(yv.numpy(), predict_logits(model, val).argmax(1).cpu().numpy(), num_classes)
         hist.epoch.append(epoch)
         hist.train_loss.append(float(np.mean(losses)))
         hist.val_macro_f1.append(f1)
+        bar.set_postfix(loss=f"{hist.train_loss[-1]:.3f}", val_f1=f"{f1:.3f}")
         if f1 > hist.best_val_macro_f1:
             hist.best_val_macro_f1, hist.best_epoch, stale = f1, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                         "sched": sched.state_dict(), "gen": gen.get_state(),
-                                         "rng": torch.get_rng_state(), "hist": dataclasses.asdict(hist),
-                                         "best": best_state, "stale": stale, "epoch": epoch})
+                                         "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+                                         "hist": dataclasses.asdict(hist), "best": best_state,
+                                         "stale": stale, "epoch": epoch})
     model.load_state_dict(best_state)
     return model.cpu().eval(), hist
+
+
+def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: Batch, y: torch.Tensor,
+                order: torch.Tensor, loss_fn: nn.Module, tcfg: TrainConfig) -> list[float]:
+    """One pass over this rank's share in `order`; a step every `accumulate` batches."""
+    net.train()
+    device, losses = y.device, []
+    batches = order.split(tcfg.batch_size)
+    for i, idx in enumerate(batches):
+        idx = idx.to(device)
+        with autocast(device):
+            loss = step_loss(net, subset(train, idx), y[idx], loss_fn, tcfg)
+        (loss / tcfg.accumulate).backward()
+        losses.append(loss.item())
+        if (i + 1) % tcfg.accumulate == 0 or i + 1 == len(batches):
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    return losses
 
 
 def encode_labels(labels: list[str]) -> torch.Tensor:
@@ -164,13 +201,25 @@ def checkpoint_path(root: Path, name: str, mcfg: ModelConfig, tcfg: TrainConfig,
 
 def train_bundle(featurizer: Featurizer, train_recs: list[dict[str, Any]], train_labels: list[str],
                  val_recs: list[dict[str, Any]], val_labels: list[str], mcfg: ModelConfig,
-                 tcfg: TrainConfig, checkpoint: Path | None = None) -> tuple[ModelBundle, History]:
-    """Sensor statistics from the training split, then `fit`; the bundle is ready to save."""
+                 tcfg: TrainConfig, checkpoint: Path | None = None,
+                 progress: bool = False) -> tuple[ModelBundle, History]:
+    """Sensor statistics from the training split, then `fit` (through torchrun when
+    `tcfg.nproc` > 1); the bundle is ready to save.
+
+    Frozen encoders train the head on cached embeddings; the other strategies feed decoded
+    pixels and token ids, and the bundle carries the fine-tuned encoder weights."""
     raw, present = featurizer.sensors(train_recs)
     mean, std = sensor_stats(raw, present)
-    train = featurizer.batch(train_recs, mean, std)
-    val = featurizer.batch(val_recs, mean, std)
-    model, hist = fit(train, encode_labels(train_labels), val, encode_labels(val_labels), mcfg, tcfg,
-                      checkpoint=checkpoint)
-    bundle = ModelBundle(model, list(CLASSES), mean, std, featurizer.versions())
+    make = featurizer.batch if tcfg.strategy == "frozen" else featurizer.raw_batch
+    train, val = make(train_recs, mean, std), make(val_recs, mean, std)
+    y, yv = encode_labels(train_labels), encode_labels(val_labels)
+    if tcfg.nproc > 1:
+        from mmcore.distributed import fit_torchrun
+
+        model, hist = fit_torchrun(train, y, val, yv, mcfg, tcfg, checkpoint=checkpoint)
+    else:
+        model, hist = fit(train, y, val, yv, mcfg, tcfg, checkpoint=checkpoint, progress=progress)
+    head, encoder_state = split_trained(model)
+    versions = Featurizer(mcfg, encoder_state=encoder_state).versions()
+    bundle = ModelBundle(head, list(CLASSES), mean, std, versions, {"strategy": tcfg.strategy}, encoder_state)
     return bundle, hist

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, mods in [("fused", MODALITIES)] + [(m, (m,)) for m in MODALITIES]:
         mcfg = dataclasses.replace(p.model, modalities=tuple(mods))
         ckpt = checkpoint_path(args.cache / "checkpoints", name, mcfg, p.train, [r["record_id"] for r in train_recs])
-        bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt)
+        bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
+                                           progress=True)
         ckpts.append(ckpt)
         bundle.save(args.out if name == "fused" else args.unimodal / name)
         print(f"train[{name}]: best val macro-F1 {hists[name].best_val_macro_f1:.3f} "
