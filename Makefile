@@ -17,6 +17,9 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 .PHONY: install run test bench serve lock clean
 
 install: $(VENV)/.installed
+	@# headless Chromium (Debian package) for the HTML run report's browser test; skipped when present
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "WARNING: could not install chromium (needs root and apt): tests/flows/test_report_browser.py will fail"
 
 # torch goes first, from its own pin: the lock leaves torch, nvidia-* and triton out so pip
 # keeps the CPU build instead of pulling ~2.7 GB of CUDA wheels (see STACK-NOTES).
