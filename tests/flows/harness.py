@@ -1,0 +1,159 @@
+"""Flow-test harness: a tiny project workspace, a Prefect server and a process worker
+on loopback, a webhook receiver, and the REST calls that trigger and watch deployment runs."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.e2e.test_pipeline import BIN, ROOT, env_for, free_port
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def make_workspace(ws: Path, overrides: dict[str, dict[str, Any]]) -> None:
+    """A copy of the project (code, dvc.yaml, prefect.yaml) with params.yaml overridden."""
+    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements.lock", "prefect.yaml"):
+        shutil.copy(ROOT / name, ws / name)
+    for pkg in ("mmcore", "flows"):
+        shutil.copytree(ROOT / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([BIN / "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
+
+
+def wait_until(check, timeout: float, what: str, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class PrefectServer:
+    """`prefect server start` on loopback with its own PREFECT_HOME; env() points clients at it."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.port = home, free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.procs: list[subprocess.Popen] = []
+
+    def env(self, ws: Path) -> dict[str, str]:
+        return {**env_for(ws), "PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api, "PWD": str(ws),
+                "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+
+    def spawn(self, cmd: list, ws: Path, log: str) -> subprocess.Popen:
+        out = open(self.home / log, "ab")
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=ws, env=self.env(ws), stdout=out,
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def start(self, ws: Path) -> None:
+        env = {**self.env(ws)}
+        env.pop("PREFECT_API_URL")
+        out = open(self.home / "server.log", "ab")
+        self.procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                            "--port", str(self.port)], cwd=ws, env=env, stdout=out,
+                                           stderr=subprocess.STDOUT))
+
+        def healthy() -> bool:
+            assert self.procs[0].poll() is None, (self.home / "server.log").read_text()[-3000:]
+            try:
+                return httpx.get(f"{self.api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        wait_until(healthy, 240, "the Prefect server")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+
+    def cli(self, args: list[str], ws: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(BIN / "prefect"), *args], cwd=ws, env=self.env(ws), text=True,
+                              capture_output=True, timeout=timeout)
+        assert proc.returncode == 0, f"prefect {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    def python(self, code: str, ws: Path, timeout: int = 120) -> str:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ws, env=self.env(ws), text=True,
+                              capture_output=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    # ---- REST API
+    def get(self, path: str) -> Any:
+        resp = httpx.get(f"{self.api}{path}", timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    def post(self, path: str, body: dict) -> Any:
+        resp = httpx.post(f"{self.api}{path}", json=body, timeout=30)
+        resp.raise_for_status()
+        return resp.json() if resp.content else None
+
+    def trigger(self, deployment: str, parameters: dict[str, Any]) -> str:
+        """A run of `retrain/<deployment>` with these parameters; returns the flow run id."""
+        dep = self.get(f"/deployments/name/retrain/{deployment}")
+        return self.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})["id"]
+
+    def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
+        def done() -> dict | None:
+            run = self.get(f"/flow_runs/{run_id}")
+            return run if run["state"]["type"] in TERMINAL else None
+        return wait_until(done, timeout, f"flow run {run_id}", every=1.0)
+
+    def artifacts(self, run_id: str) -> dict[str, dict]:
+        found = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+        return {a["key"]: a for a in found if a.get("key")}
+
+    def logs(self, run_id: str) -> str:
+        found = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        return "\n".join(entry["message"] for entry in found)
+
+
+class Receiver:
+    """An HTTP endpoint on loopback that records every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict] = []
+        received = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received.append(json.loads(body or b"null"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
