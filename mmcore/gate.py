@@ -92,10 +92,28 @@ def decide(metrics: dict[str, Any], cfg: GateConfig) -> tuple[bool, list[Rule]]:
     return all(r["passed"] for r in rules), rules
 
 
+def champion_rule(m: dict[str, Any], current: str | None) -> Rule:
+    """The champion must still be the model the challenger was scored against.
+
+    Checked just before the alias switch: when another gate promoted in between, this
+    challenger's comparison is stale and it is not promoted (evaluate again). A challenger
+    that already is the champion (a gate re-run) passes."""
+    compared = _get(m, "champion", "version")
+    compared = None if compared is None else str(compared)
+    passed = current == compared or current == str(m.get("model_version"))
+    message = (f"champion_unchanged: champion is {current or 'none'}, scored against {compared or 'none'}"
+               + ("" if passed else " (promoted by another gate since evaluate; run evaluate again)"))
+    return {"rule": "champion_unchanged", "value": current, "limit": compared, "passed": passed,
+            "message": message}
+
+
 def reasons(rules: list[Rule]) -> list[str]:
     """One line per rule, for logs and the Prefect report."""
     out = []
     for r in rules:
+        if r.get("message"):
+            out.append(r["message"])
+            continue
         value = "missing" if r["value"] is None else f"{r['value']:.4f}"
         if r.get("skipped"):
             out.append(f"{r['rule']}: {value}, not gated ({r['skipped']})")

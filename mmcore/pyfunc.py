@@ -16,7 +16,8 @@ from mlflow.pyfunc import PythonModel
 
 
 def _value(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and v != v) else v
+    """None for a missing cell: null, NaN (pandas' missing) or an empty string."""
+    return None if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()) else v
 
 
 def frame_to_records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -1,15 +1,23 @@
 """MLflow tracking and registry: where every model came from, and which one is champion.
 
-Tracking defaults to a SQLite store in the project (`mlflow.db`, artifacts in
-`mlartifacts/`); `MLFLOW_TRACKING_URI` points it at a server instead.
+Tracking defaults to a SQLite store in the project (`mlflow.db`, WAL journal, artifacts in
+`mlartifacts/`); `MLFLOW_TRACKING_URI` points it at a server instead. A server that does not
+answer is retried by MLflow itself (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `..._BACKOFF_FACTOR`,
+`..._TIMEOUT`); when it gives up, `reachable` turns the error into one line saying what to do.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
+import json
 import os
+import sqlite3
 import subprocess
 import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,21 +25,87 @@ if TYPE_CHECKING:
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+LOCAL_STORE = "mlflow.db"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / LOCAL_STORE}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for servers and in-memory stores)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):].split("?")[0]) if uri.startswith(prefix) and len(uri) > len(prefix) else None
+
+
+def enable_wal(uri: str) -> str | None:
+    """Put a SQLite store in WAL mode (it persists in the file); returns the journal mode.
+
+    In WAL a reader (evaluate downloading the champion, a lineage query) never blocks the
+    writer, and a writer waits on another writer instead of failing; MLflow's own sessions
+    set a busy timeout."""
+    path = sqlite_file(uri)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as con:
+        return str(con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not answer after MLflow's retries."""
+
+
+_CONNECTION_MARKERS = ("Max retries exceeded", "Failed to establish a new connection", "Connection refused",
+                       "timeout exception", "Connection aborted", "RemoteDisconnected")
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    import requests
+
+    return (isinstance(e.__cause__ or e.__context__, requests.exceptions.ConnectionError)
+            or any(m in str(e) for m in _CONNECTION_MARKERS))
+
+
+def unreachable_message(uri: str, consequence: str) -> str:
+    from mlflow.environment_variables import (MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+                                              MLFLOW_HTTP_REQUEST_TIMEOUT)
+
+    return (f"the MLflow tracking server at {uri} is unreachable (gave up after "
+            f"{MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries, backoff factor {MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get()}"
+            f" s, timeout {MLFLOW_HTTP_REQUEST_TIMEOUT.get()} s; set MLFLOW_HTTP_REQUEST_MAX_RETRIES and "
+            f"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR to wait longer). {consequence}. Start the server "
+            f"(mlflow server --backend-store-uri sqlite:///mlflow-server.db --host 127.0.0.1 --port 5000) or set "
+            f"MLFLOW_TRACKING_URI to one that answers; unset, the project uses its local store "
+            f"sqlite:///{Path.cwd() / LOCAL_STORE}.")
+
+
+@contextlib.contextmanager
+def reachable(consequence: str) -> Iterator[None]:
+    """Raise TrackingUnavailable (the URI, what it means for the registry, what to do) when MLflow
+    gives up on the server; `consequence` says what the interrupted step did or did not change."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        if not _is_connection_error(e):
+            raise
+        raise TrackingUnavailable(unreachable_message(tracking_uri(), consequence)) from e
 
 
 def setup(experiment: str) -> str:
     """Point MLflow at the project store and make sure the experiment exists; returns its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path.cwd() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
-    return mlflow.set_experiment(experiment).experiment_id
+    uri = tracking_uri()
+    enable_wal(uri)
+    mlflow.set_tracking_uri(uri)
+    with reachable("Nothing was logged and no alias was changed"):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path.cwd() / "mlartifacts").as_uri()
+            mlflow.create_experiment(experiment, artifact_location=location)
+        return mlflow.set_experiment(experiment).experiment_id
 
 
 def client() -> Any:
@@ -48,15 +122,55 @@ def git_commit() -> str:
         return "unknown"
 
 
+# The pyfunc's contract: one row per record, any modality may be null. `sensor` is a JSON object
+# of channel arrays (as the service takes it), so the example and `mlflow models predict` input
+# stay plain JSON: nothing is pickled.
+SENSOR_COLUMNS = ("t_s", "temperature_c", "humidity_pct", "shock_g", "light_lux")
+
+
+def signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from mmcore.config import CLASSES
+
+    inputs = Schema([ColSpec("string", "note", required=False), ColSpec("string", "image", required=False),
+                     ColSpec("string", "sensor", required=False)])
+    outputs = Schema([ColSpec("string", "label"), *(ColSpec("double", c) for c in CLASSES)])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example() -> pd.DataFrame:
+    """Two records: all three modalities, and a note alone. Saved as JSON with the model."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), (150, 110, 70)).save(buf, format="JPEG")
+    t = np.arange(40) * 60.0
+    sensor = dict(zip(SENSOR_COLUMNS, [t.tolist(), (4 + 0.1 * np.sin(t / 600)).round(3).tolist(),
+                                       [55.0] * 40, [0.2] * 40, [0.0] * 40]))
+    return pd.DataFrame({"note": ["outer carton crushed at one corner", "box arrived wet"],
+                         "image": [base64.b64encode(buf.getvalue()).decode(), None],
+                         "sensor": [json.dumps(sensor), None]})
+
+
 def log_model(model_dir: Path, model_name: str) -> str:
-    """Log the model directory as a pyfunc (models from code) and register it; returns the version."""
+    """Log the model directory as a pyfunc (models from code, with signature and a JSON input
+    example) and register it as the challenger; returns the version."""
     import mlflow
 
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(PYFUNC_FILE), artifacts={"model_dir": str(model_dir)},
+        signature=signature(), input_example=input_example(),
         registered_model_name=model_name, pip_requirements=["mmcore", "torch", "transformers"])
     version = str(info.registered_model_version)
-    client().set_registered_model_alias(model_name, CHALLENGER, version)
+    c = client()
+    run = mlflow.active_run()
+    commit = (c.get_run(run.info.run_id).data.tags.get("git_commit") if run else None) or git_commit()
+    c.set_model_version_tag(model_name, version, "git_commit", commit)
+    c.set_registered_model_alias(model_name, CHALLENGER, version)
     return version
 
 
@@ -65,7 +179,9 @@ def alias_version(model_name: str, alias: str) -> str | None:
 
     try:
         return str(client().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
+    except MlflowException as e:
+        if _is_connection_error(e):
+            raise
         return None
 
 
@@ -87,6 +203,45 @@ def promote(model_name: str, version: str) -> None:
     c = client()
     c.set_registered_model_alias(model_name, CHAMPION, version)
     c.set_model_version_tag(model_name, version, "gate", "promoted")
+
+
+def tag_verdict(model_name: str, version: str, promoted: bool, failed: list[str]) -> None:
+    """The gate's verdict on the version itself, so lineage shows it next to the data and commit."""
+    c = client()
+    c.set_model_version_tag(model_name, version, "gate", "promoted" if promoted else "rejected")
+    c.set_model_version_tag(model_name, version, "gate_failed", ",".join(failed)[:4000] or "none")
+
+
+@contextlib.contextmanager
+def promotion_lock(timeout_s: float = 300.0) -> Iterator[Path | None]:
+    """Serialise gates on one SQLite store: read the champion, decide, move the alias, as one step.
+
+    The lock is a file beside the database (flock, released when the process dies). A tracking
+    server offers no compare-and-set on aliases, so there the gate's re-check of the champion
+    just before the switch is the guard, and retrain runs on one registry must not overlap
+    (the Prefect deployment runs one at a time)."""
+    path = sqlite_file(tracking_uri())
+    if path is None:
+        yield None
+        return
+    import fcntl
+
+    lock = path.with_name(path.name + ".promote.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another gate has held {lock} for over {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield lock
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_of(model_name: str, version: str) -> str:

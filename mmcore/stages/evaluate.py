@@ -8,6 +8,7 @@ Plots go to `--plots` (DVC plot data + PNGs) and, as PNGs, to the training run i
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,11 @@ def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
 def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
     """The shared featurizer when its input settings match the bundle's, a fresh one on the same cache otherwise."""
     keys = ("image_size", "text_max_tokens", "sensor_length")
-    if all(getattr(shared.cfg, k) == getattr(bundle.model.cfg, k) for k in keys):
+    same_inputs = all(getattr(shared.cfg, k) == getattr(bundle.model.cfg, k) for k in keys)
+    if same_inputs and shared.versions() == bundle.encoders:
         return shared
-    return Featurizer(bundle.model.cfg, cache_dir=shared.cache_dir, device=shared.device,
-                      batch_size=shared.batch_size, progress=shared.progress)
+    return Featurizer.for_bundle(bundle, cache_dir=shared.cache_dir, device=shared.device,
+                                 batch_size=shared.batch_size, progress=shared.progress)
 
 
 def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, records: list[dict[str, Any]], y: np.ndarray,
@@ -87,7 +89,7 @@ def latency(bundle: ModelBundle, records: list[dict[str, Any]], cfg: EvaluateCon
     The featurizer has no disk cache and its in-memory cache is emptied before every call,
     so each timed call embeds its image and note as serving does. Each record counts with the
     best of `latency_repeats` calls: p50/p95 then spread over records, not over a neighbour's load."""
-    feat = feat or Featurizer(bundle.model.cfg, cache_dir=None, device="cpu")
+    feat = feat or Featurizer.for_bundle(bundle, cache_dir=None, device="cpu")
     pred = Predictor(bundle, feat)
     sample = records[:cfg.latency_records]
 
@@ -171,6 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plots", type=Path, default=Path("reports/plots"))
     args = ap.parse_args(argv)
+    from mmcore import registry
+
+    try:
+        with registry.reachable("Nothing was promoted; run evaluate again once the server answers"):
+            return run(args)
+    except registry.TrackingUnavailable as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 3
+
+
+def run(args: argparse.Namespace) -> int:
     p = load_params(args.params)
     cfg = p.evaluate
     from mmcore import registry
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     challenger = ModelBundle.load(args.model)
     metrics, chal_probs = evaluate_bundle(challenger, feat, records, y, groups, cfg)
-    lat_feat = Featurizer(challenger.model.cfg, cache_dir=None, device="cpu")
+    lat_feat = Featurizer.for_bundle(challenger, cache_dir=None, device="cpu")
     metrics["latency_ms"] = latency(challenger, records, cfg, lat_feat)
     metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, records, y) for m in MODALITIES}
     metrics["model_version"] = int(trained["model_version"])

@@ -1,12 +1,46 @@
-"""gate stage: move the `champion` alias to the challenger only when every rule holds."""
+"""gate stage: move the `champion` alias to the challenger only when every rule holds.
+
+The rules are read from the evaluation report; the champion is re-read under the promotion
+lock just before the switch, so two gates at once never both promote over the same champion.
+With the tracking server down the stage exits 3 with a message and leaves the aliases alone.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
-from mmcore.config import load_params
-from mmcore.gate import decide, reasons
+from mmcore.config import GateConfig, load_params
+from mmcore.gate import champion_rule, decide, reasons
 from mmcore.stages.common import read_json, write_json
+
+
+def run_gate(metrics: dict[str, Any], cfg: GateConfig, model_name: str) -> dict[str, Any]:
+    """Decide, re-check the champion, switch the alias (the commit point), tag the verdict; the report."""
+    from mmcore import registry
+
+    version = str(metrics["model_version"])
+    _, rules = decide(metrics, cfg)
+    with registry.promotion_lock():
+        with registry.reachable("The champion alias was not changed"):
+            before = registry.alias_version(model_name, registry.CHAMPION)
+        rules.append(champion_rule(metrics, before))
+        promoted = all(r["passed"] for r in rules)
+        failed = [r["rule"] for r in rules if not r["passed"]]
+        if promoted and before != version:
+            with registry.reachable("The champion alias may or may not have moved: check it with "
+                                    "python -m mmcore.registry lineage --alias champion"):
+                registry.promote(model_name, version)
+        with registry.reachable(f"The champion alias is {'now ' + version if promoted else 'unchanged'}, but "
+                                f"the verdict tag of version {version} may be missing"):
+            registry.tag_verdict(model_name, version, promoted, failed)
+            champion = registry.alias_version(model_name, registry.CHAMPION)
+    return {"promoted": promoted, "challenger_version": int(version), "reasons": reasons(rules), "rules": rules,
+            "champion_before": int(before) if before else None,
+            "champion_version": int(champion) if champion else None,
+            "compared_with": (metrics.get("champion") or {}).get("version"),
+            "failed": failed, "comparison": metrics.get("comparison")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,24 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     p = load_params(args.params)
     from mmcore import registry
 
-    registry.setup(p.registry.experiment)
     metrics = read_json(args.metrics)
-    version = str(metrics["model_version"])
-    promoted, rules = decide(metrics, p.gate)
-    if promoted:
-        registry.promote(p.registry.model_name, version)
-    else:
-        registry.client().set_model_version_tag(p.registry.model_name, version, "gate", "rejected")
-    champion = registry.alias_version(p.registry.model_name, registry.CHAMPION)
-    lines = reasons(rules)
-    failed = [line for line, r in zip(lines, rules) if not r["passed"]]
-    report = {"promoted": promoted, "challenger_version": int(version), "reasons": lines, "rules": rules,
-              "champion_version": int(champion) if champion else None,
-              "compared_with": (metrics.get("champion") or {}).get("version"),
-              "failed": [r["rule"] for r in rules if not r["passed"]], "comparison": metrics.get("comparison")}
+    try:
+        registry.setup(p.registry.experiment)
+        report = run_gate(metrics, p.gate, p.registry.model_name)
+    except registry.TrackingUnavailable as e:
+        print(f"gate: error: {e}", file=sys.stderr)
+        return 3
     write_json(args.out, report)
-    print(f"gate: {'PROMOTED' if promoted else 'rejected'} version {version}; champion is {champion}; "
-          f"{len(rules) - len(failed)}/{len(rules)} rules pass" + "".join(f"\n  FAILED {f}" for f in failed))
+    failed = [line for line, r in zip(report["reasons"], report["rules"]) if not r["passed"]]
+    print(f"gate: {'PROMOTED' if report['promoted'] else 'rejected'} version {report['challenger_version']}; "
+          f"champion is {report['champion_version']}; {len(report['rules']) - len(failed)}/{len(report['rules'])} "
+          "rules pass" + "".join(f"\n  FAILED {f}" for f in failed))
     return 0
 
 
