@@ -27,6 +27,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 MAX_SENSOR_ROWS = 5000
 MAX_NOTE_CHARS = 10_000
 MAX_RECORDS = 256
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body over this is a 413: send fewer records per request
 MODEL_TAG = os.environ.get("PARCEL_MODEL_TAG", "parcel-condition:latest")
 
 # Adaptive batching, from `python -m mmcore.bench_serve` (reports/bench/serve.json, "batching"):
@@ -146,6 +147,85 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+async def _answer(send: Any, receive: Any, scope: dict, status: int, error: str) -> None:
+    from starlette.responses import JSONResponse
+
+    await JSONResponse({"error": error}, status_code=status)(scope, receive, send)
+
+
+class BodyGuard:
+    """Refuses oversized bodies (413) and malformed multipart bodies (400) before BentoML parses them.
+
+    BentoML 1.4 turns starlette's 400 for a multipart body without a boundary, or with broken
+    part headers, into a 500 (its catch-all wraps the HTTPException); the schemathesis run
+    found it. Multipart bodies are therefore read and parsed here first, then replayed.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await _answer(send, receive, scope, 413, f"request body over {MAX_BODY_BYTES} bytes")
+            return
+        if not headers.get("content-type", "").lower().startswith("multipart/"):
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_BODY_BYTES:
+                await _answer(send, receive, scope, 413, f"request body over {MAX_BODY_BYTES} bytes")
+                return
+        body = b"".join(chunks)
+        if error := await multipart_error(scope, body):
+            await _answer(send, receive, scope, 400, f"malformed multipart body: {error}")
+            return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def multipart_error(scope: dict, body: bytes) -> str | None:
+    """The parse error of a multipart body, as starlette (what BentoML uses) reports it, or None."""
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import Request
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request({**scope, "app": None}, receive).form()
+        await form.close()
+    except MultiPartException as exc:
+        return exc.message
+    except HTTPException as exc:
+        return str(exc.detail)
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        return type(exc).__name__
+    return None
+
+
 class ClientErrorsWithoutPayload(logging.Filter):
     """BentoML logs a traceback for every refused request; a pydantic error's text quotes the
     offending input, so 4xx are logged as one line with the error type and no exception text."""
@@ -223,4 +303,5 @@ class ParcelCondition:
         return {"labels": list(CLASSES), "model_version": self.version}
 
 
-ParcelCondition.add_asgi_middleware(ApiKeyMiddleware)
+ParcelCondition.add_asgi_middleware(ApiKeyMiddleware)  # outermost: no body is read before the key is checked
+ParcelCondition.add_asgi_middleware(BodyGuard)
