@@ -73,7 +73,13 @@ def links(reports: dict[str, Any]) -> dict[str, str]:
     if uri.startswith(("http://", "https://")):
         out["MLflow experiments"] = uri.rstrip("/") + "/#/experiments"
         if train.get("run_id"):
-            out["MLflow training run"] = f"{uri.rstrip('/')}/#/experiments/{train.get('experiment_id', '0')}/runs/{train['run_id']}"
+            try:
+                from mlflow import MlflowClient
+
+                exp = MlflowClient(tracking_uri=uri).get_run(train["run_id"]).info.experiment_id
+                out["MLflow training run"] = f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{train['run_id']}"
+            except Exception:  # the server is down: the page still renders, without this link
+                pass
         if gate.get("challenger_version"):
             out["MLflow model version"] = f"{uri.rstrip('/')}/#/models/parcel-condition/versions/{gate['challenger_version']}"
     else:

@@ -78,3 +78,16 @@ def test_parse_set() -> None:
         "train": {"epochs": 5}, "ingest": {"landing": "/a/b"}, "gate": {"max_ece": 0.2}}
     with pytest.raises(SystemExit):
         retrain.parse_set(["epochs=5"])
+
+
+def test_a_validate_stage_that_could_not_run_is_a_failure_not_a_data_verdict(tmp_path: Path, monkeypatch) -> None:
+    import json
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    began = time.time()
+    assert not retrain.validation_failed_since(began)                 # no report at all
+    (tmp_path / "reports" / "validation.json").write_text(json.dumps({"success": False}))
+    assert retrain.validation_failed_since(began)                     # a fresh failing report
+    assert not retrain.validation_failed_since(began + 60)            # a stale one from an earlier run
