@@ -28,7 +28,16 @@ MAX_SENSOR_ROWS = 5000
 MAX_NOTE_CHARS = 10_000
 MAX_RECORDS = 256
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body over this is a 413: send fewer records per request
-MODEL_TAG = os.environ.get("PARCEL_MODEL_TAG", "parcel-condition:latest")
+
+
+class BentoArgs(BaseModel):
+    """Build arguments recorded in the bento (`package` passes the champion's model tag), so bento
+    v1 serves model v1 even after v2 joined the model store; from source, PARCEL_MODEL_TAG or latest."""
+
+    model_tag: str = os.environ.get("PARCEL_MODEL_TAG", "parcel-condition:latest")
+
+
+MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 
 # Adaptive batching, from `python -m mmcore.bench_serve` (reports/bench/serve.json, "batching"):
 # in-process predict time against batch size. The featurizer embeds in chunks of 32, and the

@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bento = bentoml.bentos.get(f"{p.registry.model_name}:v{version}")
     except bentoml.exceptions.NotFound:
+        # args: the bento records its model tag, so it never serves whatever model is latest in the store
         bento = bentoml.bentos.build_bentofile(args.bentofile, build_ctx=".", name=p.registry.model_name,
-                                               version=f"v{version}", labels={"model_version": version})
+                                               version=f"v{version}", labels={"model_version": version},
+                                               args={"model_tag": str(model.tag)})
     write_json(args.out, {"bento": str(bento.tag), "model": str(model.tag), "model_version": int(version),
                           "bentoml_home": os.environ["BENTOML_HOME"], "smoke_test": smoke})
     print(f"package: built bento {bento.tag} from champion version {version}")

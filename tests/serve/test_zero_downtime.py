@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from mmcore.bench_serve import random_bundle, serving, synthetic_records
 from mmcore.config import load_params
@@ -66,6 +67,10 @@ def test_switch_to_a_new_champion_loses_no_request(serve_ws: Path) -> None:
         assert release(serve_ws, serve_ws / "models" / "v2") == "parcel-condition:v2"
         package = json.loads((serve_ws / "reports" / "package.json").read_text())
         assert package["bento"] == "parcel-condition:v2" and package["model_version"] == 2
+        # each bento pins its own model (a bento argument), so v1 stays v1 for a rollback
+        for v in (1, 2):
+            info = yaml.safe_load((serve_ws / ".bentoml" / "bentos" / "parcel-condition" / f"v{v}" / "bento.yaml").read_text())
+            assert info["args"] == {"model_tag": f"parcel-condition:v{v}"}
         # green starts beside blue; `serving` returns once green's /readyz is 200 (model loaded, warmed)
         green = green_stack.enter_context(serving("parcel-condition:v2", serve_ws, env_for(serve_ws),
                                                   logs / "green.log"))
