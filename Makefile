@@ -40,6 +40,7 @@ test: install
 # Speed goals live here, as ratios against a limit measured in the same run (JSON in reports/bench/).
 bench: install
 	$(PY) -m mmcore.bench ingest --records 3000 --out reports/bench/ingest.json
+	$(PY) -m mmcore.bench_serve --seconds 20 --out reports/bench/serve.json
 
 serve:
 	bentoml serve parcel-condition:latest --port 3000

@@ -103,21 +103,25 @@ def inproc_ms_by_batch(predictor: Any, records: list[dict[str, Any]], sizes: tup
     return out
 
 
-def derive_batching(ms_by_batch: dict[int, float], gain: float = 0.1, latency_factor: float = 4.0) -> dict[str, Any]:
+def derive_batching(ms_by_batch: dict[int, float], gain: float = 0.1, concurrency: int = 32,
+                    headroom: float = 2.0) -> dict[str, Any]:
     """Adaptive-batching settings from in-process time against batch size.
 
     max_batch_size: the smallest measured size whose time per record is within `gain` of the best
-    (a bigger batch buys less than that and only adds waiting). max_latency_ms: `latency_factor`
-    times that batch's time, rounded up to 100 ms; the dispatcher refuses (503) a request it
-    expects to take longer, and at full load a request waits for one batch in flight and its own.
+    (a bigger batch buys less than that and only adds waiting). max_latency_ms: the dispatcher
+    answers 503 rather than queue a request it expects to wait longer, so the bound must let a
+    full queue of `concurrency` one-record requests drain: (concurrency / size + 1) batches of
+    that size (the one in flight, then the queue), times `headroom`, rounded up to 100 ms.
     """
     per_record = {b: t / b for b, t in ms_by_batch.items()}
     best = min(per_record.values())
-    size = min(b for b, v in per_record.items() if v <= best * (1 + gain))
-    size = max(size, 2)  # BentoML's floor
-    t = ms_by_batch.get(size) or per_record[min(per_record)] * size
-    return {"max_batch_size": size, "max_latency_ms": int(math.ceil(latency_factor * t / 100) * 100),
-            "ms_per_record": {b: round(v, 2) for b, v in per_record.items()}, "rule": derive_batching.__doc__.split("\n")[0]}
+    size = max(2, min(b for b, v in per_record.items() if v <= best * (1 + gain)))  # BentoML's floor is 2
+    batch_ms = ms_by_batch.get(size) or per_record[min(per_record)] * size
+    drain_ms = (math.ceil(concurrency / size) + 1) * batch_ms * headroom
+    return {"max_batch_size": size, "max_latency_ms": int(math.ceil(drain_ms / 100) * 100),
+            "ms_per_record": {b: round(v, 2) for b, v in per_record.items()},
+            "rule": f"size: first within {gain:.0%} of the best ms/record; latency: "
+                    f"(ceil({concurrency}/size)+1) x batch ms x {headroom}"}
 
 
 def free_port() -> int:
