@@ -1,0 +1,267 @@
+"""Continuous retraining, day by day, through the real deployments.
+
+A Prefect server and a process worker run on loopback; `prefect deploy --all` registers
+prefect.yaml's deployments in a tiny copy of the project, and each day's run is triggered
+through the REST API, exactly as the schedules would. Real flow, real `dvc repro`, real
+MLflow (SQLite), real gate, real bento builds:
+
+  day 0  60 good records                 -> champion v1, bento v1
+  day 1  300 more good records           -> v2 clearly better on the gate set: promoted, bento v2
+  day 2  200 records, 90% labels flipped -> v3 not better: rejected, champion and bento stay v2, webhook
+  day 3  a batch with 60% broken lines   -> quarantined whole, validation fails, nothing trains, webhook
+  day 4  nothing                         -> a no-op run that ends in under 30 s
+
+Overrides that keep it small (SCENARIO below): small images, few epochs, a short latency
+probe, and gate floors low enough for a first model judged on ~10 gate-set records. The
+comparative rules (bootstrap lower bound > min_delta 0.0, class and slice F1 drops) are the
+project's own, so day 1 must genuinely win and day 2 genuinely fail to.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+from mmcore.config import load_params
+from tests.e2e.test_pipeline import BIN
+from tests.flows.harness import PrefectServer, Receiver, make_workspace, wait_until
+
+pytestmark = pytest.mark.slow
+
+SCENARIO = {
+    "synth": {"image_size": 128},
+    "model": {"image_size": 96},
+    "train": {"epochs": 10, "patience": 10},
+    "validate": {"min_rows": 20},
+    "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1},
+    "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
+             "max_latency_p95_ms": 60000},
+}
+DAY_TIMEOUT = 600
+
+
+def write_bad_batch(landing: Path, batch_id: str, n: int, broken: float, cfg: Any) -> None:
+    """A batch whose first `broken` share of lines is cut off mid-record (bad_json)."""
+    from mmcore.data.synth import generate_batch
+
+    bdir = generate_batch(landing, batch_id, n, cfg, seed=400)
+    lines = (bdir / "records.jsonl").read_text().splitlines()
+    k = int(len(lines) * broken)
+    (bdir / "records.jsonl").write_text("\n".join([ln[: len(ln) // 2] for ln in lines[:k]] + lines[k:]) + "\n")
+
+
+class Scenario:
+    """Runs the days in order, once each, remembering what each left behind."""
+
+    def __init__(self, ws: Path, server: PrefectServer, receiver: Receiver) -> None:
+        self.ws, self.server, self.receiver = ws, server, receiver
+        self.landing = ws / "drop"   # not data/landing: the `landing` parameter moves the ingest stage
+        self.done: dict[int, dict[str, Any]] = {}
+
+    def land(self, day: int) -> None:
+        from mmcore.data.synth import generate_batch
+
+        cfg = load_params(self.ws / "params.yaml").synth
+        if day == 0:
+            generate_batch(self.landing, "day0", 60, cfg, seed=100)
+        elif day == 1:
+            generate_batch(self.landing, "day1", 300, cfg, seed=200)
+        elif day == 2:
+            import dataclasses
+            generate_batch(self.landing, "day2", 200, dataclasses.replace(cfg, label_noise=0.9), seed=300)
+        elif day == 3:
+            write_bad_batch(self.landing, "day3", 40, 0.6, cfg)
+
+    def day(self, n: int) -> dict[str, Any]:
+        for d in range(n + 1):
+            if d not in self.done:
+                self.done[d] = self.run_day(d)
+        if self.done[n].get("error"):
+            pytest.fail(f"day {n} could not run: {self.done[n]['error']}")
+        return self.done[n]
+
+    def run_day(self, d: int) -> dict[str, Any]:
+        try:
+            self.land(d)
+            posts = len(self.receiver.posts)
+            # day 0 through the nightly deployment (force, with an override), the others through the poll
+            deployment, params = (("nightly", {"landing": str(self.landing), "overrides": {"evaluate": {"n_boot": 1000}}})
+                                  if d == 0 else ("poll-landing", {"landing": str(self.landing)}))
+            t0 = time.monotonic()
+            run_id = self.server.trigger(deployment, params)
+            run = self.server.wait(run_id, DAY_TIMEOUT)
+            wall = time.monotonic() - t0
+        except BaseException as exc:  # keep the day's failure for its test, and stop the next days
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        folder = max((p for p in (self.ws / "reports" / "runs").iterdir() if p.is_dir()), key=lambda p: p.name)
+        return {"run": run, "run_id": run_id, "wall": wall, "state": run["state"]["type"],
+                "folder": folder, "summary": json.loads((folder / "run.json").read_text()),
+                "posts": self.receiver.posts[posts:], "artifacts": self.server.artifacts(run_id),
+                "versions": self.versions(), "bentos": self.bentos(), "logs": self.server.logs(run_id)}
+
+    def versions(self) -> dict[str, Any]:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{self.ws / 'mlflow.db'}")
+        try:
+            champion = client.get_model_version_by_alias("parcel-condition", "champion").version
+        except Exception:
+            champion = None
+        all_versions = sorted(int(v.version) for v in client.search_model_versions("name='parcel-condition'"))
+        return {"champion": None if champion is None else int(champion), "all": all_versions}
+
+    def bentos(self) -> list[str]:
+        root = self.ws / ".bentoml" / "bentos" / "parcel-condition"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    yield rec
+    rec.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrefectServer, Path]]:
+    ws = tmp_path_factory.mktemp("scenario")
+    make_workspace(ws, SCENARIO)
+    srv = PrefectServer(tmp_path_factory.mktemp("prefect"))
+    try:
+        srv.start(ws)
+        yield srv, ws
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def scenario(server: tuple[PrefectServer, Path], receiver: Receiver) -> Scenario:
+    srv, ws = server
+    srv.cli(["work-pool", "create", "retrain-pool", "--type", "process"], ws)
+    srv.python("from prefect.blocks.webhook import Webhook\n"
+               f"Webhook(url={receiver.url!r}).save('retrain-alerts', overwrite=True)", ws)
+    srv.cli(["--no-prompt", "deploy", "--all"], ws)
+    worker = srv.spawn([BIN / "prefect", "worker", "start", "--pool", "retrain-pool", "--type", "process"],
+                       ws, "worker.log")
+    time.sleep(2)
+    assert worker.poll() is None, (srv.home / "worker.log").read_text()[-3000:]
+    return Scenario(ws, srv, receiver)
+
+
+def test_deployments_have_schedules_parameters_and_a_concurrency_limit(scenario: Scenario) -> None:
+    deps = {d["name"]: d for d in scenario.server.post("/deployments/filter", {})}
+    assert {"nightly", "poll-landing"} <= set(deps)
+    nightly, poll = deps["nightly"], deps["poll-landing"]
+    assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert poll["schedules"][0]["schedule"]["interval"] == 600
+    for dep in (nightly, poll):
+        assert dep["work_pool_name"] == "retrain-pool" and dep["entrypoint"] == "flows/retrain.py:retrain"
+        assert dep["parameters"]["notify_block"] == "retrain-alerts" and dep["global_concurrency_limit"]["limit"] == 1
+        assert dep["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(scenario.ws)
+    assert nightly["parameters"]["force"] is True and poll["parameters"]["force"] is False
+    assert nightly["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert poll["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+
+
+def test_day0_deployment_run_completes_end_to_end_with_champion_v1(scenario: Scenario) -> None:
+    day = scenario.day(0)
+    assert day["state"] == "COMPLETED", day["logs"][-3000:]
+    assert day["versions"] == {"champion": 1, "all": [1]} and day["bentos"] == ["v1"]
+    assert day["summary"]["verdict"]["status"] == "promoted"
+    assert [s["stage"] for s in day["summary"]["stages"] if s["ran"]] == [
+        "ingest", "validate", "split", "train", "evaluate", "gate", "package"]
+    assert {"data-accounting", "validation-drift", "metrics", "gate-verdict", "run-report"} <= set(day["artifacts"])
+    assert {"report.html", "drift.md", "drift.json", "ingest.json", "gate.json"} <= {p.name for p in day["folder"].iterdir()}
+    # the parameters reached the pipeline: the landing area moved, the override is in params.yaml and dvc.lock
+    lock = yaml.safe_load((scenario.ws / "dvc.lock").read_text())["stages"]
+    assert f"--landing {scenario.landing}" in lock["ingest"]["cmd"]
+    assert load_params(scenario.ws / "params.yaml").evaluate.n_boot == 1000
+    assert lock["evaluate"]["params"]["params.yaml"]["evaluate"]["n_boot"] == 1000
+    assert day["posts"] == []
+
+
+def test_day1_more_good_data_promotes_v2_and_builds_its_bento(scenario: Scenario) -> None:
+    day = scenario.day(1)
+    assert day["state"] == "COMPLETED", day["logs"][-3000:]
+    gate = json.loads((day["folder"] / "gate.json").read_text())
+    assert gate["promoted"] is True, gate["reasons"]
+    assert gate["comparison"]["low"] > 0 and gate["compared_with"] == 1
+    assert day["versions"] == {"champion": 2, "all": [1, 2]} and day["bentos"] == ["v1", "v2"]
+    assert json.loads((day["folder"] / "package.json").read_text())["bento"] == "parcel-condition:v2"
+    assert (day["folder"] / "drift.md").is_file() and day["posts"] == []
+
+
+def test_day2_noisy_labels_are_rejected_and_nothing_served_changes(scenario: Scenario) -> None:
+    day = scenario.day(2)
+    assert day["state"] == "COMPLETED", day["logs"][-3000:]
+    gate = json.loads((day["folder"] / "gate.json").read_text())
+    assert gate["promoted"] is False and gate["challenger_version"] == 3 and gate["failed"]
+    assert day["versions"] == {"champion": 2, "all": [1, 2, 3]}
+    assert day["bentos"] == ["v1", "v2"]   # no bento of the rejected model
+    assert json.loads((scenario.ws / "reports" / "package.json").read_text())["bento"] == "parcel-condition:v2"
+    assert day["summary"]["verdict"]["status"] == "rejected"
+    assert [p["event"] for p in day["posts"]] == ["retrain.rejected"]
+    assert day["posts"][0]["reasons"] and day["posts"][0]["flow_run_id"] == day["run_id"]
+
+
+def test_day3_broken_batch_is_quarantined_validation_fails_and_nothing_trains(scenario: Scenario) -> None:
+    day = scenario.day(3)
+    assert day["state"] == "FAILED"
+    ingest = json.loads((day["folder"] / "ingest.json").read_text())
+    assert ingest["batches"]["day3"]["status"] == "rejected" and ingest["batches"]["day3"]["accepted"] == 0
+    assert ingest["landed"] == ingest["accepted"] + ingest["quarantined"]
+    validation = json.loads((day["folder"] / "validation.json").read_text())
+    assert validation["success"] is False and any("day3" in f for f in validation["hard_failures"])
+    ran = [s["stage"] for s in day["summary"]["stages"] if s["ran"]]
+    assert "train" not in ran and not (day["folder"] / "gate.json").exists()
+    assert day["versions"] == {"champion": 2, "all": [1, 2, 3]} and day["bentos"] == ["v1", "v2"]
+    assert [p["event"] for p in day["posts"]] == ["retrain.validation_failed"]
+    assert (day["folder"] / "drift.md").is_file()
+
+
+def test_day4_without_new_data_is_a_fast_noop(scenario: Scenario) -> None:
+    day = scenario.day(4)
+    assert day["state"] == "COMPLETED", day["logs"][-3000:]
+    assert day["run"]["total_run_time"] <= 30, day["run"]["total_run_time"]
+    assert day["summary"]["stages"] == [] and day["summary"]["verdict"]["status"] == "no_new_data"
+    assert day["versions"] == {"champion": 2, "all": [1, 2, 3]} and day["posts"] == []
+    assert "gate-verdict" in day["artifacts"]
+
+
+def test_a_second_run_waits_for_the_running_one(scenario: Scenario) -> None:
+    """Hold the `retrain` slot as a running retrain would: a new run must wait, then go on."""
+    scenario.day(4)
+    srv = scenario.server
+    lease = srv.post("/v2/concurrency_limits/increment-with-lease",
+                     {"names": ["retrain"], "slots": 1, "mode": "concurrency", "lease_duration": 120})
+    try:
+        run_id = srv.trigger("poll-landing", {"landing": str(scenario.landing)})
+        wait_until(lambda: "concurrency slot" in srv.logs(run_id), 120, "the run to ask for the slot", every=1)
+        time.sleep(6)
+        assert srv.get(f"/flow_runs/{run_id}")["state"]["type"] == "RUNNING"
+        assert "no new batch" not in srv.logs(run_id)
+    finally:
+        httpx.post(f"{srv.api}/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease["lease_id"]},
+                   timeout=30).raise_for_status()
+    assert srv.wait(run_id, 120)["state"]["type"] == "COMPLETED"
+    wait_until(lambda: "no new batch" in srv.logs(run_id), 30, "the run's last logs (sent in batches)")
+
+
+@pytest.mark.parametrize("d, status", [(2, "rejected"), (3, "validation_failed")])
+def test_each_days_report_opens_in_chromium_with_its_verdict(scenario: Scenario, d: int, status: str) -> None:
+    from tests.flows.test_report_browser import dump_dom
+
+    folder = scenario.day(d)["folder"]
+    dom = dump_dom(folder / "report.html")
+    assert f'data-status="{status}"' in dom
+    if status == "rejected":   # the plots decode and every failed rule is named
+        failed = json.loads((folder / "gate.json").read_text())["failed"]
+        assert 'data-plots-decoded="4"' in dom and failed and all(rule in dom for rule in failed)
+    else:                      # the batch that broke validation is named
+        assert "day3" in dom and 'data-plots-total="0"' in dom
