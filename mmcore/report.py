@@ -18,9 +18,9 @@ from typing import Any
 VERDICTS = {
     "promoted": ("Promoted", "#1a7f37"),
     "rejected": ("Challenger rejected", "#b35900"),
-    "validation_failed": ("Validation failed: nothing trained", "#cf222e"),
-    "no_new_data": ("No new data: nothing ran", "#57606a"),
-    "unchanged": ("Nothing changed: every stage up to date", "#57606a"),
+    "validation_failed": ("Validation failed", "#cf222e"),
+    "no_new_data": ("No new data", "#57606a"),
+    "unchanged": ("Nothing changed", "#57606a"),
     "failed": ("Run failed", "#cf222e"),
 }
 PLOTS = ("confusion.png", "per_class_f1.png", "reliability.png", "training_curves.png")
