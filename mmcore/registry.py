@@ -101,7 +101,7 @@ def setup(experiment: str) -> str:
     uri = tracking_uri()
     enable_wal(uri)
     mlflow.set_tracking_uri(uri)
-    with reachable("Nothing was logged and no alias was changed"):
+    with reachable("Nothing was logged and the champion alias was not changed"):
         if mlflow.get_experiment_by_name(experiment) is None:
             location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path.cwd() / "mlartifacts").as_uri()
             mlflow.create_experiment(experiment, artifact_location=location)
