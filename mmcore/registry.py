@@ -303,7 +303,9 @@ def model_version(model_name: str, version: int | str) -> Any:
     c = client()
     try:
         return c.get_model_version(model_name, str(version))
-    except MlflowException:
+    except MlflowException as e:
+        if _is_connection_error(e):
+            raise
         try:
             known = sorted(int(v.version) for v in c.search_model_versions(f"name='{model_name}'"))
         except MlflowException:
@@ -345,9 +347,24 @@ def format_lineage(info: dict[str, Any]) -> str:
     return "\n".join(head + params + metrics)
 
 
+def _run(args: Any, name: str) -> int:
+    import json
+
+    if args.command == "rollback":
+        previous = rollback(name, args.version)
+        print(f"champion of {name}: version {previous} -> {args.version}. Rebuild the bento to serve it: "
+              "python -m mmcore.stages.package --out reports/package.json")
+        return 0
+    version = args.version if args.alias is None else alias_version(name, args.alias)
+    if version is None:
+        raise ValueError(f"model {name!r} has no alias {args.alias!r}")
+    info = lineage(name, version)
+    print(json.dumps(info, indent=2) if args.json else format_lineage(info))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m mmcore.registry", description="Registry operations.")
@@ -368,20 +385,11 @@ def main(argv: list[str] | None = None) -> int:
 
         name = load_params(args.params).registry.model_name
     try:
-        if args.command == "rollback":
-            previous = rollback(name, args.version)
-            print(f"champion of {name}: version {previous} -> {args.version}. Rebuild the bento to serve it: "
-                  "python -m mmcore.stages.package --out reports/package.json")
-            return 0
-        version = args.version if args.alias is None else alias_version(name, args.alias)
-        if version is None:
-            raise ValueError(f"model {name!r} has no alias {args.alias!r}")
-        info = lineage(name, version)
-        print(json.dumps(info, indent=2) if args.json else format_lineage(info))
-        return 0
-    except ValueError as e:
+        with reachable("Nothing was changed"):
+            return _run(args, name)
+    except (ValueError, TrackingUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(e, TrackingUnavailable) else 2
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from mmcore.config import CLASSES, GateConfig, load_params
-from mmcore.gate import decide, reasons
+from mmcore.gate import champion_rule, decide, reasons
 from tests.conftest import ROOT
 
 CFG = GateConfig(min_macro_f1=0.6, min_accuracy=0.6, min_class_f1=0.4, max_ece=0.15, max_latency_p95_ms=500,
@@ -107,3 +107,14 @@ def test_project_params_configure_the_gate() -> None:
     p = load_params(ROOT / "params.yaml")
     assert 0 < p.gate.min_macro_f1 < 1 and p.gate.min_delta >= 0
     assert p.evaluate.n_boot >= 1000 and p.evaluate.ci == 0.95
+
+
+def test_the_champion_must_still_be_the_one_the_challenger_beat() -> None:
+    m = {**with_champion(scores(0.85), scores(0.8), low=0.01), "model_version": 3}   # scored against version 1
+    assert champion_rule(m, "1")["passed"]
+    moved = champion_rule(m, "2")                               # another gate promoted version 2 meanwhile
+    assert not moved["passed"] and (moved["value"], moved["limit"]) == ("2", "1")
+    assert "run evaluate again" in reasons([moved])[0]
+    assert champion_rule(m, "3")["passed"]                      # a re-run: the challenger already is champion
+    first = {**scores(0.8), "champion": None, "model_version": 1}
+    assert champion_rule(first, None)["passed"] and not champion_rule(first, "4")["passed"]
