@@ -25,19 +25,23 @@ def run_gate(metrics: dict[str, Any], cfg: GateConfig, model_name: str) -> dict[
     with registry.promotion_lock():
         with registry.reachable("The champion alias was not changed"):
             before = registry.alias_version(model_name, registry.CHAMPION)
-        rules.append(champion_rule(metrics, before))
-        promoted = all(r["passed"] for r in rules)
-        failed = [r["rule"] for r in rules if not r["passed"]]
-        if promoted and before != version:
-            with registry.reachable("The champion alias may or may not have moved: check it with "
-                                    "python -m mmcore.registry lineage --alias champion"):
-                registry.promote(model_name, version)
-        with registry.reachable(f"The champion alias is {'now ' + version if promoted else 'unchanged'}, but "
-                                f"the verdict tag of version {version} may be missing"):
-            registry.tag_verdict(model_name, version, promoted, failed)
+        check = champion_rule(metrics, before)
+        failed = [r["rule"] for r in [*rules, check] if not r["passed"]]
+        promoted = not failed
+        if before != version:               # a re-run on the champion itself changes nothing
+            if promoted:
+                with registry.reachable("The champion alias may or may not have moved: check it with "
+                                        "python -m mmcore.registry lineage --alias champion"):
+                    registry.promote(model_name, version)
+            with registry.reachable(f"The champion alias is {'now ' + version if promoted else 'unchanged'}, "
+                                    f"but the verdict tag of version {version} may be missing"):
+                registry.tag_verdict(model_name, version, promoted, failed)
+        with registry.reachable(f"The champion alias is {'now ' + version if promoted else 'unchanged'}"):
             champion = registry.alias_version(model_name, registry.CHAMPION)
+    # `rules` and `reasons` stay aligned one to one (the flow's report zips them); the champion
+    # re-check is reported on its own
     return {"promoted": promoted, "challenger_version": int(version), "reasons": reasons(rules), "rules": rules,
-            "champion_before": int(before) if before else None,
+            "champion_check": check, "champion_before": int(before) if before else None,
             "champion_version": int(champion) if champion else None,
             "compared_with": (metrics.get("champion") or {}).get("version"),
             "failed": failed, "comparison": metrics.get("comparison")}
@@ -60,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate: error: {e}", file=sys.stderr)
         return 3
     write_json(args.out, report)
-    failed = [line for line, r in zip(report["reasons"], report["rules"]) if not r["passed"]]
+    rules = [*report["rules"], report["champion_check"]]
+    failed = [line for line, r in zip([*report["reasons"], report["champion_check"]["message"]], rules)
+              if not r["passed"]]
     print(f"gate: {'PROMOTED' if report['promoted'] else 'rejected'} version {report['challenger_version']}; "
-          f"champion is {report['champion_version']}; {len(report['rules']) - len(failed)}/{len(report['rules'])} "
-          "rules pass" + "".join(f"\n  FAILED {f}" for f in failed))
+          f"champion is {report['champion_version']}; {len(rules) - len(failed)}/{len(rules)} rules pass"
+          + "".join(f"\n  FAILED {f}" for f in failed))
     return 0
 
 

@@ -85,7 +85,7 @@ class Server:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)          # the server and its uvicorn worker
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=5)                      # a graceful stop waits on idle keep-alive clients
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
