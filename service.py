@@ -40,15 +40,23 @@ class BentoArgs(BaseModel):
 MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 
 # Adaptive batching, from `python -m mmcore.bench_serve` (reports/bench/serve.json, "batching"):
-# in-process predict time against batch size. The featurizer embeds in chunks of 32, and the
-# per-record time stops falling past 32 (measured, see README "Serving"), so a merged batch is
-# capped there; max_latency_ms is the time after which the dispatcher answers 503 rather than
-# queue a request: 4 x the measured time of a full batch on 2 CPU cores (one batch in flight,
-# one being filled, 2x headroom for a busy machine). PARCEL_BATCHING=0 turns batching off
-# (the bench's unbatched comparison); the other two override the measured settings.
+# in-process predict time against batch size on this project's 2-core machine, 2026-11-23:
+# 28.0 ms/record at batch 1, 27.3 at 2, 22.5 at 4, 22.6 at 8, 25.4 at 16, 22.3 at 32, 21.9 at 64.
+# max_batch_size: the first size within 10% of the best per-record time (4; bigger batches buy
+# nothing on CPU). max_latency_ms: the dispatcher answers 503 once its estimate for the oldest
+# queued request (all queued requests as one batch) passes it, so it covers 32 requests of 4
+# records at 22.5 ms per record, times 10 headroom for a shared machine (8.2 s, ten times the drain
+# time of a full queue, gave 503s in the load test's first seconds). PARCEL_BATCHING=0 turns
+# batching off (the bench's unbatched comparison); PARCEL_MAX_BATCH_SIZE and PARCEL_MAX_LATENCY_MS
+# override the measured settings.
+#
+# Torch intra-op threads of the one inference thread. Measured on the shared 2-core machine (other
+# jobs running), batch 1 in process: 44-61 ms with 1 thread, 338-369 ms with 2 (OpenMP threads
+# waiting on each other when the cores are busy); the serve bench runs in process with this too.
+TORCH_THREADS = int(os.environ.get("PARCEL_TORCH_THREADS", "1"))
 BATCHING = os.environ.get("PARCEL_BATCHING", "1") != "0"
-MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "32"))
-MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "20000"))
+MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "4"))
+MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "28900"))
 
 FloatList = Annotated[list[float], Field(min_length=2, max_length=MAX_SENSOR_ROWS)]
 
@@ -135,18 +143,20 @@ def to_mmcore(rec: Record) -> dict[str, Any]:
             "sensor": rec.sensor.model_dump() if rec.sensor else None}
 
 
-OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs", "/docs.json")
+OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/static_content")
 
 
 class ApiKeyMiddleware:
-    """With PARCEL_API_KEY set, every call but health, metrics and docs needs header `x-api-key`."""
+    """With PARCEL_API_KEY set, every call but health, metrics and the OpenAPI page (`/`, `/docs.json`)
+    needs header `x-api-key`."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.key = (os.environ.get("PARCEL_API_KEY") or "").encode("latin-1") or None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.key and scope["type"] == "http" and not scope["path"].startswith(OPEN_PATHS):
+        path = scope.get("path", "")
+        if self.key and scope["type"] == "http" and path != "/" and not path.startswith(OPEN_PATHS):
             headers = dict(scope.get("headers") or [])
             if not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
                 from starlette.responses import JSONResponse
@@ -266,8 +276,11 @@ class ParcelCondition:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        import torch
+
         from mmcore.predict import load_model
 
+        torch.set_num_threads(TORCH_THREADS)
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsWithoutPayload())
         self.ready = False
         self.predictor = load_model(self.model_ref.path)

@@ -11,12 +11,12 @@ def test_batch_size_is_where_time_per_record_stops_falling() -> None:
     times = {1: 100.0, 2: 120.0, 4: 160.0, 8: 240.0, 16: 464.0, 32: 912.0}
     got = derive_batching(times)
     assert got["max_batch_size"] == 8
-    assert got["max_latency_ms"] == 2400  # (32/8 + 1) batches x 240 ms x 2 headroom
+    assert got["max_latency_ms"] == 38400  # 32 requests x 4 records x 30 ms x 10 headroom
 
 
 def test_no_gain_from_batching_gives_the_smallest_allowed_batch() -> None:
     got = derive_batching({1: 50.0, 2: 100.0, 4: 200.0})
-    assert got["max_batch_size"] == 2 and got["max_latency_ms"] == 3400  # (16 + 1) x 100 ms x 2
+    assert got["max_batch_size"] == 2 and got["max_latency_ms"] == 60000  # 64 s, capped at the timeout
 
 
 def test_synthetic_records_are_distinct_and_complete() -> None:
