@@ -6,8 +6,8 @@ through the REST API, exactly as the schedules would. Real flow, real `dvc repro
 MLflow (SQLite), real gate, real bento builds:
 
   day 0  60 good records                 -> champion v1, bento v1
-  day 1  300 more good records           -> v2 clearly better on the gate set: promoted, bento v2
-  day 2  200 records, 90% labels flipped -> v3 not better: rejected, champion and bento stay v2, webhook
+  day 1  200 more good records           -> v2 clearly better on the gate set: promoted, bento v2
+  day 2  150 records, 90% labels flipped -> v3 not better: rejected, champion and bento stay v2, webhook
   day 3  a batch with 60% broken lines   -> quarantined whole, validation fails, nothing trains, webhook
   day 4  nothing                         -> a no-op run that ends in under 30 s
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 SCENARIO = {
     "synth": {"image_size": 128},
     "model": {"image_size": 96},
-    "train": {"epochs": 10, "patience": 10},
+    "train": {"epochs": 8, "patience": 8},
     "validate": {"min_rows": 20},
     "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1},
     "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
@@ -71,10 +71,10 @@ class Scenario:
         if day == 0:
             generate_batch(self.landing, "day0", 60, cfg, seed=100)
         elif day == 1:
-            generate_batch(self.landing, "day1", 300, cfg, seed=200)
+            generate_batch(self.landing, "day1", 200, cfg, seed=200)
         elif day == 2:
             import dataclasses
-            generate_batch(self.landing, "day2", 200, dataclasses.replace(cfg, label_noise=0.9), seed=300)
+            generate_batch(self.landing, "day2", 150, dataclasses.replace(cfg, label_noise=0.9), seed=300)
         elif day == 3:
             write_bad_batch(self.landing, "day3", 40, 0.6, cfg)
 
@@ -243,7 +243,7 @@ def test_a_second_run_waits_for_the_running_one(scenario: Scenario) -> None:
     try:
         run_id = srv.trigger("poll-landing", {"landing": str(scenario.landing)})
         wait_until(lambda: "concurrency slot" in srv.logs(run_id), 120, "the run to ask for the slot", every=1)
-        time.sleep(6)
+        time.sleep(3)
         assert srv.get(f"/flow_runs/{run_id}")["state"]["type"] == "RUNNING"
         assert "no new batch" not in srv.logs(run_id)
     finally:
