@@ -18,7 +18,7 @@ def fuzz(url: str, seed: int, report: Path) -> list[int]:
            "--checks", "not_a_server_error", "--max-examples", "100", "--seed", str(seed),
            "--phases", "examples,coverage,fuzzing", "--workers", "2", "--request-timeout", "120",
            "--no-color", "--report", "ndjson", "--report-ndjson-path", report, "--generation-database", "none"]
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(c) for c in cmd], cwd=report.parent, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     statuses = []
     for line in report.read_text().splitlines():
