@@ -94,7 +94,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("mlflow-server"), free_port())
+    start = time.monotonic()
     srv.start()
+    print(f"mlflow server up: {time.monotonic() - start:.1f} s")
     try:
         yield srv
     finally:
@@ -102,8 +104,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def stage(ws: Path, env: dict[str, str], module: str, *args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, "--params", "params.yaml", *map(str, args)], cwd=ws,
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", module, "--params", "params.yaml", *map(str, args)], cwd=ws,
                           env=env, capture_output=True, text=True, timeout=600)
+    print(f"{module}: {time.monotonic() - start:.1f} s")
+    return proc
 
 
 @pytest.fixture(scope="module")
