@@ -4,6 +4,8 @@ Every rule is `{"rule", "value", "limit", "passed"}` (plus context). A number th
 lacks fails its rule: the gate never promotes on what it could not check. The first
 model (no champion) is judged on the floors and the latency budget alone; later ones
 also on the paired bootstrap interval of the macro-F1 gain, per-class and per-slice drops.
+`champion_rule` is checked by the gate stage just before the alias switch: the champion must
+still be the one the challenger was scored against.
 """
 from __future__ import annotations
 
