@@ -1,0 +1,144 @@
+"""Training and inference benchmark behind `make bench` (reports/bench/train.json).
+
+    python -m mmcore.bench_train --out reports/bench/train.json [--records 600 --epochs 10]
+
+Training samples per second through the real data path (records read back from data/raw,
+the featurizer with its warm caches, then `fit`) are set against the compute-only limit
+measured in the same run: the same model, batch and epochs on tensors already in memory.
+The main job's strategy (params.yaml) is measured at `--records`; a fine-tuning strategy
+(encoders in the loop, decoded-image cache) at `--finetune-records`. Inference runs the
+whole path a request takes (decode, encoders, head) at batch 1 and batch 64.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmcore.config import Params, TrainConfig, load_params
+from mmcore.encoders import default_device
+from mmcore.features import Featurizer, sensor_stats
+from mmcore.model import ModelBundle
+from mmcore.predict import Predictor
+from mmcore.train import encode_labels, fit, train_bundle
+
+
+def landed_records(n: int, p: Params, work: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Generated landing batches, ingested into a raw dataset and read back as training does."""
+    from mmcore.data.ingest import ingest
+    from mmcore.data.raw import load_records
+    from mmcore.data.synth import generate_default
+    from mmcore.encoders import load_tokenizer
+
+    generate_default(work / "landing", dataclasses.replace(p.synth, batches=1, records_per_batch=n))
+    ingest(work / "landing", work / "raw", work / "quarantine", p.ingest, tokenizer=load_tokenizer())
+    profile, records = load_records(work / "raw")
+    keep = profile["label"].notna().to_numpy()
+    return [r for r, k in zip(records, keep) if k], list(profile["label"][keep])
+
+
+def training(recs: list[dict[str, Any]], labels: list[str], p: Params, tcfg: TrainConfig,
+             cache: Path) -> dict[str, Any]:
+    """Samples/s of train_bundle from records vs fit on prebuilt tensors; same model, batch, epochs."""
+    cut = int(len(recs) * 0.8)
+    (tr, ytr), (va, yva) = (recs[:cut], labels[:cut]), (recs[cut:], labels[cut:])
+    warm = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size)
+    (warm.batch if tcfg.strategy == "frozen" else warm.raw_batch)(recs, *sensor_stats(*warm.sensors(recs)))
+
+    start = time.perf_counter()
+    feat = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size)
+    _, hist = train_bundle(feat, tr, ytr, va, yva, p.model, tcfg)
+    real_s = time.perf_counter() - start
+
+    mean, std = sensor_stats(*warm.sensors(tr))
+    make = warm.batch if tcfg.strategy == "frozen" else warm.raw_batch
+    train_b, val_b = make(tr, mean, std), make(va, mean, std)
+    start = time.perf_counter()
+    _, hist_limit = fit(train_b, encode_labels(ytr), val_b, encode_labels(yva), p.model, tcfg)
+    limit_s = time.perf_counter() - start
+    real = len(tr) * len(hist.epoch) / real_s
+    limit = len(tr) * len(hist_limit.epoch) / limit_s
+    return {"strategy": tcfg.strategy, "train_records": len(tr), "epochs": len(hist.epoch),
+            "samples_per_s": round(real, 1), "compute_limit_samples_per_s": round(limit, 1),
+            "ratio": round(real / limit, 3)}
+
+
+def inference(bundle: ModelBundle, recs: list[dict[str, Any]], n_single: int = 16) -> dict[str, float]:
+    """Records/s through the whole request path (no embedding cache) at batch 1 and batch 64."""
+    feat = Featurizer.for_bundle(bundle, cache_dir=None)
+    pred = Predictor(bundle, feat)
+
+    def run(batch: list[dict[str, Any]]) -> None:
+        feat.image_cache.mem.clear()
+        feat.text_cache.mem.clear()
+        pred.predict(batch)
+
+    run(recs[:2])                                               # warm-up: encoders loaded
+    start = time.perf_counter()
+    for r in recs[:n_single]:
+        run([r])
+    b1 = n_single / (time.perf_counter() - start)
+    big = (recs * (64 // max(1, len(recs)) + 1))[:64]
+    start = time.perf_counter()
+    run(big)
+    return {"records_per_s_b1": round(b1, 1), "records_per_s_b64": round(64 / (time.perf_counter() - start), 1)}
+
+
+def peak_mem_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # process peak RSS (KiB)
+
+
+def bench(records: int, epochs: int, ft_records: int, ft_strategy: str, params: Path, work: Path) -> dict[str, Any]:
+    p = load_params(params)
+    device = default_device()
+    recs, labels = landed_records(records, p, work)
+    tcfg = dataclasses.replace(p.train, epochs=epochs, patience=epochs, nproc=1)
+    main = training(recs, labels, p, tcfg, work / "cache")
+    ft_cfg = dataclasses.replace(tcfg, strategy=ft_strategy, epochs=1, patience=1)
+    finetune = training(recs[:ft_records], labels[:ft_records], p, ft_cfg, work / "cache")
+    bundle, _ = train_bundle(Featurizer(p.model, cache_dir=work / "cache"), recs[:64], labels[:64],
+                             recs[64:96], labels[64:96], p.model, dataclasses.replace(tcfg, epochs=1))
+    return {**main, "finetune": finetune, "inference": inference(bundle, recs[:64]),
+            "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "peak_mem_mb": peak_mem_mb(device), "peak_mem_kind": "cuda allocated" if device == "cuda" else "process RSS",
+            "goal_ratio": 0.85, "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Training and inference benchmark (reports/bench/train.json).")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--records", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--finetune-records", type=int, default=48)
+    ap.add_argument("--finetune-strategy", default="top_k", choices=["top_k", "full", "lora"])
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/train.json"))
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        r = bench(args.records, args.epochs, args.finetune_records, args.finetune_strategy, args.params, Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(r, indent=2))
+    ft, inf = r["finetune"], r["inference"]
+    print(f"train bench on {r['device']} -> {args.out}")
+    print(f"  {r['strategy']:<8} {r['samples_per_s']:>9} samples/s  limit {r['compute_limit_samples_per_s']:>9}"
+          f"  ratio {r['ratio']} (goal >= {r['goal_ratio']})")
+    print(f"  {ft['strategy']:<8} {ft['samples_per_s']:>9} samples/s  limit {ft['compute_limit_samples_per_s']:>9}"
+          f"  ratio {ft['ratio']}")
+    print(f"  inference {inf['records_per_s_b1']} rec/s at batch 1, {inf['records_per_s_b64']} at batch 64;"
+          f" peak memory {r['peak_mem_mb']} MB ({r['peak_mem_kind']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
