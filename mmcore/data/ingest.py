@@ -249,10 +249,14 @@ def add_unk_share(df: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
     return df
 
 
+def pool_size(workers: int | None) -> int:
+    return workers if workers is not None else min(os.cpu_count() or 1, 8)
+
+
 @contextmanager
 def worker_pool(workers: int | None) -> Iterator[Executor | None]:
     """Processes for decoding (CPU-bound, GIL-bound in PIL's Python parts); none when asked for 1."""
-    n = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    n = pool_size(workers)
     if n <= 1:
         yield None
         return
@@ -262,25 +266,18 @@ def worker_pool(workers: int | None) -> Iterator[Executor | None]:
         yield pool
 
 
-@contextmanager
-def line_executor(cfg: IngestConfig, workers: int | None) -> Iterator[Executor | None]:
-    """The seam for scaling out: the same `check_chunk` calls go to a local process pool or,
-    with `ingest.executor: dask`, to a Dask cluster (`ingest.dask_address`, or a local one
-    started for this run). The cluster's workers must see the landing area's paths."""
-    if cfg.executor != "dask":
-        with worker_pool(workers) as pool:
-            yield pool
-        return
-    from distributed import Client, LocalCluster
+def check_batches(batches: list[Path], cfg: IngestConfig, workers: int | None) -> list[BatchResult]:
+    """The seam for scaling out: the same `check_chunk` shards go to a local process pool or,
+    with `ingest.executor: dask`, become Prefect task runs on a Dask cluster through
+    prefect-dask's DaskTaskRunner (`ingest.dask_address`, or a local cluster started for the
+    run; see mmcore/data/ingest_dask.py). The cluster's workers must see the landing area's paths."""
+    if cfg.executor == "dask":
+        from mmcore.data.ingest_dask import check_on_dask
 
-    if cfg.dask_address:
-        with Client(cfg.dask_address) as client:
-            yield client.get_executor()
-        return
-    n = workers if workers is not None else min(os.cpu_count() or 1, 8)
-    with LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        yield client.get_executor()
+        return check_on_dask(batches, cfg, pool_size(workers))
+    seen: set[str] = set()
+    with worker_pool(workers) as pool:
+        return [ingest_batch(b, cfg, seen, pool) for b in tqdm(batches, desc="ingest", unit="batch")]
 
 
 def swap_dir(new: Path, target: Path) -> None:
@@ -297,10 +294,7 @@ def swap_dir(new: Path, target: Path) -> None:
 def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
            tokenizer: Any = None, workers: int | None = None) -> dict[str, Any]:
     """Rebuild data/raw from every finished landing batch; returns the accounting."""
-    seen: set[str] = set()
-    with line_executor(cfg, workers) as pool:
-        results = [ingest_batch(b, cfg, seen, pool)
-                   for b in tqdm(ready_batches(landing), desc="ingest", unit="batch")]
+    results = check_batches(ready_batches(landing), cfg, workers)
     batches = {}
     for res in results:
         share = len(res.quarantined) / res.landed if res.landed else 0.0
