@@ -131,6 +131,10 @@ class EvaluateConfig:
     latency_records: int        # gate-set records timed one at a time (batch 1, full path, CPU)
     latency_warmup: int         # untimed calls first
     latency_repeats: int        # each record counts with its best of this many calls (damps a busy machine's noise)
+    # quality targets checked in reports/ablation.json (reported, not gated: the gate has its own floors)
+    target_macro_f1: float = 0.90
+    target_margin_over_unimodal: float = 0.10
+    target_max_modality_drop: float = 0.10
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmcore.config import EvaluateConfig
 from mmcore.model import MODALITIES, Batch
 
 
@@ -145,6 +146,26 @@ def ablation(model: torch.nn.Module, batch: Batch, y_true: np.ndarray, n_classes
     """macro-F1 with each modality masked at test time: `drop_image`, `drop_text`, `drop_sensor`."""
     return {f"drop_{m}": macro_f1(y_true, model_probs(model, mask_modality(batch, m)).argmax(1), n_classes)
             for m in MODALITIES}
+
+
+def ablation_report(metrics: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
+    """The fused model against its unimodal baselines and against itself with a modality masked, with targets.
+
+    Why both: the unimodal models say whether fusion earns its cost; the masked runs say
+    whether the fused model survives a hub that stops sending one modality."""
+    fused, uni = metrics["macro_f1"], metrics["unimodal_macro_f1"]
+    best = max(uni, key=uni.get)
+    removed = {m: {"macro_f1": metrics["ablation"][f"drop_{m}"], "drop": fused - metrics["ablation"][f"drop_{m}"]}
+               for m in MODALITIES}
+    worst = max(removed, key=lambda m: removed[m]["drop"])
+    checks = {"fused_macro_f1": (fused, ">=", cfg.target_macro_f1),
+              "margin_over_best_unimodal": (fused - uni[best], ">=", cfg.target_margin_over_unimodal),
+              "max_modality_drop": (removed[worst]["drop"], "<=", cfg.target_max_modality_drop)}
+    targets = {k: {"value": v, "op": op, "target": t, "met": bool(v >= t if op == ">=" else v <= t)}
+               for k, (v, op, t) in checks.items()}
+    return {"fused_macro_f1": fused, "unimodal_macro_f1": uni, "best_unimodal": best,
+            "modality_removed": removed, "worst_modality_removed": worst, "targets": targets,
+            "all_met": all(t["met"] for t in targets.values())}
 
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:

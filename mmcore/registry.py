@@ -101,9 +101,12 @@ def setup(experiment: str) -> str:
     uri = tracking_uri()
     enable_wal(uri)
     mlflow.set_tracking_uri(uri)
+    # set_tracking_uri exports MLFLOW_TRACKING_URI, so the store kind is read from the URI:
+    # a SQLite store keeps artifacts next to its file, a server uses its own artifact root
+    db = sqlite_file(uri)
     with reachable("Nothing was logged and the champion alias was not changed"):
         if mlflow.get_experiment_by_name(experiment) is None:
-            location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path.cwd() / "mlartifacts").as_uri()
+            location = (db.parent / "mlartifacts").as_uri() if db is not None else None
             mlflow.create_experiment(experiment, artifact_location=location)
         return mlflow.set_experiment(experiment).experiment_id
 

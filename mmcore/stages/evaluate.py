@@ -20,7 +20,7 @@ import torch
 from mmcore import plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
 from mmcore.data.raw import load_records
-from mmcore.evaluate import (ablation, bootstrap_macro_f1_delta, macro_f1, model_probs, percentiles_ms, reliability,
+from mmcore.evaluate import (ablation, ablation_report, bootstrap_macro_f1_delta, macro_f1, model_probs, percentiles_ms, reliability,
                              score, slice_scores)
 from mmcore.features import Featurizer
 from mmcore.model import MODALITIES, Batch, ModelBundle
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plots", type=Path, default=Path("reports/plots"))
+    ap.add_argument("--ablation", type=Path, default=Path("reports/ablation.json"))
     args = ap.parse_args(argv)
     from mmcore import registry
 
@@ -212,9 +213,14 @@ def run(args: argparse.Namespace) -> int:
         metrics["comparison"] = bootstrap_macro_f1_delta(y, chal_probs.argmax(1), probs["champion"].argmax(1),
                                                          len(CLASSES), cfg.n_boot, cfg.seed, cfg.ci)
     write_json(args.out, metrics)
+    abl = ablation_report(metrics, cfg)
+    write_json(args.ablation, {"model_version": metrics["model_version"], "strategy": p.train.strategy,
+                               "fusion": p.model.fusion, **abl})
     pngs = write_plots(args.plots, y, probs, scored, training_history(trained["run_id"]), cfg.ece_bins)
     log_to_run(trained["run_id"], metrics, args.out, pngs)
     comp = metrics["comparison"]
+    print("evaluate: quality targets " + ", ".join(
+        f"{k} {t['value']:.3f} {t['op']} {t['target']} {'met' if t['met'] else 'NOT met'}" for k, t in abl["targets"].items()))
     print(f"evaluate: fused macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}, "
           f"ECE {metrics['ece']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
           f"{metrics['latency_ms']['p95']:.0f} ms, ablation {metrics['ablation']}, unimodal "

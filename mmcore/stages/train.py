@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unimodal", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
     args = ap.parse_args(argv)
+    from mmcore import registry
+
+    try:
+        with registry.reachable(f"Nothing was registered; the checkpoints under {args.cache / 'checkpoints'} "
+                                "stay, so train again once the server answers and it resumes from them"):
+            return run(args)
+    except registry.TrackingUnavailable as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 3
+
+
+def run(args: argparse.Namespace) -> int:
     p = load_params(args.params)
+    from mmcore import registry
+
+    registry.setup(p.registry.experiment)       # an unreachable server fails here, before hours of training
     torch.set_num_threads(max(1, torch.get_num_threads()))
     feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
     train_recs, train_y = split_records(args.raw, args.splits, "train")

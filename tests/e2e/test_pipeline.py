@@ -105,6 +105,9 @@ def test_evaluation_report_plots_and_gate_rules(workspace: Path) -> None:
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
     gate = json.loads((workspace / "reports" / "gate.json").read_text())
     assert set(metrics["ablation"]) == {"drop_image", "drop_text", "drop_sensor"}
+    abl = json.loads((workspace / "reports" / "ablation.json").read_text())
+    assert abl["fused_macro_f1"] == metrics["macro_f1"] and abl["unimodal_macro_f1"] == metrics["unimodal_macro_f1"]
+    assert set(abl["targets"]) == {"fused_macro_f1", "margin_over_best_unimodal", "max_modality_drop"}
     assert 0.0 <= metrics["ece"] <= 1.0 and metrics["latency_ms"]["p95"] >= metrics["latency_ms"]["p50"] > 0
     assert {"missing=image", "missing=text", "missing=sensor"} <= set(metrics["slices"])
     assert {k.split("=")[0] for k in metrics["slices"]} == {"hub", "note_lang", "missing"}

@@ -197,3 +197,16 @@ def test_champion_predicts_with_mlflow_cli_offline(pipeline: dict[str, Any], ser
     assert len(rows) == 2
     for row in rows:
         assert row["label"] in CLASSES and abs(sum(row[c] for c in CLASSES) - 1) < 1e-4
+
+
+def test_train_with_the_server_down_fails_fast_and_clearly(tmp_path: Path) -> None:
+    """No server answers: train stops before training (exit 3) with the URI and what to do, no traceback."""
+    write_params(tmp_path, SERVER_PARAMS)
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=url, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **RETRIES)
+    proc = stage(tmp_path, env, "mmcore.stages.train", "--raw", "raw", "--splits", "splits.parquet",
+                 "--cache", "cache", "--out", "model", "--unimodal", "unimodal", "--report", "train.json")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert f"tracking server at {url} is unreachable" in proc.stderr and "train again" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "model").exists()

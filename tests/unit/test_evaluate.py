@@ -4,9 +4,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmcore.evaluate import (_boot_macro_f1, ablation, bootstrap_macro_f1_delta, class_f1, confusion, ece, macro_f1,
+from mmcore.config import load_params
+
+from mmcore.evaluate import (_boot_macro_f1, ablation, ablation_report, bootstrap_macro_f1_delta, class_f1, confusion, ece, macro_f1,
                              mask_modality, model_probs, per_class, reliability, slice_scores)
 from mmcore.model import FusionModel
+from tests.conftest import ROOT
 from tests.unit.test_model import MCFG, random_batch
 
 
@@ -123,3 +126,16 @@ def test_ablation_is_the_model_with_that_modality_replaced_by_its_missing_embedd
     assert np.allclose(model_probs(model, mask_modality(batch, "sensor")), model_probs(model, scrambled), atol=1e-6)
     assert out["drop_sensor"] == macro_f1(y, model_probs(model, scrambled).argmax(1), 5)
     assert not np.allclose(model_probs(model, batch), model_probs(model, scrambled))
+
+
+def test_ablation_report_checks_each_quality_target() -> None:
+    cfg = load_params(ROOT / "params.yaml").evaluate
+    metrics = {"macro_f1": 0.91, "unimodal_macro_f1": {"image": 0.70, "text": 0.60, "sensor": 0.85},
+               "ablation": {"drop_image": 0.86, "drop_text": 0.90, "drop_sensor": 0.78}}
+    rep = ablation_report(metrics, cfg)
+    assert rep["best_unimodal"] == "sensor" and rep["worst_modality_removed"] == "sensor"
+    assert abs(rep["modality_removed"]["sensor"]["drop"] - 0.13) < 1e-9
+    met = {k: t["met"] for k, t in rep["targets"].items()}
+    # 0.91 >= 0.90 met; 0.91 - 0.85 = 0.06 < 0.10 missed; sensor drop 0.13 > 0.10 missed
+    assert met == {"fused_macro_f1": True, "margin_over_best_unimodal": False, "max_modality_drop": False}
+    assert rep["all_met"] is False

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import mmcore
 from mmcore.config import CLASSES, ModelConfig, TrainConfig
 from mmcore.features import Featurizer
 from mmcore.finetune import EncoderStack, FinetuneModel, apply_strategy, build_model, split_trained
-from mmcore.predict import load_model
 from mmcore.train import train_bundle
 from tests.conftest import jpeg_bytes
 
@@ -77,7 +77,7 @@ def test_fine_tuned_bundle_saves_loads_and_predicts_the_same(tmp_path: Path) -> 
     changed = [k for k, v in bundle.encoder_state.items() if not torch.equal(v, pretrained[k])]
     assert changed, "fine-tuning must change encoder weights"
 
-    predictor = load_model(tmp_path / "model")
+    predictor = mmcore.load_model(tmp_path / "model")          # the public API: safetensors + JSON
     probs = predictor.probabilities(recs[:6])
     # the same records through the training-time path: pixels and token ids into head + encoders
     head = FinetuneModel(bundle.model, _stack_with(bundle.encoder_state)).eval()

@@ -20,7 +20,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Two registered versions, v1 champion; each run tagged like the train stage tags its runs."""
     import mlflow
 
-    monkeypatch.chdir(tmp_path)                        # default artifact root ./mlruns lands in tmp
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     registry.setup("test")
     for v, commit in ((1, "aaa111"), (2, "bbb222")):
@@ -144,3 +144,10 @@ def test_unreachable_server_fails_fast_with_what_to_do(tmp_path: Path, monkeypat
     import mlflow
 
     mlflow.set_tracking_uri(None)
+
+
+def test_a_sqlite_store_keeps_artifacts_next_to_its_file(store: Path) -> None:
+    import mlflow
+
+    assert mlflow.get_experiment_by_name("test").artifact_location == (store / "mlartifacts").as_uri()
+    assert any((store / "mlartifacts").rglob("config.json")) and not (store / "mlruns").exists()
