@@ -87,6 +87,7 @@ class ModelConfig:
     dropout: float = 0.2
     modality_dropout: float = 0.25
     fusion: str = "concat"          # concat | gated | attention
+    text_ngram_buckets: int = 0     # hashed character 1-2-gram counts next to MiniLM (0: MiniLM only)
     modalities: tuple[str, ...] = ("image", "text", "sensor")
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ from mmcore.finetune import build_model
 from mmcore.model import Batch
 from mmcore.train import History, fit
 
-FIELDS = ("image", "text", "sensor", "mask")
+FIELDS = ("image", "text", "sensor", "mask", "ngrams")
 
 
 def save_problem(path: Path, train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor) -> None:

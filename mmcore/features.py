@@ -22,7 +22,8 @@ from mmcore.config import SENSOR_CHANNELS, ModelConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.finetune import weights_tag
 from mmcore.model import Batch, ModelBundle
-from mmcore.preprocess import image_pixels, normalise_sensor, prepare_image, prepare_note, sensor_features
+from mmcore.preprocess import (image_pixels, normalise_sensor, note_ngrams, prepare_image, prepare_note,
+                              sensor_features)
 
 
 class EmbeddingCache:
@@ -188,6 +189,12 @@ class Featurizer:
         attention = tok["attention_mask"] * np.array([bool(n) for n in notes])[:, None]
         return np.stack([tok["input_ids"], attention], axis=1).astype(np.int64)
 
+    def ngrams(self, records: list[dict[str, Any]]) -> torch.Tensor:
+        """(N, text_ngram_buckets) character n-gram features of the notes; zeros where the note is missing."""
+        k = self.cfg.text_ngram_buckets
+        return torch.from_numpy(np.stack([note_ngrams(prepare_note(r.get("note")), k) for r in records])
+                                if records else np.zeros((0, k), np.float32))
+
     def _sensor_batch(self, records: list[dict[str, Any]], mean: np.ndarray,
                       std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         sens, present = self.sensors(records)
@@ -198,7 +205,7 @@ class Featurizer:
         img, txt, present = self.embed(records)
         sens, s_present = self._sensor_batch(records, mean, std)
         mask = torch.cat([torch.from_numpy(present), s_present[:, None]], dim=1)
-        return Batch(torch.from_numpy(img), torch.from_numpy(txt), sens, mask)
+        return Batch(torch.from_numpy(img), torch.from_numpy(txt), sens, mask, self.ngrams(records))
 
     def raw_batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray) -> Batch:
         """Pixels and token ids: the input of a FinetuneModel (encoders in the loop)."""
@@ -206,7 +213,8 @@ class Featurizer:
         sens, s_present = self._sensor_batch(records, mean, std)
         present = np.stack([[r.get("image") is not None for r in records], tokens[:, 1].any(1)], axis=1)
         mask = torch.cat([torch.from_numpy(present.astype(np.float32)), s_present[:, None]], dim=1)
-        return Batch(torch.from_numpy(self.pixels(records)), torch.from_numpy(tokens), sens, mask)
+        return Batch(torch.from_numpy(self.pixels(records)), torch.from_numpy(tokens), sens, mask,
+                     self.ngrams(records))
 
 
 def sensor_arrays(sensor: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

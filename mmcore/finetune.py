@@ -59,7 +59,7 @@ class FinetuneModel(nn.Module):
 
     def embed(self, batch: Batch) -> Batch:
         image, text = self.encoders(batch.image, batch.text)
-        return Batch(image, text, batch.sensor, batch.mask)
+        return Batch(image, text, batch.sensor, batch.mask, batch.ngrams)
 
     def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head.tokens(self.embed(batch))

@@ -33,6 +33,7 @@ class Batch:
     text: torch.Tensor         # (B, 384) frozen text embedding
     sensor: torch.Tensor       # (B, 4, L) normalised trace
     mask: torch.Tensor         # (B, 3) presence of image, text, sensor
+    ngrams: torch.Tensor       # (B, K) hashed character n-grams of the note, K = text_ngram_buckets
 
     def to(self, device: str | torch.device) -> "Batch":
         return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
@@ -89,10 +90,10 @@ class FusionModel(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int = len(CLASSES)) -> None:
         super().__init__()
         self.cfg = cfg
-        w = cfg.width
+        w, text_dim = cfg.width, TEXT_DIM + cfg.text_ngram_buckets
         self.proj = nn.ModuleDict({
             "image": nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, w)),
-            "text": nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, w)),
+            "text": nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, w)),
         })
         self.sensor = SensorEncoder(4, w)
         self.missing = nn.Parameter(torch.zeros(len(MODALITIES), w))
@@ -120,7 +121,7 @@ class FusionModel(nn.Module):
         """Projected modality tokens (B, 3, w), missing ones replaced, and the mask used (B, 3)."""
         mask = self.effective_mask(batch.mask)
         tokens = torch.stack([self.proj["image"](batch.image),
-                              self.proj["text"](batch.text),
+                              self.proj["text"](torch.cat([batch.text, batch.ngrams], dim=1)),
                               self.sensor(batch.sensor)], dim=1)
         m = mask.unsqueeze(-1)
         return tokens * m + self.missing.unsqueeze(0) * (1 - m), mask

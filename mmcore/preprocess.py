@@ -6,6 +6,8 @@ and the training loop cannot drift apart (no training/serving skew).
 from __future__ import annotations
 
 import io
+import unicodedata
+import zlib
 
 import numpy as np
 import torch
@@ -54,6 +56,20 @@ def prepare_note(note: str | None) -> str | None:
         return None
     note = " ".join(note.split())
     return note or None
+
+
+def note_ngrams(note: str | None, buckets: int) -> np.ndarray:
+    """(buckets,) L2-normalised counts of hashed character 1- and 2-grams of a prepared note.
+
+    Why: the English MiniLM reads a Chinese note as mostly [UNK]; characters read any
+    script. crc32, not hash(), so the buckets are the same in every process."""
+    out = np.zeros(buckets, np.float32)
+    if not note or buckets <= 0:
+        return out
+    text = unicodedata.normalize("NFKC", note).lower()
+    for gram in [*text, *(text[i:i + 2] for i in range(len(text) - 1))]:
+        out[zlib.crc32(gram.encode("utf-8")) % buckets] += 1.0
+    return out / np.linalg.norm(out)
 
 
 def sensor_features(t_s: np.ndarray, channels: np.ndarray, length: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from mmcore.encoders import IMAGE_DIM, TEXT_DIM
 from mmcore.model import Batch, FusionModel, ModelBundle
 from mmcore.train import fit, predict_logits
 
-MCFG = ModelConfig(sensor_length=32, width=16, hidden=32)
+MCFG = ModelConfig(sensor_length=32, width=16, hidden=32, text_ngram_buckets=8)
 TCFG = TrainConfig(seed=0, epochs=30, batch_size=16, lr=5e-3, weight_decay=0.0, embed_batch_size=8, patience=30)
 
 
@@ -21,7 +21,7 @@ def random_batch(n: int, seed: int = 0, mask: torch.Tensor | None = None) -> Bat
     g = torch.Generator().manual_seed(seed)
     return Batch(torch.randn(n, IMAGE_DIM, generator=g), torch.randn(n, TEXT_DIM, generator=g),
                  torch.randn(n, 4, MCFG.sensor_length, generator=g),
-                 torch.ones(n, 3) if mask is None else mask)
+                 torch.ones(n, 3) if mask is None else mask, torch.rand(n, MCFG.text_ngram_buckets, generator=g))
 
 
 @pytest.mark.parametrize("fusion", ["concat", "gated", "attention"])
@@ -36,7 +36,7 @@ def test_forward_shape_for_any_modality_subset(mask: list[int], fusion: str) -> 
 def test_missing_modality_ignores_its_input(fusion: str) -> None:
     model = FusionModel(dataclasses.replace(MCFG, fusion=fusion)).eval()
     a = random_batch(3, seed=1, mask=torch.tensor([[1.0, 0.0, 1.0]] * 3))
-    b = dataclasses.replace(a, text=torch.randn(3, TEXT_DIM))
+    b = dataclasses.replace(a, text=torch.randn(3, TEXT_DIM), ngrams=torch.rand(3, MCFG.text_ngram_buckets))
     assert torch.allclose(model(a), model(b))
 
 

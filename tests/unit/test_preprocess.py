@@ -14,7 +14,7 @@ from mmcore.config import ModelConfig
 from mmcore.data.ingest import ingest
 from mmcore.data.raw import load_records
 from mmcore.features import Featurizer
-from mmcore.preprocess import decode_image, prepare_image, prepare_note
+from mmcore.preprocess import decode_image, note_ngrams, prepare_image, prepare_note
 from service import Record, to_mmcore
 from tests.conftest import good_files, record, write_batch
 
@@ -61,3 +61,16 @@ def test_exif_rotation_is_applied() -> None:
 def test_blank_note_is_missing() -> None:
     assert prepare_note("   ") is None and prepare_note(None) is None
     assert prepare_note(" corner\ncrushed ") == "corner crushed"
+
+
+def test_note_ngrams_read_chinese_and_are_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    damaged, wet = note_ngrams("外箱破损", 256), note_ngrams("外箱受潮", 256)
+    assert abs(np.linalg.norm(damaged) - 1) < 1e-6 and not np.allclose(damaged, wet)   # [UNK] to MiniLM, not here
+    assert np.array_equal(note_ngrams("Box CRUSHED", 64), note_ngrams("box crushed", 64))
+    assert not note_ngrams(None, 64).any() and note_ngrams("x", 0).shape == (0,)
+    code = "from mmcore.preprocess import note_ngrams; print(note_ngrams('外箱破损', 256).nonzero()[0].tolist())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == str(damaged.nonzero()[0].tolist())        # crc32 buckets, no hash seed
