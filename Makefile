@@ -53,4 +53,4 @@ lock:
 	rm requirements.lock.tmp
 
 clean:
-	rm -rf data/raw data/quarantine data/split data/cache artifacts reports/*.json mlflow.db mlartifacts .bentoml gx/uncommitted
+	rm -rf data/raw data/quarantine data/split data/cache artifacts reports/*.json reports/runs mlflow.db mlartifacts .bentoml gx/uncommitted

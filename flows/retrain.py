@@ -16,6 +16,7 @@ any stage runs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from flows.publish import RUNS, notify, publish
 
 SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
 STATE = RUNS / "last_batches.json"   # batches (and their _SUCCESS times) the last finished run saw
+INPUTS = RUNS / "last_inputs.txt"    # fingerprint of params.yaml, dvc.yaml and mmcore at that run
 # Failures worth retrying: the tracking server, object storage, the network, DVC's or SQLite's lock.
 TRANSIENT = re.compile(r"Connection ?(Error|refused|reset|aborted)|Max retries exceeded|timed? ?out|"
                        r"Temporary failure|Service Unavailable|Bad Gateway|Gateway Time-?out|Too Many Requests|"
@@ -146,6 +148,19 @@ def new_batches(now: dict[str, int]) -> list[str]:
     return [b for b, t in now.items() if seen.get(b) != t]
 
 
+def inputs_fingerprint(params: Path) -> str:
+    """params.yaml, dvc.yaml and the code the stages run: after a change to any of them the
+    pipeline runs even when no batch landed (DVC then reruns only the stages it touches)."""
+    h = hashlib.sha256()
+    for f in [params, Path("dvc.yaml"), *sorted(Path("mmcore").rglob("*.py"))]:
+        h.update(f.as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def inputs_changed(fingerprint: str) -> bool:
+    return not INPUTS.is_file() or INPUTS.read_text().strip() != fingerprint
+
+
 def ensure_slot() -> None:
     """The one-slot global concurrency limit, created on first use."""
     from prefect.client.orchestration import get_client
@@ -212,11 +227,14 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
         where = Path(load_params(params).ingest.landing)
         if seed_if_empty and (made := seed_landing(str(where), params)):
             logger.info(f"landing area was empty: generated {made} default batches")
-        now = landed(where)
+        now, fingerprint = landed(where), inputs_fingerprint(Path(params))
         run: dict[str, Any] = {"id": str(flow_run.id), "name": flow_run.name or "local", "landing": str(where),
                                "started": start.isoformat(timespec="seconds"), "stamp": start.strftime("%Y%m%dT%H%M%SZ"),
-                               "new_batches": new_batches(now), "overrides": changed, "force": force, "stages": []}
-        if run["new_batches"] or force or changed:
+                               "new_batches": new_batches(now), "overrides": changed, "force": force, "stages": [],
+                               "inputs_changed": inputs_changed(fingerprint)}
+        if run["inputs_changed"] and not (run["new_batches"] or force or changed):
+            logger.info("params.yaml, dvc.yaml or mmcore changed since the last run: running the stages")
+        if run["new_batches"] or force or changed or run["inputs_changed"]:
             run_stages(run)
         else:
             logger.info(f"no new batch in {where} since the last run: nothing to do")
@@ -225,6 +243,7 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
         run["notified"] = notify(run, page, notify_block)
         if run["verdict"]["status"] != "failed":
             STATE.write_text(json.dumps(now))   # this data is dealt with (a validation failure included)
+            INPUTS.write_text(fingerprint)
     logger.info(f"verdict: {run['verdict']['status']}: {run['verdict']['summary']}; report {page}")
     if run["verdict"]["status"] in ("validation_failed", "failed"):
         raise StageFailed(f"{run['verdict']['summary']}: " + "; ".join(run["verdict"]["reasons"])[:2000])

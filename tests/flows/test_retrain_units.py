@@ -45,6 +45,18 @@ def test_new_batches_are_finished_ones_not_seen_or_replaced_since(tmp_path: Path
     assert retrain.new_batches(retrain.landed(tmp_path / "landing")) == ["b"]
 
 
+def test_a_params_or_code_change_runs_the_stages_without_new_batches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(retrain, "INPUTS", tmp_path / "inputs.txt")
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    first = retrain.inputs_fingerprint(params)
+    assert retrain.inputs_changed(first)                      # no run yet
+    retrain.INPUTS.write_text(first)
+    assert not retrain.inputs_changed(retrain.inputs_fingerprint(params))
+    params.write_text(params.read_text().replace("image_size: 224", "image_size: 192", 1))
+    assert retrain.inputs_changed(retrain.inputs_fingerprint(params))
+
+
 @pytest.mark.parametrize("message, retried", [
     ("dvc repro train failed (exit 1):\nrequests.exceptions.ConnectionError: Max retries exceeded", True),
     ("mlflow.exceptions.MlflowException: API request failed with HTTP 503 Service Unavailable", True),
