@@ -40,12 +40,13 @@ class BentoArgs(BaseModel):
 MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 
 # Adaptive batching, from `python -m mmcore.bench_serve` (reports/bench/serve.json, "batching"):
-# in-process predict time against batch size on this project's 2-core machine, 2026-11-23:
-# 28.0 ms/record at batch 1, 27.3 at 2, 22.5 at 4, 22.6 at 8, 25.4 at 16, 22.3 at 32, 21.9 at 64.
+# in-process predict time against batch size on this project's 2-core machine, 2026-12-01 with
+# 224-px images: 30.1 ms/record at batch 1, 30.2 at 2, 26.4 at 4, 29.7 at 8, 28.2 at 16, 45.4 at 32,
+# 45.4 at 64.
 # max_batch_size: the first size within 10% of the best per-record time (4; bigger batches buy
 # nothing on CPU). max_latency_ms: the dispatcher answers 503 once its estimate for the oldest
 # queued request (all queued requests as one batch) passes it, so it covers 32 requests of 4
-# records at 22.5 ms per record, times 10 headroom for a shared machine (8.2 s, ten times the drain
+# records at 26.4 ms per record, times 10 headroom for a shared machine (8.2 s, ten times the drain
 # time of a full queue, gave 503s in the load test's first seconds). PARCEL_BATCHING=0 turns
 # batching off (the bench's unbatched comparison); PARCEL_MAX_BATCH_SIZE and PARCEL_MAX_LATENCY_MS
 # override the measured settings.
@@ -56,7 +57,7 @@ MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 TORCH_THREADS = int(os.environ.get("PARCEL_TORCH_THREADS", "1"))
 BATCHING = os.environ.get("PARCEL_BATCHING", "1") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "4"))
-MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "28900"))
+MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "33800"))
 
 FloatList = Annotated[list[float], Field(min_length=2, max_length=MAX_SENSOR_ROWS)]
 
