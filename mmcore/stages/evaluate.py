@@ -51,7 +51,7 @@ def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
 
 def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
     """The shared featurizer when its input settings match the bundle's, a fresh one on the same cache otherwise."""
-    keys = ("image_size", "text_max_tokens", "sensor_length")
+    keys = ("image_size", "text_max_tokens", "sensor_length", "text_ngram_buckets")
     same_inputs = all(getattr(shared.cfg, k) == getattr(bundle.model.cfg, k) for k in keys)
     if same_inputs and shared.versions() == bundle.encoders:
         return shared

@@ -139,3 +139,23 @@ def test_ablation_report_checks_each_quality_target() -> None:
     # 0.91 >= 0.90 met; 0.91 - 0.85 = 0.06 < 0.10 missed; sensor drop 0.13 > 0.10 missed
     assert met == {"fused_macro_f1": True, "margin_over_best_unimodal": False, "max_modality_drop": False}
     assert rep["all_met"] is False
+
+
+def test_a_champion_from_other_input_settings_gets_its_own_featurizer(tmp_path) -> None:
+    """An older champion (no n-gram features) scored beside a challenger with them: each its own inputs."""
+    import dataclasses
+
+    from mmcore.config import CLASSES
+    from mmcore.features import Featurizer
+    from mmcore.model import ModelBundle
+    from mmcore.stages.evaluate import featurizer_for
+
+    shared = Featurizer(MCFG, cache_dir=tmp_path)
+    old = dataclasses.replace(MCFG, text_ngram_buckets=0)
+    bundle = ModelBundle(FusionModel(old), list(CLASSES), np.zeros(4, np.float32), np.ones(4, np.float32),
+                         shared.versions())
+    own = featurizer_for(bundle, shared)
+    assert own is not shared and own.cfg.text_ngram_buckets == 0 and own.cache_dir == shared.cache_dir
+    same = ModelBundle(FusionModel(MCFG), list(CLASSES), np.zeros(4, np.float32), np.ones(4, np.float32),
+                       shared.versions())
+    assert featurizer_for(same, shared) is shared
