@@ -149,7 +149,7 @@ OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/stati
 
 class ApiKeyMiddleware:
     """With PARCEL_API_KEY set, every call but health, metrics and the OpenAPI page (`/`, `/docs.json`)
-    needs header `x-api-key`."""
+    needs header `x-api-key`, or `Authorization: Bearer <key>`, which `bentoml.SyncHTTPClient(token=)` sends."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -159,10 +159,11 @@ class ApiKeyMiddleware:
         path = scope.get("path", "")
         if self.key and scope["type"] == "http" and path != "/" and not path.startswith(OPEN_PATHS):
             headers = dict(scope.get("headers") or [])
-            if not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
+            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
+            if not hmac.compare_digest(given, self.key):
                 from starlette.responses import JSONResponse
 
-                await JSONResponse({"error": "missing or wrong x-api-key header"}, status_code=401)(scope, receive, send)
+                await JSONResponse({"error": "missing or wrong API key: send header x-api-key or Authorization: Bearer"}, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -182,6 +182,12 @@ def test_api_key_is_required_when_set(workspace: Path) -> None:
         assert httpx.post(f"{url}/predict", json=body, headers={"x-api-key": "wrong"}, timeout=30).status_code == 401
         assert httpx.post(f"{url}/predict", json=body, headers={"x-api-key": "s3cret"}, timeout=30).status_code == 200
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        bearer = {"Authorization": "Bearer wrong"}
+        assert httpx.post(f"{url}/predict", json=body, headers=bearer, timeout=30).status_code == 401
+        import bentoml
+
+        with bentoml.SyncHTTPClient(url, token="s3cret") as client:        # sends Authorization: Bearer
+            assert client.predict(records=body["records"])[0]["label"] in CLASSES
 
 
 def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
