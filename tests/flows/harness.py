@@ -102,14 +102,23 @@ class PrefectServer:
         return proc.stdout
 
     # ---- REST API
-    def get(self, path: str) -> Any:
-        resp = httpx.get(f"{self.api}{path}", timeout=30)
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call, retried on 503/429 as Prefect's own client does: the server answers 503
+        for errors it rolled back and calls retryable (SQLite busy under load), and a day's
+        trigger once failed on one."""
+        for attempt in range(6):
+            resp = httpx.request(method, f"{self.api}{path}", timeout=30, **kwargs)
+            if resp.status_code not in (429, 503):
+                break
+            time.sleep(2 ** attempt)
         resp.raise_for_status()
-        return resp.json()
+        return resp
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path).json()
 
     def post(self, path: str, body: dict) -> Any:
-        resp = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        resp.raise_for_status()
+        resp = self.request("POST", path, json=body)
         return resp.json() if resp.content else None
 
     def trigger(self, deployment: str, parameters: dict[str, Any]) -> str:
