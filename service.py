@@ -163,7 +163,8 @@ class ApiKeyMiddleware:
             if not hmac.compare_digest(given, self.key):
                 from starlette.responses import JSONResponse
 
-                await JSONResponse({"error": "missing or wrong API key: send header x-api-key or Authorization: Bearer"}, status_code=401)(scope, receive, send)
+                error = "missing or wrong API key: send header x-api-key or Authorization: Bearer"
+                await JSONResponse({"error": error}, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

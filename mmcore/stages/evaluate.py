@@ -20,8 +20,8 @@ import torch
 from mmcore import plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
 from mmcore.data.raw import load_records
-from mmcore.evaluate import (ablation, ablation_report, bootstrap_macro_f1_delta, macro_f1, model_probs, percentiles_ms, reliability,
-                             score, slice_scores)
+from mmcore.evaluate import (ablation, ablation_report, bootstrap_macro_f1_delta, macro_f1, model_probs,
+                             percentiles_ms, reliability, score, slice_scores)
 from mmcore.features import Featurizer
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
@@ -219,8 +219,9 @@ def run(args: argparse.Namespace) -> int:
     pngs = write_plots(args.plots, y, probs, scored, training_history(trained["run_id"]), cfg.ece_bins)
     log_to_run(trained["run_id"], metrics, args.out, pngs)
     comp = metrics["comparison"]
-    print("evaluate: quality targets " + ", ".join(
-        f"{k} {t['value']:.3f} {t['op']} {t['target']} {'met' if t['met'] else 'NOT met'}" for k, t in abl["targets"].items()))
+    print("evaluate: quality targets " + ", ".join(f"{k} {t['value']:.3f} {t['op']} {t['target']} "
+                                                   f"{'met' if t['met'] else 'NOT met'}"
+                                                   for k, t in abl["targets"].items()))
     print(f"evaluate: fused macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}, "
           f"ECE {metrics['ece']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
           f"{metrics['latency_ms']['p95']:.0f} ms, ablation {metrics['ablation']}, unimodal "

@@ -5,9 +5,8 @@ import numpy as np
 import torch
 
 from mmcore.config import load_params
-
-from mmcore.evaluate import (_boot_macro_f1, ablation, ablation_report, bootstrap_macro_f1_delta, class_f1, confusion, ece, macro_f1,
-                             mask_modality, model_probs, per_class, reliability, slice_scores)
+from mmcore.evaluate import (_boot_macro_f1, ablation, ablation_report, bootstrap_macro_f1_delta, class_f1, confusion,
+                             ece, macro_f1, mask_modality, model_probs, per_class, reliability, slice_scores)
 from mmcore.model import FusionModel
 from tests.conftest import ROOT
 from tests.unit.test_model import MCFG, random_batch
