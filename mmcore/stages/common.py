@@ -37,8 +37,21 @@ def jsonable(obj: Any) -> Any:
     return None if obj is pd.NA else str(obj)
 
 
+GATE_SPLIT = "test"
+
+
+class GateSetAccess(RuntimeError):
+    """A choice (training, early stopping, a sweep) tried to read the gate set."""
+
+
 def split_records(raw: Path, splits: Path, name: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Records and labels of one split, in record_id order."""
+    """Records and labels of one split, in record_id order; never the gate set.
+
+    Everything that fits or selects reads its data here; the gate set has one reader,
+    `mmcore.stages.evaluate.gate_set`, so no setting can be chosen on it by accident."""
+    if name == GATE_SPLIT:
+        raise GateSetAccess(f"the {GATE_SPLIT!r} split is the gate set: only the evaluate stage reads it. "
+                            "Fit on 'train' and choose every setting on 'val'.")
     table = pd.read_parquet(splits)
     part = table[table["split"] == name]
     _, records = load_records(raw, list(part["record_id"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import torch
 
 from mmcore import plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
-from mmcore.data.raw import load_records
-from mmcore.evaluate import (ablation, ablation_report, bootstrap_macro_f1_delta, macro_f1, model_probs,
-                             percentiles_ms, reliability, score, slice_scores)
+from mmcore.data.raw import load_profile, load_records
+from mmcore.bootstrap import paired_bootstrap
+from mmcore.evaluate import (ablation, ablation_report, macro_f1, model_probs, percentiles_ms, reliability, score,
+                             slice_scores)
 from mmcore.features import Featurizer
+from mmcore.leak import fit_rows, leak_message, overlap
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
 from mmcore.stages.common import read_json, write_json
@@ -30,8 +33,19 @@ from mmcore.stages.common import read_json, write_json
 CURVE_SUFFIXES = ("_train_loss", "_val_macro_f1")
 
 
-def gate_set(raw: Path, splits: Path) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, np.ndarray]]:
-    """Test-split records (in the split table's order), their class indices, and hub / note-language slices."""
+@dataclass
+class GateSet:
+    """The test split: records in the split table's order, class indices, shipments, profile and slices."""
+
+    records: list[dict[str, Any]]
+    y: np.ndarray
+    shipments: np.ndarray
+    profile: pd.DataFrame
+    groups: dict[str, np.ndarray]       # hub and note-language slices (missing-modality ones come from the batch)
+
+
+def gate_set(raw: Path, splits: Path) -> GateSet:
+    """The one reader of the gate set (DESIGN §3: only evaluate reads it)."""
     table = pd.read_parquet(splits)
     part = table[table["split"] == "test"]
     profile, records = load_records(raw, list(part["record_id"]))
@@ -40,7 +54,7 @@ def gate_set(raw: Path, splits: Path) -> tuple[list[dict[str, Any]], np.ndarray,
     for col in ("hub", "note_lang"):
         values = profile[col].astype("string").fillna("unknown").to_numpy()
         groups |= {f"{col}={v}": values == v for v in sorted(set(values))}
-    return records, y, groups
+    return GateSet(records, y, part["shipment_id"].astype(str).to_numpy(), profile, groups)
 
 
 def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
@@ -59,21 +73,21 @@ def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
                                  batch_size=shared.batch_size, progress=shared.progress)
 
 
-def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, records: list[dict[str, Any]], y: np.ndarray,
-                    groups: dict[str, np.ndarray], cfg: EvaluateConfig) -> tuple[dict[str, Any], np.ndarray]:
-    """All gate-set numbers of one fused model except latency, and its probabilities."""
+def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet,
+                    cfg: EvaluateConfig) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+    """All gate-set numbers of one fused model except latency, its probabilities and the slices it was scored on."""
     if list(bundle.labels) != list(CLASSES):
         raise ValueError(f"model labels {bundle.labels} differ from {list(CLASSES)}")
     feat = featurizer_for(bundle, feat)
     if feat.versions() != bundle.encoders:
         raise ValueError(f"model was trained with encoders {bundle.encoders}, featurizer gives {feat.versions()}")
-    batch = feat.batch(records, bundle.sensor_mean, bundle.sensor_std)
+    batch = feat.batch(gate.records, bundle.sensor_mean, bundle.sensor_std)
     probs = model_probs(bundle.model, batch)
-    n = len(CLASSES)
-    metrics = score(y, probs, bundle.labels, cfg.ece_bins)
-    metrics["ablation"] = ablation(bundle.model, batch, y, n)
-    metrics["slices"] = slice_scores(y, probs.argmax(1), {**groups, **missing_groups(batch)}, n)
-    return metrics, probs
+    n, slices = len(CLASSES), {**gate.groups, **missing_groups(batch)}
+    metrics = score(gate.y, probs, bundle.labels, cfg.ece_bins)
+    metrics["ablation"] = ablation(bundle.model, batch, gate.y, n)
+    metrics["slices"] = slice_scores(gate.y, probs.argmax(1), slices, n)
+    return metrics, probs, slices
 
 
 def unimodal_macro_f1(model_dir: Path, feat: Featurizer, records: list[dict[str, Any]], y: np.ndarray) -> float:
@@ -184,6 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def leak_checks(model_name: str, champion: str | None, raw: Path, splits: Path, gate: GateSet) -> dict[str, Any]:
+    """Gate-set records the challenger (this split) or the champion (its logged keys) was fitted on."""
+    from mmcore import registry
+
+    out = {"challenger": overlap(fit_rows(load_profile(raw), pd.read_parquet(splits)), gate.profile, str(splits))}
+    if champion is not None:
+        fitted, source = registry.fitted_records(model_name, champion)
+        out["champion"] = overlap(fitted, gate.profile, source)
+    for who, info in out.items():
+        if info["records"]:
+            print(f"evaluate: WARNING {leak_message(who, info)}", file=sys.stderr)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     p = load_params(args.params)
     cfg = p.evaluate
@@ -192,13 +220,14 @@ def run(args: argparse.Namespace) -> int:
     registry.setup(p.registry.experiment)
     trained = read_json(args.train_report)
     feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
-    records, y, groups = gate_set(args.raw, args.splits)
+    gate = gate_set(args.raw, args.splits)
 
     challenger = ModelBundle.load(args.model)
-    metrics, chal_probs = evaluate_bundle(challenger, feat, records, y, groups, cfg)
+    metrics, chal_probs, slices = evaluate_bundle(challenger, feat, gate, cfg)
     lat_feat = Featurizer.for_bundle(challenger, cache_dir=None, device="cpu")
-    metrics["latency_ms"] = latency(challenger, records, cfg, lat_feat)
-    metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, records, y) for m in MODALITIES}
+    metrics["latency_ms"] = latency(challenger, gate.records, cfg, lat_feat)
+    metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, gate.records, gate.y)
+                                    for m in MODALITIES}
     metrics["model_version"] = int(trained["model_version"])
 
     probs, scored = {"challenger": chal_probs}, {"challenger": metrics}
@@ -206,17 +235,17 @@ def run(args: argparse.Namespace) -> int:
     champ = champion_bundle(p.registry.model_name, trained["model_version"])
     if champ is not None:
         version, bundle = champ
-        champ_metrics, probs["champion"] = evaluate_bundle(bundle, feat, records, y, groups, cfg)
-        champ_metrics["latency_ms"] = latency(bundle, records, cfg, featurizer_for(bundle, lat_feat))
+        champ_metrics, probs["champion"], _ = evaluate_bundle(bundle, feat, gate, cfg)
+        champ_metrics["latency_ms"] = latency(bundle, gate.records, cfg, featurizer_for(bundle, lat_feat))
         metrics["champion"] = scored["champion"] = {"version": int(version), **champ_metrics}
-        # macro-F1(challenger) - macro-F1(champion), paired bootstrap over gate-set records
-        metrics["comparison"] = bootstrap_macro_f1_delta(y, chal_probs.argmax(1), probs["champion"].argmax(1),
-                                                         len(CLASSES), cfg.n_boot, cfg.seed, cfg.ci)
+        metrics["comparison"] = paired_bootstrap(gate.y, chal_probs.argmax(1), probs["champion"].argmax(1),
+                                                 gate.shipments, list(CLASSES), slices, cfg.n_boot, cfg.seed, cfg.ci)
+    metrics["leak"] = leak_checks(p.registry.model_name, champ[0] if champ else None, args.raw, args.splits, gate)
     write_json(args.out, metrics)
     abl = ablation_report(metrics, cfg)
     write_json(args.ablation, {"model_version": metrics["model_version"], "strategy": p.train.strategy,
                                "fusion": p.model.fusion, **abl})
-    pngs = write_plots(args.plots, y, probs, scored, training_history(trained["run_id"]), cfg.ece_bins)
+    pngs = write_plots(args.plots, gate.y, probs, scored, training_history(trained["run_id"]), cfg.ece_bins)
     log_to_run(trained["run_id"], metrics, args.out, pngs)
     comp = metrics["comparison"]
     print("evaluate: quality targets " + ", ".join(f"{k} {t['value']:.3f} {t['op']} {t['target']} "

@@ -15,17 +15,20 @@ import torch
 from mmcore.config import load_params
 from mmcore.data.raw import load_profile
 from mmcore.features import Featurizer
+from mmcore.leak import fit_rows
 from mmcore.model import MODALITIES
 from mmcore.stages.common import data_version, split_records, write_json
 from mmcore.train import History, checkpoint_path, train_bundle
 
 
 def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_name: str,
-            experiment: str, data_ver: str, reference: pd.DataFrame | None = None) -> tuple[str, str]:
+            experiment: str, data_ver: str, reference: pd.DataFrame | None = None,
+            fitted: pd.DataFrame | None = None) -> tuple[str, str]:
     """One MLflow run per training: params, curves, tags; the fused model registered. Returns (run_id, version).
 
     `reference` (the training split's profile rows) is logged with the run: once this
-    version is champion, validate measures drift of new data against it."""
+    version is champion, validate measures drift of new data against it. `fitted` (ids and
+    content hashes of the train and val records) lets evaluate prove the gate set held out."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -45,6 +48,8 @@ def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_
         registry.client().log_batch(run.info.run_id, metrics=metrics)
         if reference is not None:
             registry.log_reference(reference)
+        if fitted is not None:
+            registry.log_reference(fitted, registry.FIT_FILE)
         version = registry.log_model(model_dir, model_name)
         registry.client().set_model_version_tag(model_name, version, "data_version", data_ver)
         registry.client().set_model_version_tag(model_name, version, "params_hash", params_hash)
@@ -93,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
               f"at epoch {hists[name].best_epoch}")
     profile = load_profile(args.raw)
     reference = profile[profile["record_id"].isin({r["record_id"] for r in train_recs})]
+    fitted = fit_rows(profile, pd.read_parquet(args.splits))
     run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
-                              data_version(args.raw), reference)
+                              data_version(args.raw), reference, fitted)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
                              "val_records": len(val_y), "embedded_now": feat.embedded,
                              "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()}})

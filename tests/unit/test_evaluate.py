@@ -5,8 +5,9 @@ import numpy as np
 import torch
 
 from mmcore.config import load_params
-from mmcore.evaluate import (_boot_macro_f1, ablation, ablation_report, bootstrap_macro_f1_delta, class_f1, confusion,
-                             ece, macro_f1, mask_modality, model_probs, per_class, reliability, slice_scores)
+from mmcore.bootstrap import pair_onehot, shipment_weights, weighted_f1
+from mmcore.evaluate import (ablation, ablation_report, class_f1, confusion, ece, macro_f1, mask_modality, model_probs,
+                             per_class, reliability, slice_scores)
 from mmcore.model import FusionModel
 from tests.conftest import ROOT
 from tests.unit.test_model import MCFG, random_batch
@@ -46,62 +47,30 @@ def test_class_f1_matches_per_class_and_the_bootstrap_kernel() -> None:
         cm = confusion(yt, yp, 5)
         expected = [v["f1"] for v in per_class(cm, list("abcde")).values()]
         assert np.allclose(class_f1(cm), expected)
-    assert np.allclose(_boot_macro_f1(y, p, 5), [macro_f1(yt, yp, 5) for yt, yp in zip(y, p)])
+    # the bootstrap's weighted kernel: weight 1 on one row's records is that row's confusion matrix
+    flat_y, flat_p = y.ravel(), p.ravel()
+    weights = np.kron(np.eye(4), np.ones(60))                                    # (4, 240)
+    assert np.allclose(weighted_f1(weights, pair_onehot(flat_y, flat_p, 5), 5).mean(1),
+                       [macro_f1(yt, yp, 5) for yt, yp in zip(y, p)])
+    assert next(shipment_weights(np.arange(240), 3, seed=0)).sum(1).tolist() == [240] * 3
 
 
-def test_bootstrap_of_identical_models_is_exactly_zero() -> None:
-    rng = np.random.default_rng(2)
-    y, p = rng.integers(0, 5, 400), rng.integers(0, 5, 400)
-    out = bootstrap_macro_f1_delta(y, p, p, 5, n_boot=300, seed=0)
-    assert out["low"] == out["high"] == out["mean"] == out["observed"] == 0.0
-
-
-def noisy_predictions(y: np.ndarray, accuracy: float, rng: np.random.Generator) -> np.ndarray:
-    wrong = rng.random(len(y)) > accuracy
-    return np.where(wrong, (y + rng.integers(1, 5, len(y))) % 5, y)
-
-
-def test_bootstrap_interval_contains_the_population_difference() -> None:
-    rng = np.random.default_rng(3)
-    # a population where the new model is right 85 % of the time and the old one 78 %
-    pop_y = rng.integers(0, 5, 200_000)
-    pop_new, pop_old = noisy_predictions(pop_y, 0.85, rng), noisy_predictions(pop_y, 0.78, rng)
-    true_delta = macro_f1(pop_y, pop_new, 5) - macro_f1(pop_y, pop_old, 5)
-    covered = 0
-    for seed in range(40):                                          # 40 gate sets of 600 records
-        s = rng.choice(len(pop_y), 600, replace=False)
-        out = bootstrap_macro_f1_delta(pop_y[s], pop_new[s], pop_old[s], 5, n_boot=500, seed=seed)
-        covered += out["low"] < true_delta < out["high"]
-    assert covered >= 34                                            # a 95 % interval: ~38 expected
-
-
-def test_bootstrap_sees_a_clear_gain_and_is_reproducible() -> None:
-    rng = np.random.default_rng(5)
-    y = rng.integers(0, 5, 600)
-    new, old = noisy_predictions(y, 0.9, rng), noisy_predictions(y, 0.7, rng)
-    out = bootstrap_macro_f1_delta(y, new, old, 5, n_boot=1000, seed=0)
-    assert 0 < out["low"] < out["observed"] < out["high"]
-    assert out == bootstrap_macro_f1_delta(y, new, old, 5, n_boot=1000, seed=0)   # seeded: the gate is reproducible
-    flipped = bootstrap_macro_f1_delta(y, old, new, 5, n_boot=1000, seed=0)
-    assert abs(flipped["low"] + out["high"]) < 1e-12                               # challenger minus champion
-
-
-def test_bootstrap_interval_is_narrow_for_nearly_identical_models() -> None:
-    rng = np.random.default_rng(4)
-    y = rng.integers(0, 5, 600)
-    old = noisy_predictions(y, 0.8, rng)
-    new = old.copy()
-    new[:3] = y[:3]                                                 # three records differ
-    out = bootstrap_macro_f1_delta(y, new, old, 5, n_boot=500, seed=1)
-    assert out["high"] - out["low"] < 0.02
-
-
-def test_slices_average_over_the_classes_they_contain() -> None:
+def test_slices_average_over_the_classes_in_their_labels() -> None:
     y = np.array([0, 0, 1, 1, 2, 2])
-    p = np.array([0, 0, 1, 0, 2, 2])
+    p = np.array([0, 1, 1, 0, 2, 2])
     out = slice_scores(y, p, {"a": np.array([1, 1, 0, 0, 0, 0], bool), "all": np.ones(6, bool)}, 5)
-    assert out["a"] == {"macro_f1": 1.0, "accuracy": 1.0, "n": 2}   # only class 0 occurs: not charged for 1..4
-    assert out["all"]["n"] == 6 and out["all"]["macro_f1"] < 1.0
+    # slice a holds class 0 only: F1(0) = 2/3; the wrong prediction of class 1 is not averaged in
+    assert out["a"] == {"macro_f1": 2 / 3, "accuracy": 0.5, "n": 2}
+    assert out["all"]["n"] == 6 and abs(out["all"]["macro_f1"] - np.mean([0.5, 0.5, 1.0])) < 1e-12
+
+
+def test_a_slice_with_the_records_of_another_says_so() -> None:
+    y = p = np.array([0, 1, 2, 3])
+    empty_note = np.array([1, 0, 1, 0], bool)
+    out = slice_scores(y, p, {"note_lang=empty": empty_note, "missing=text": empty_note.copy(),
+                              "hub=A": ~empty_note}, 5)
+    assert out["note_lang=empty"]["duplicate_of"] == "missing=text"          # the first by name is gated
+    assert "duplicate_of" not in out["missing=text"] and "duplicate_of" not in out["hub=A"]
 
 
 def test_mask_modality_marks_only_that_modality_absent() -> None:
