@@ -46,6 +46,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_rank(seed: int, rank: int) -> None:
+    """Called once the model is built (identically on every rank): rank r > 0 reseeds with seed + r, so
+    its dropout and modality-dropout masks differ from the other ranks'. Rank 0 keeps the stream a
+    single process has, so single-process results do not depend on this."""
+    if rank > 0:
+        seed_everything(seed + rank)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator training may draw from, in a form `torch.load(weights_only=True)` reads back.
+    Training draws from torch's CPU (and, on GPU, CUDA) generators only; Python's `random` and NumPy's
+    global generator are kept too, so that a future augmentation cannot silently break exact resume."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()           # a list of uint8 tensors, one per device
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`; a generator the state lacks (an older checkpoint) stays as seeded."""
+    torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, keys, gauss = state["python"]
+        random.setstate((version, tuple(keys), gauss))
+    if "numpy" in state:
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+
+
+def gather_rng_states(size: int) -> list[dict[str, Any]]:
+    """Every rank's `rng_state()`, indexed by rank (a collective under DDP: every rank must call it)."""
+    if size == 1:
+        return [rng_state()]
+    states: list[Any] = [None] * size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng(saved: Any, seed: int, rank: int) -> None:
+    """This rank's generators as checkpointed. An old checkpoint holds one torch CPU state (a tensor),
+    rank 0's; a rank with no saved state of its own starts from seed + rank, as in a fresh run."""
+    states = [{"torch": saved}] if isinstance(saved, torch.Tensor) else saved
+    if rank < len(states):
+        set_rng_state(states[rank])
+    else:
+        seed_everything(seed + rank)
+
+
 def subset(batch: Batch, idx: torch.Tensor) -> Batch:
     return Batch(*(t[idx] for t in dataclasses.astuple(batch)))
 
@@ -119,15 +171,19 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
     DistributedDataParallel; every rank scores the whole validation set, so all take the same
     early-stopping decision, and rank 0 alone writes checkpoints.
 
-    With `checkpoint`, every epoch ends with a checkpoint (weights, optimiser, schedule, RNG
-    state, history); a rerun after a kill resumes from it and ends where an uninterrupted
-    run would have (the sampler's order depends on seed and epoch only).
+    With `checkpoint`, every epoch ends with a checkpoint (weights, optimiser, schedule, every
+    rank's RNG states, history); a rerun after a kill resumes from it and ends where an
+    uninterrupted run would have (the sampler's order depends on seed and epoch only).
+
+    Every rank builds the model from `tcfg.seed`; then each rank draws its own dropout masks
+    (`seed_rank`), while the sampler's permutation stays shared.
     """
     seed_everything(tcfg.seed)
     rank, size = world()
     device = train_device()
     train, y, val = train.to(device), y.to(device), val.to(device)
     model = build_model(mcfg, tcfg, num_classes).to(device)
+    seed_rank(tcfg.seed, rank)
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     opt = torch.optim.AdamW(param_groups(model, tcfg), weight_decay=tcfg.weight_decay)
     sampler = DistributedSampler(range(len(y)), num_replicas=size, rank=rank, shuffle=True, seed=tcfg.seed)
@@ -141,7 +197,7 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        torch.set_rng_state(ck["rng"])
+        restore_rng(ck["rng"], tcfg.seed, rank)
         hist, best_state, stale, start = History(**ck["hist"]), ck["best"], ck["stale"], ck["epoch"] + 1
     bar = tqdm(range(start, tcfg.epochs + 1), desc=f"train {'+'.join(mcfg.modalities)}", unit="epoch",
                disable=not progress or rank != 0)
@@ -160,32 +216,39 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                         "sched": sched.state_dict(), "rng": torch.get_rng_state(),
-                                         "hist": dataclasses.asdict(hist), "best": best_state,
-                                         "stale": stale, "epoch": epoch})
+        if checkpoint is not None:
+            rngs = gather_rng_states(size)                  # a collective: every rank, not rank 0 alone
+            if rank == 0:
+                save_checkpoint(checkpoint, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                             "sched": sched.state_dict(), "rng": rngs,
+                                             "hist": dataclasses.asdict(hist), "best": best_state,
+                                             "stale": stale, "epoch": epoch})
     model.load_state_dict(best_state)
     return model.cpu().eval(), hist
 
 
 def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: Batch, y: torch.Tensor,
                 order: torch.Tensor, loss_fn: nn.Module, tcfg: TrainConfig) -> list[float]:
-    """One pass over this rank's share in `order`; a step every `accumulate` batches."""
+    """One pass over this rank's share in `order`; a step every `accumulate` batches.
+
+    Each batch's mean loss is weighted by its share of its group's samples, so a group's gradient is
+    that of the mean loss over the group's samples, whether the group (the last) or a batch is short."""
     net.train()
     device, losses = y.device, []
     batches = order.split(tcfg.batch_size)
-    for i, idx in enumerate(batches):
-        idx = idx.to(device)
-        with autocast(device):
-            loss = step_loss(net, subset(train, idx), y[idx], loss_fn, tcfg)
-        (loss / tcfg.accumulate).backward()
-        losses.append(loss.item())
-        if (i + 1) % tcfg.accumulate == 0 or i + 1 == len(batches):
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+    for start in range(0, len(batches), tcfg.accumulate):
+        group = batches[start:start + tcfg.accumulate]
+        group_samples = sum(len(idx) for idx in group)
+        for idx in group:
+            idx = idx.to(device)
+            with autocast(device):
+                loss = step_loss(net, subset(train, idx), y[idx], loss_fn, tcfg)
+            (loss * (len(idx) / group_samples)).backward()
+            losses.append(loss.item())
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
     return losses
 
 
