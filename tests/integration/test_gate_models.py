@@ -109,22 +109,29 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def register(data: Data, model: str) -> dict[str, Any]:
     """Log and register a trained model as the train stage does; returns its train report."""
+    import pandas as pd
+
+    from mmcore.data.raw import load_profile
+    from mmcore.leak import fit_rows
     from mmcore.stages.train import log_run
 
     raw = yaml.safe_load(data.params.read_text())
-    run_id, version = log_run(raw, {"fused": data.hists[model]}, data.models / model, NAME, NAME, "test-data")
+    fitted = fit_rows(load_profile(data.raw), pd.read_parquet(data.splits))     # what the model was fitted on
+    run_id, version = log_run(raw, {"fused": data.hists[model]}, data.models / model, NAME, NAME, "test-data",
+                              fitted=fitted)
     report = {"run_id": run_id, "model_version": version, "model": model}
     (Path.cwd() / f"train-v{version}.json").write_text(json.dumps(report))
     return report
 
 
-def evaluate(data: Data, trained: dict[str, Any]) -> Path:
+def evaluate(data: Data, trained: dict[str, Any], **paths: Path) -> Path:
     """The evaluate stage on the gate set: challenger, baselines and whatever is champion now."""
     from mmcore.stages import evaluate as stage
 
     v = trained["model_version"]
     out = Path.cwd() / f"metrics-v{v}.json"
-    assert stage.main([*data.stage_args(), "--model", str(data.models / trained["model"]),
+    args = dataclasses.replace(data, **paths).stage_args()
+    assert stage.main([*args, "--model", str(data.models / trained["model"]),
                        "--unimodal", str(data.models / "unimodal"), "--train-report", f"train-v{v}.json",
                        "--out", str(out), "--plots", f"plots-v{v}"]) == 0
     return out
@@ -232,3 +239,24 @@ def test_clearly_better_challengers_racing_two_gates_promote_exactly_one(data: D
     assert len(info["params_hash"]) == 12 and info["gate"] == "promoted"
     assert info["params"]["train.epochs"] == "15" and "fused_val_macro_f1" in info["metrics"]
     assert tags(1)["rollback_from"] == str(winner["challenger_version"])
+
+
+def test_a_changed_split_salt_puts_fitted_records_in_the_gate_set_and_the_gate_refuses(data: Data,
+                                                                                      store: Path) -> None:
+    from mmcore.data import split
+
+    champion = register(data, "good")
+    registry.promote(NAME, champion["model_version"])
+    salted = write_params(store, {**TINY, "split": {"salt": "changed-by-a-user"}})
+    resplit = store / "resplit.parquet"
+    assert split.main(["--params", str(salted), "--raw", str(data.raw), "--out", str(resplit)]) == 0
+    challenger = register(data, "good")
+    report = gate(data, evaluate(data, challenger, params=salted, splits=resplit))
+    leak = next(r for r in report["rules"] if r["rule"] == "gate_set_held_out:champion")
+    assert not report["promoted"] and "gate_set_held_out:champion" in failed(report)
+    assert leak["value"] > 10 and leak["by"]["record_id"] > 10, leak
+    assert any("split.salt" in line and "gate-set records were in the champion's" in line for line in report["reasons"])
+    assert registry.alias_version(NAME, registry.CHAMPION) == "1"
+    # the same gate on the split the champion was trained on finds nothing
+    held = json.loads(evaluate(data, challenger).read_text())["leak"]
+    assert held["champion"]["records"] == 0 and held["challenger"]["records"] == 0
