@@ -42,6 +42,7 @@ bench: install
 	$(PY) -m mmcore.bench ingest --records 3000 --out reports/bench/ingest.json
 	$(PY) -m mmcore.bench_serve --seconds 20 --out reports/bench/serve.json
 	$(PY) -m mmcore.bench_train --out reports/bench/train.json
+	$(PY) -m mmcore.bench_gate --out reports/bench/gate.json
 
 serve:
 	bentoml serve parcel-condition:latest --port 3000
