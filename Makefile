@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a first start migrates a fresh Prefect database: slower than the default 20 s on 2 cores
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install run test bench serve lock clean
+.PHONY: install run test bench sweep serve lock clean
 
 install: $(VENV)/.installed
 	@# headless Chromium (Debian package) for the HTML run report's browser test; skipped when present
@@ -43,6 +43,13 @@ bench: install
 	$(PY) -m mmcore.bench_serve --seconds 20 --out reports/bench/serve.json
 	$(PY) -m mmcore.bench_train --out reports/bench/train.json
 	$(PY) -m mmcore.bench_gate --out reports/bench/gate.json
+
+# Model selection on the validation split (sweep.yaml, DVC experiments), the winner trained and scored once
+# on the gate set, and the README's quality table rendered from that score. Needs the data of a `make run`.
+sweep: install
+	$(PY) -m mmcore.sweep run --apply
+	$(PY) -m flows.retrain --force
+	$(PY) -m mmcore.sweep readme
 
 serve:
 	bentoml serve parcel-condition:latest --port 3000

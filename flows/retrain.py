@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.publish import RUNS, notify, publish
+from mmcore.config import apply_overrides
 
 SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
 STATE = RUNS / "last_batches.json"   # batches (and their _SUCCESS times) the last finished run saw
@@ -103,36 +103,6 @@ def seed_landing(landing: str, params: str) -> int:
     if ready_batches(Path(landing)):
         return 0
     return len(generate_default(Path(landing), load_params(params).synth))
-
-
-def apply_overrides(path: Path, overrides: dict[str, dict[str, Any]]) -> list[str]:
-    """Write overrides into params.yaml, comments kept; checked by the typed config first."""
-    from ruamel.yaml import YAML
-
-    from mmcore.config import load_params
-
-    rt = YAML()
-    rt.preserve_quotes = True
-    data = rt.load(path.read_text(encoding="utf-8"))
-    changed = []
-    for section, values in (overrides or {}).items():
-        if section not in data or not isinstance(values, dict):
-            raise ValueError(f"override {section!r}: expected an existing params.yaml section and a mapping")
-        for key, value in values.items():
-            if data[section].get(key) != value:
-                data[section][key] = value
-                changed.append(f"{section}.{key}={value!r}")
-    if changed:
-        tmp = path.with_name(f".{path.name}.new")
-        with tmp.open("w", encoding="utf-8") as f:
-            rt.dump(data, f)
-        try:
-            load_params(tmp)  # an unknown key or a bad value fails here, params.yaml untouched
-        except Exception:
-            tmp.unlink()
-            raise
-        os.replace(tmp, path)
-    return changed
 
 
 def landed(landing: Path) -> dict[str, int]:

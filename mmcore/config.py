@@ -6,6 +6,7 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -194,3 +195,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
     built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}
     return Params(**built, raw=raw)
+
+
+def apply_overrides(path: Path, overrides: dict[str, dict[str, Any]]) -> list[str]:
+    """Write overrides into params.yaml, comments kept; checked by the typed config first (as
+    `dvc exp run -S` would be). Used by the retrain flow's `overrides` and the sweep's winner."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    data = rt.load(path.read_text(encoding="utf-8"))
+    changed = []
+    for section, values in (overrides or {}).items():
+        if section not in data or not isinstance(values, dict):
+            raise ValueError(f"override {section!r}: expected an existing params.yaml section and a mapping")
+        for key, value in values.items():
+            if data[section].get(key) != value:
+                data[section][key] = value
+                changed.append(f"{section}.{key}={value!r}")
+    if changed:
+        tmp = path.with_name(f".{path.name}.new")
+        with tmp.open("w", encoding="utf-8") as f:
+            rt.dump(data, f)
+        try:
+            load_params(tmp)  # an unknown key or a bad value fails here, params.yaml untouched
+        except Exception:
+            tmp.unlink()
+            raise
+        os.replace(tmp, path)
+    return changed
