@@ -5,7 +5,9 @@ lacks fails its rule: the gate never promotes on what it could not check. The fi
 model (no champion) is judged on the floors and the latency budget alone; later ones
 also on the paired bootstrap intervals (resampled by shipment, one set of rounds for all) of the
 macro-F1 gain and of the per-class and per-slice drops: a drop fails only when its interval lies
-beyond its limit.
+beyond its limit, and on the behavioural suites (mmcore.behaviour: invariance, directional,
+minimum functionality): no suite's failure rate may exceed the champion's by more than
+`max_behaviour_regression` (the first model's rates are reported, not gated: nothing to compare with).
 `champion_rule` is checked by the gate stage just before the alias switch: the champion must
 still be the one the challenger was scored against.
 """
@@ -91,6 +93,29 @@ def slice_drop_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
     return out
 
 
+BEHAVIOUR_SUITES = ("invariance", "directional", "minimum_functionality")     # mmcore.behaviour.SUITES
+
+
+def behaviour_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
+    """Per behavioural suite: failure rate(challenger) - failure rate(champion), on the same cases.
+
+    A plain difference, no interval: the cases are fixed and deterministic, so the difference has no
+    sampling noise between the two models' scores; the limit absorbs the retrain-to-retrain spread."""
+    out = []
+    for suite in BEHAVIOUR_SUITES:
+        new, old = _get(m, "behaviour", suite), _get(m, "champion", "behaviour", suite)
+        rates = [_get(new, "failure_rate"), _get(old, "failure_rate")]
+        value = None if None in rates else round(rates[0] - rates[1], 12)
+        rule = _rule(f"behaviour_regression:{suite}", value, cfg.max_behaviour_regression,
+                     lambda v: v <= cfg.max_behaviour_regression, challenger_rate=rates[0], champion_rate=rates[1],
+                     n=_get(new, "n"), examples=_get(new, "examples") or [])
+        if value is not None:
+            rule["message"] = (f"{rule['rule']}: failure rate {rates[0]:.4f} vs champion {rates[1]:.4f} "
+                               f"({value:+.4f}) {'passes' if rule['passed'] else 'fails'} limit {rule['limit']}")
+        out.append(rule)
+    return out
+
+
 def held_out_rules(m: dict[str, Any]) -> list[Rule]:
     """No gate-set record may be one the challenger or the champion was fitted on (mmcore.leak)."""
     who = ["challenger"] + (["champion"] if m.get("champion") is not None else [])
@@ -109,7 +134,8 @@ def decide(metrics: dict[str, Any], cfg: GateConfig) -> tuple[bool, list[Rule]]:
     """Every rule with its value, limit and verdict; promote only when all hold."""
     rules = floor_rules(metrics, cfg) + held_out_rules(metrics)
     if metrics.get("champion") is not None:
-        rules += [delta_rule(metrics, cfg), *class_drop_rules(metrics, cfg), *slice_drop_rules(metrics, cfg)]
+        rules += [delta_rule(metrics, cfg), *class_drop_rules(metrics, cfg), *slice_drop_rules(metrics, cfg),
+                  *behaviour_rules(metrics, cfg)]
     return all(r["passed"] for r in rules), rules
 
 

@@ -1,8 +1,9 @@
 """evaluate stage: challenger, unimodal baselines and the current champion on the same gate set.
 
 Both fused models get the same numbers (macro-F1, accuracy, per-class, confusion, ECE,
-per-modality ablation, slices, CPU latency at batch 1); the paired bootstrap of their
-macro-F1 difference is computed here, so the gate only reads reports/metrics.json.
+per-modality ablation, slices, behavioural suites on the same perturbed records (mmcore.behaviour),
+CPU latency at batch 1); the paired bootstrap of their macro-F1 difference is computed here, so the
+gate only reads reports/metrics.json.
 Plots go to `--plots` (DVC plot data + PNGs) and, as PNGs, to the training run in MLflow.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmcore import plots
+from mmcore import behaviour, plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
 from mmcore.data.raw import load_profile, load_records
 from mmcore.bootstrap import paired_bootstrap
@@ -73,9 +74,11 @@ def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
                                  batch_size=shared.batch_size, progress=shared.progress)
 
 
-def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet,
-                    cfg: EvaluateConfig) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
-    """All gate-set numbers of one fused model except latency, its probabilities and the slices it was scored on."""
+def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: EvaluateConfig,
+                    cases: behaviour.Cases) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+    """All gate-set numbers of one fused model except latency, its probabilities and the slices it was scored on.
+
+    `cases` are the behavioural suites' records, built once per run so both models meet the same ones."""
     if list(bundle.labels) != list(CLASSES):
         raise ValueError(f"model labels {bundle.labels} differ from {list(CLASSES)}")
     feat = featurizer_for(bundle, feat)
@@ -87,6 +90,8 @@ def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet,
     metrics = score(gate.y, probs, bundle.labels, cfg.ece_bins)
     metrics["ablation"] = ablation(bundle.model, batch, gate.y, n)
     metrics["slices"] = slice_scores(gate.y, probs.argmax(1), slices, n)
+    metrics["behaviour"] = behaviour.score_cases(
+        lambda recs: model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), cases)
     return metrics, probs, slices
 
 
@@ -165,7 +170,8 @@ def log_to_run(run_id: str, metrics: dict[str, Any], report: Path, pngs: list[Pa
     values = {"test_macro_f1": metrics["macro_f1"], "test_accuracy": metrics["accuracy"], "test_ece": metrics["ece"],
               "test_latency_p50_ms": metrics["latency_ms"]["p50"], "test_latency_p95_ms": metrics["latency_ms"]["p95"],
               **{f"test_macro_f1_{m}_only": v for m, v in metrics["unimodal_macro_f1"].items()},
-              **{f"test_macro_f1_{k}": v for k, v in metrics["ablation"].items()}}
+              **{f"test_macro_f1_{k}": v for k, v in metrics["ablation"].items()},
+              **{f"test_behaviour_{k}_failure_rate": v["failure_rate"] for k, v in metrics["behaviour"].items()}}
     if metrics.get("comparison"):
         values |= {f"test_macro_f1_delta_{k}": metrics["comparison"][k] for k in ("low", "mean", "high")}
     c = registry.client()
@@ -223,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     gate = gate_set(args.raw, args.splits)
 
     challenger = ModelBundle.load(args.model)
-    metrics, chal_probs, slices = evaluate_bundle(challenger, feat, gate, cfg)
+    cases = behaviour.build_cases(gate.records, gate.y, cfg.behaviour_records, cfg.seed)
+    metrics, chal_probs, slices = evaluate_bundle(challenger, feat, gate, cfg, cases)
     lat_feat = Featurizer.for_bundle(challenger, cache_dir=None, device="cpu")
     metrics["latency_ms"] = latency(challenger, gate.records, cfg, lat_feat)
     metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, gate.records, gate.y)
@@ -235,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     champ = champion_bundle(p.registry.model_name, trained["model_version"])
     if champ is not None:
         version, bundle = champ
-        champ_metrics, probs["champion"], _ = evaluate_bundle(bundle, feat, gate, cfg)
+        champ_metrics, probs["champion"], _ = evaluate_bundle(bundle, feat, gate, cfg, cases)
         champ_metrics["latency_ms"] = latency(bundle, gate.records, cfg, featurizer_for(bundle, lat_feat))
         metrics["champion"] = scored["champion"] = {"version": int(version), **champ_metrics}
         metrics["comparison"] = paired_bootstrap(gate.y, chal_probs.argmax(1), probs["champion"].argmax(1),
@@ -256,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics['latency_ms']['p95']:.0f} ms, ablation {metrics['ablation']}, unimodal "
           f"{metrics['unimodal_macro_f1']}, champion {metrics['champion']['macro_f1'] if champ else None}"
           + (f", delta {comp['observed']:+.3f} [{comp['low']:+.3f}, {comp['high']:+.3f}]" if comp else ""))
+    print("evaluate: behaviour failure rates " + "; ".join(
+        f"{who} " + ", ".join(f"{k} {v['failure_rate']:.3f} (n={v['n']})" for k, v in m["behaviour"].items())
+        for who, m in scored.items()))
     return 0
 
 

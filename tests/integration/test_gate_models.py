@@ -5,6 +5,7 @@ Models (trained once per session on ~180 records, 64 px images, 15 epochs):
   good     the real labels                      (test macro-F1 about 0.6)
   weak     one epoch only                       (about 0.15: the champion a better model replaces)
   shuffled the training labels permuted         (chance level: must never be promoted)
+  blind    the real labels, no sensor input      (sensor-blind: the behavioural suites must reject it)
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ pytestmark = pytest.mark.slow
 TINY = {"synth": {"batches": 1, "records_per_batch": 300, "image_size": 64},
         "model": {"image_size": 64, "sensor_length": 32, "width": 64, "hidden": 64},
         "train": {"epochs": 15, "patience": 15, "lr": 0.005},
-        "evaluate": {"n_boot": 500, "latency_records": 3, "latency_warmup": 0, "latency_repeats": 1},
+        # behavioural suites: 30 perturbed records (of ~60) keep the added embedding time small; the 90
+        # templates, which catch the sensor-blind model, do not depend on it
+        "evaluate": {"n_boot": 500, "latency_records": 3, "latency_warmup": 0, "latency_repeats": 1,
+                     "behaviour_records": 30},
         # ~60 gate-set records: floors that a real model clears and chance does not; latency and
         # calibration are not what this file tests
         "gate": {"min_macro_f1": 0.35, "min_accuracy": 0.35, "min_class_f1": 0.0, "max_ece": 1.0,
@@ -45,7 +49,7 @@ class Data:
     raw: Path
     splits: Path
     cache: Path
-    models: Path          # good/, weak/, shuffled/ and unimodal/{image,text,sensor}
+    models: Path          # good/, weak/, shuffled/, blind/ and unimodal/{image,text,sensor}
     hists: dict[str, Any]
 
     def stage_args(self) -> list[str]:
@@ -88,6 +92,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     plans = {"good": (train_y, p.model, p.train),
              "weak": (train_y, p.model, dataclasses.replace(p.train, epochs=1)),
              "shuffled": (shuffled_y, p.model, p.train),
+             "blind": (train_y, dataclasses.replace(p.model, modalities=("image", "text")), p.train),
              **{f"unimodal/{m}": (train_y, dataclasses.replace(p.model, modalities=(m,)),
                                   dataclasses.replace(p.train, epochs=2)) for m in MODALITIES}}
     for name, (labels, mcfg, tcfg) in plans.items():
@@ -160,6 +165,7 @@ def test_shuffled_labels_are_never_promoted(data: Data, store: Path) -> None:
     assert not first["promoted"] and {"min_macro_f1", "min_accuracy"} <= set(failed(first)), first["reasons"]
     assert registry.alias_version(NAME, registry.CHAMPION) is None
     assert tags(1)["gate"] == "rejected" and "min_macro_f1" in tags(1)["gate_failed"]
+    assert not any(r["rule"].startswith("behaviour_regression") for r in first["rules"])    # reported, not gated
 
     good = register(data, "good")
     registry.promote(NAME, good["model_version"])
@@ -180,6 +186,24 @@ def test_an_identical_challenger_is_not_promoted(data: Data, store: Path) -> Non
     assert not report["promoted"] and failed(report) == ["macro_f1_delta_ci_low"], report["reasons"]
     assert registry.alias_version(NAME, registry.CHAMPION) == "1"
     assert tags(2)["gate"] == "rejected" and tags(2)["gate_failed"] == "macro_f1_delta_ci_low"
+
+
+def test_a_challenger_that_ignores_the_sensor_is_rejected_by_the_behavioural_suites(data: Data,
+                                                                                   store: Path) -> None:
+    champion = register(data, "good")
+    registry.promote(NAME, champion["model_version"])
+    blind = register(data, "blind")
+    metrics = evaluate(data, blind)
+    report = gate(data, metrics)
+    scored = json.loads(metrics.read_text())
+    mine, theirs = scored["behaviour"], scored["champion"]["behaviour"]
+    assert {k: v["n"] for k, v in mine.items()} == {k: v["n"] for k, v in theirs.items()}     # the same cases
+    rule = next(r for r in report["rules"] if r["rule"] == "behaviour_regression:minimum_functionality")
+    assert not report["promoted"] and not rule["passed"], report["reasons"]
+    # the sensor-only templates are where it fails: without a trace model it falls back on its prior
+    assert mine["minimum_functionality"]["by_kind"]["sensor"] >= 0.6, mine["minimum_functionality"]
+    assert mine["directional"]["failure_rate"] == 0.0          # blind to the trace: nothing to lower
+    assert registry.alias_version(NAME, registry.CHAMPION) == "1"
 
 
 def lock_holders(lock: Path, pids: list[int]) -> set[int]:

@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from mmcore.config import CLASSES, GateConfig, load_params
-from mmcore.gate import champion_rule, decide, reasons
+from mmcore.gate import BEHAVIOUR_SUITES, champion_rule, decide, reasons
 from tests.conftest import ROOT
 
 CFG = GateConfig(min_macro_f1=0.6, min_accuracy=0.6, min_class_f1=0.4, max_ece=0.15, max_latency_p95_ms=500,
@@ -19,7 +19,8 @@ def scores(f1: float = 0.8, **over: Any) -> dict[str, Any]:
     m = {"macro_f1": f1, "accuracy": f1, "ece": 0.05, "latency_ms": {"p50": 40.0, "p95": 90.0},
          "per_class": {c: {"f1": f1} for c in CLASSES},
          "slices": {"hub=SHA01": {"macro_f1": f1, "n": 100}, "missing=image": {"macro_f1": f1, "n": 12}},
-         "leak": {"challenger": {"records": 0}, "champion": {"records": 0}}}
+         "leak": {"challenger": {"records": 0}, "champion": {"records": 0}},
+         "behaviour": {s: {"failure_rate": 0.1, "n": 100, "examples": []} for s in BEHAVIOUR_SUITES}}
     m.update(over)
     return m
 
@@ -156,3 +157,43 @@ def test_the_champion_must_still_be_the_one_the_challenger_beat() -> None:
     assert champion_rule(m, "3")["passed"]                      # a re-run: the challenger already is champion
     first = {**scores(0.8), "champion": None, "model_version": 1}
     assert champion_rule(first, None)["passed"] and not champion_rule(first, "4")["passed"]
+
+
+def behaviour(**rates: float) -> dict[str, Any]:
+    """Suite results as mmcore.behaviour.score_cases writes them; unnamed suites fail 10 % of 100 cases."""
+    return {s: {"failure_rate": rates.get(s, 0.1), "n": 100, "failed": int(rates.get(s, 0.1) * 100),
+                "examples": [f"{s} example"]} for s in BEHAVIOUR_SUITES}
+
+
+def test_a_behavioural_suite_fails_when_its_failure_rate_rises_beyond_the_limit() -> None:
+    old = scores(0.8, behaviour=behaviour())
+    worse = with_champion(scores(0.86, behaviour=behaviour(minimum_functionality=0.3)), old, low=0.01)
+    assert failed(worse) == ["behaviour_regression:minimum_functionality"]
+    rule = next(r for r in decide(worse, CFG)[1] if r["rule"] == "behaviour_regression:minimum_functionality")
+    assert abs(rule["value"] - 0.2) < 1e-12 and rule["limit"] == 0.05
+    assert (rule["challenger_rate"], rule["champion_rate"], rule["n"]) == (0.3, 0.1, 100)
+    assert rule["examples"] == ["minimum_functionality example"]
+    assert "failure rate 0.3000 vs champion 0.1000 (+0.2000) fails limit 0.05" in reasons([rule])[0]
+    at_limit = with_champion(scores(0.86, behaviour=behaviour(invariance=0.15, directional=0.0)), old, low=0.01)
+    assert failed(at_limit) == []                        # +0.05 (float noise aside) passes; a fall always does
+    strict = GateConfig(**{**CFG.__dict__, "max_behaviour_regression": 0.0})
+    assert failed(at_limit, strict) == ["behaviour_regression:invariance"]
+
+
+def test_behaviour_rules_need_both_models_rates_and_only_apply_against_a_champion() -> None:
+    first = {**scores(0.8, behaviour=behaviour(invariance=0.9)), "champion": None}
+    assert failed(first) == []                           # nothing to compare with: reported, not gated
+    m = with_champion(scores(0.86), scores(0.8), low=0.01)
+    del m["champion"]["behaviour"]["directional"]
+    del m["behaviour"]["invariance"]
+    assert failed(m) == ["behaviour_regression:invariance", "behaviour_regression:directional"]
+    rules = {r["rule"]: r for r in decide(m, CFG)[1]}
+    assert rules["behaviour_regression:invariance"]["value"] is None
+    assert "missing" in " ".join(reasons(list(rules.values())))
+
+
+def test_the_gate_gates_every_suite_the_behaviour_module_runs() -> None:
+    from mmcore.behaviour import SUITES
+
+    assert BEHAVIOUR_SUITES == SUITES
+    assert 0 < load_params(ROOT / "params.yaml").gate.max_behaviour_regression < 0.2
