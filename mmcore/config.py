@@ -35,6 +35,7 @@ class SynthConfig:
     p_note_evidence: float
     p_sensor_evidence: float
     hubs: list[str]
+    p_onset_first_hub: float = 0.7   # a shipment's class shows from its first hub; else from a later one
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class EvaluateConfig:
     latency_records: int        # gate-set records timed one at a time (batch 1, full path, CPU)
     latency_warmup: int         # untimed calls first
     latency_repeats: int        # each record counts with its best of this many calls (damps a busy machine's noise)
+    behaviour_records: int = 100  # gate-set records the invariance and directional suites perturb (mmcore.behaviour)
     # quality targets checked in reports/ablation.json (reported, not gated: the gate has its own floors)
     target_macro_f1: float = 0.90
     target_margin_over_unimodal: float = 0.10
@@ -150,6 +152,7 @@ class GateConfig:
     max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion
     max_slice_f1_drop: float    # nor any slice's macro-F1 (hub, note language, missing modality) ...
     min_slice_n: int            # ... of at least this many records (smaller slices are reported, not gated)
+    max_behaviour_regression: float = 0.05  # no behavioural suite's failure rate may exceed the champion's by more
 
 
 @dataclass(frozen=True)
