@@ -46,6 +46,14 @@ def test_rollback_moves_the_champion_back(store: Path) -> None:
     assert registry.client().get_model_version(NAME, "2").tags["rolled_back_to"] == "1"
 
 
+def test_retire_removes_the_champion_on_purpose(store: Path, capsys: pytest.CaptureFixture) -> None:
+    assert registry.main(["--model", NAME, "retire"]) == 0
+    assert "was version 2" in capsys.readouterr().out
+    assert registry.alias_version(NAME, registry.CHAMPION) is None
+    assert "retired" in registry.client().get_model_version(NAME, "2").tags
+    assert registry.retire(NAME) is None                       # nothing left to retire: nothing changes
+
+
 def test_rollback_refuses_a_version_that_does_not_exist(store: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ValueError, match="no version 7; registered versions: 1, 2"):
         registry.rollback(NAME, 7)
