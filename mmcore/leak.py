@@ -2,9 +2,10 @@
 
 A model is fitted on its train split and selected (early stopping) on its val split, so both
 count. A gate-set record leaks when its id, its content (`content_sha256`: image, note and sensor
-together) or its photo (`image_sha256`) was among them: the same parcel landed again under a new
-id is caught too. The train stage logs these keys with every model version; evaluate checks the
-champion's and the challenger's against the current gate set, and the gate refuses on any overlap
+together, for records with a photo or a trace) or its photo (`image_sha256`) was among them: the
+same parcel landed again under a new id is caught too. The train stage logs these keys with every
+model version; evaluate checks the champion's and the challenger's against the current gate set,
+and the gate refuses on any overlap
 (a changed `split.salt` or `split.test_fraction` moves fitted records into the gate set).
 """
 from __future__ import annotations
@@ -14,14 +15,25 @@ from typing import Any
 import pandas as pd
 
 KEYS = ("record_id", "content_sha256", "image_sha256")
+CONTENT_KEYS = KEYS[1:]
 FIT_SPLITS = ("train", "val")
+
+
+def identity(profile: pd.DataFrame) -> pd.DataFrame:
+    """The keys that identify a capture: a note alone does not ("ok" is many parcels' note), so the
+    content hash of a record with neither photo nor trace is blanked."""
+    keys = profile[[k for k in KEYS if k in profile.columns]].copy()
+    if "content_sha256" in keys and {"has_image", "has_sensor"} <= set(profile.columns):
+        captured = profile["has_image"].fillna(False).astype(bool) | profile["has_sensor"].fillna(False).astype(bool)
+        note_only = ~captured
+        keys["content_sha256"] = keys["content_sha256"].astype("string").mask(note_only.to_numpy())
+    return keys
 
 
 def fit_rows(profile: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """The keys of every record the model was fitted or selected on, with its split."""
     fitted = splits.loc[splits["split"].isin(FIT_SPLITS), ["record_id", "split"]]
-    keys = [k for k in KEYS if k in profile.columns]
-    return fitted.merge(profile[keys], on="record_id", how="left")[[*keys, "split"]].reset_index(drop=True)
+    return fitted.merge(identity(profile), on="record_id", how="left").reset_index(drop=True)
 
 
 def overlap(fitted: pd.DataFrame | None, gate: pd.DataFrame, source: str) -> dict[str, Any]:
@@ -30,6 +42,7 @@ def overlap(fitted: pd.DataFrame | None, gate: pd.DataFrame, source: str) -> dic
     `fitted` None (nothing logged with the model) gives `records: None`: not checked, so the gate fails."""
     if fitted is None:
         return {"records": None, "source": source, "note": "no fitted-record keys were logged with this model"}
+    gate = identity(gate)
     leaked = pd.Series(False, index=gate.index)
     by: dict[str, int] = {}
     for key in KEYS:

@@ -18,6 +18,7 @@ import pandas as pd
 from mmcore.config import SplitConfig, load_params
 from mmcore.data.ingest import write_atomic
 from mmcore.data.raw import load_profile
+from mmcore.leak import CONTENT_KEYS, identity
 
 
 def assign(shipment_id: str, cfg: SplitConfig) -> str:
@@ -27,16 +28,15 @@ def assign(shipment_id: str, cfg: SplitConfig) -> str:
     return "val" if h < cfg.test_fraction + cfg.val_fraction else "train"
 
 
-CONTENT_KEYS = ("content_sha256", "image_sha256")   # image, note and sensor together; the photo alone
-
-
 def split(profile: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     """record_id -> split, labelled records only (unlabelled ones are kept in raw, not trained on).
 
     First occurrences are looked up over every record, labelled or not, in capture order."""
-    keys = [k for k in CONTENT_KEYS if k in profile.columns]
+    ids = identity(profile)
+    keys = [k for k in CONTENT_KEYS if k in ids.columns]
     when = pd.to_datetime(profile["captured_at"], utc=True, format="ISO8601")
-    order = profile.assign(_when=when).sort_values(["_when", "record_id"], kind="stable")
+    order = ids.assign(shipment_id=profile["shipment_id"].values, _when=when.values)
+    order = order.sort_values(["_when", "record_id"], kind="stable")
     first: dict[tuple[str, str], str] = {}
     assigned: dict[str, str] = {}
     for row in order[["record_id", "shipment_id", *keys]].itertuples(index=False):

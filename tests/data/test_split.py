@@ -57,3 +57,20 @@ def test_first_occurrence_is_by_capture_time_not_table_order() -> None:
                          "label": ["wet", "wet"], "content_sha256": ["same", "same"], "image_sha256": [None, None]})
     out = split(rows, CFG).set_index("record_id")["split"]
     assert out["late"] == out["early"] == assign("s-early", CFG)
+
+
+def test_a_note_alone_is_not_a_parcels_identity() -> None:
+    """Two parcels whose only modality is the note "ok" share a content hash but are not one parcel."""
+    from mmcore.leak import overlap
+
+    rows = pd.DataFrame({"record_id": ["a", "b"], "shipment_id": ["s-a", "s-b"],
+                         "captured_at": ["2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"],
+                         "label": ["normal", "normal"], "content_sha256": ["ok-hash", "ok-hash"],
+                         "image_sha256": [None, None], "has_image": [False, False], "has_sensor": [False, False]})
+    salt = next(s for s in (f"salt{i}" for i in range(100))
+                if assign("s-a", SplitConfig(0.15, 0.2, s)) != assign("s-b", SplitConfig(0.15, 0.2, s)))
+    out = split(rows, SplitConfig(0.15, 0.2, salt)).set_index("record_id")["split"]
+    assert out["a"] != out["b"]                                     # each goes by its own shipment
+    assert overlap(rows.iloc[:1], rows.iloc[1:], "t")["records"] == 0
+    with_photo = rows.assign(has_image=True)
+    assert overlap(with_photo.iloc[:1], with_photo.iloc[1:], "t")["records"] == 1
