@@ -2,14 +2,23 @@
 
 Entry point of the generator. A batch is planned first (shipments, hubs, times,
 classes, labels, which modality is missing, which one shows the class) from
-`default_rng(seed)`; each record's content is then drawn from its own child seed
-`SeedSequence([seed, index])`, so a record does not depend on the others and a
+`default_rng(seed)`; each record's content is then drawn from seeds alone: the
+parcel its photo shows from `(seed, shipment)`, the capture, note and trace from
+`SeedSequence([seed, index])`. So a record does not depend on the others and a
 batch is byte-identical for the same seed.
 
-The evidence model is the point of the data set: for a non-normal parcel each
+A shipment is one parcel travelling through 1-4 hubs, and its condition is a
+history: normal until an onset hub, then its class at every later hub (damage
+persists), and every photo of it shows the same box (and, once there, the same
+dent or stain) under a different camera. Records of one shipment are therefore
+alike, which is why the split goes by shipment: a record-level split would put most
+gate-set records' parcels, in the same condition, into training.
+
+The evidence model is the point of the data set: for a non-normal record each
 modality shows the class independently with probability `p_<modality>_evidence`
 and otherwise looks like a normal parcel's, so no single modality suffices and
-fusion pays.
+fusion pays. The photo's draw is the parcel's (its marks show in all its photos
+from the onset on, or in none); the note's and the trace's are the record's.
 
     python -m mmcore.data.synth --params params.yaml --landing data/landing
 """
@@ -36,12 +45,13 @@ import numpy as np
 
 from mmcore.config import CLASSES, SynthConfig, load_params
 from mmcore.data import synth_sensor, synth_text
-from mmcore.data.synth_image import render_parcel
+from mmcore.data.synth_image import make_parcel, render_parcel
 from mmcore.schema import RECORD_FIELDS, RECORD_ID_RE
 
 SUCCESS = "_SUCCESS"
 JPEG_QUALITY = 90
 P_REEFER = 0.45            # share of shipments travelling in a cold chain
+PARCEL_STREAM = 0x5EED_BA6  # parcels are seeded by (seed, PARCEL_STREAM, shipment): apart from records' (seed, index)
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # UTC offsets (hours) by IATA-like hub prefix; unknown hubs get a stable pseudo-random one.
 HUB_OFFSETS = {"SHA": 8, "SZX": 8, "HKG": 8, "PVG": 8, "SIN": 8, "NRT": 9, "ICN": 9, "DXB": 4,
@@ -54,6 +64,7 @@ class RecordPlan:
 
     index: int
     record_id: str
+    shipment_no: int        # within the batch: seeds the parcel, which all its records photograph
     shipment_id: str
     hub: str
     captured_at: str
@@ -110,7 +121,8 @@ def generate_batch(landing_dir: Path, batch_id: str, n: int, cfg: SynthConfig, s
 
 def generate_default(landing_dir: Path, cfg: SynthConfig, *, prefix: str = "batch", start: int = 0,
                      workers: int | None = None) -> list[Path]:
-    """cfg.batches batches of cfg.records_per_batch, batch ids like 'batch-0000', each seeded from cfg.seed + batch index.
+    """cfg.batches batches of cfg.records_per_batch, batch ids like 'batch-0000', each seeded from
+    cfg.seed + batch index.
 
     `start` continues a series: start=3 writes batch-0003 onwards with new content,
     which is how a later day's data is simulated.
@@ -123,30 +135,74 @@ def generate_default(landing_dir: Path, cfg: SynthConfig, *, prefix: str = "batc
 def plan_batch(rng: np.random.Generator, batch_id: str, n: int, cfg: SynthConfig) -> list[RecordPlan]:
     """Decide ids, shipments, times, classes, labels, missing modalities and evidence for n records.
 
-    Class counts and missing-modality counts are exact quotas (largest remainder),
-    randomly placed, so every batch hits the configured mix; evidence is Bernoulli.
+    A class belongs to a shipment's history (`_history_classes`), so the batch's class mix
+    is close to `class_mix` but not exact; missing-modality, label-noise and unlabelled
+    counts are exact per-record quotas (largest remainder), randomly placed. Evidence is
+    Bernoulli: per shipment for the photo (a dent that shows stays there), per record for
+    the note (each handler notices or not) and the trace (each leg is its own recording).
     """
-    classes = _quota_classes(rng, n, cfg.class_mix)
+    rows = rng.integers(synth_sensor.MIN_ROWS, synth_sensor.MAX_ROWS + 1, n)
+    legs = list(_route(rng, n, rows, cfg.hubs))
+    ships = [leg[0] for leg in legs]
+    classes = _history_classes(rng, ships, cfg)
     labels = _labels(rng, classes, cfg)
     no_image, no_sensor = _quota_mask(rng, n, cfg.p_image_missing), _quota_mask(rng, n, cfg.p_sensor_missing)
     note_modes = _note_modes(rng, n, cfg)
     chinese = rng.random(n) < cfg.p_chinese
-    ev = {m: rng.random(n) < p for m, p in (("image", cfg.p_image_evidence), ("note", cfg.p_note_evidence),
-                                             ("sensor", cfg.p_sensor_evidence))}
-    rows = rng.integers(synth_sensor.MIN_ROWS, synth_sensor.MAX_ROWS + 1, n)
+    shows_marks = rng.random(ships[-1] + 1 if ships else 0) < cfg.p_image_evidence     # per parcel
+    ev = {"image": shows_marks[np.array(ships, dtype=int)], "note": rng.random(n) < cfg.p_note_evidence,
+          "sensor": rng.random(n) < cfg.p_sensor_evidence}
     plans: list[RecordPlan] = []
-    for i, (ship_no, hub, when, reefer) in enumerate(_route(rng, n, rows, cfg.hubs)):
+    for i, (ship_no, hub, when, reefer) in enumerate(legs):
         abnormal = classes[i] != "normal"
         has_sensor = bool(not no_sensor[i] or (no_image[i] and note_modes[i] != "text"))  # never all missing
         start_local = when - timedelta(seconds=int(rows[i]) * synth_sensor.PERIOD_S)
         plans.append(RecordPlan(
-            index=i, record_id=f"{batch_id}-{i:06d}", shipment_id=f"{batch_id}-s{ship_no:05d}", hub=hub,
-            captured_at=when.isoformat(timespec="seconds"), true_class=classes[i], label=labels[i],
+            index=i, record_id=f"{batch_id}-{i:06d}", shipment_no=ship_no, shipment_id=f"{batch_id}-s{ship_no:05d}",
+            hub=hub, captured_at=when.isoformat(timespec="seconds"), true_class=classes[i], label=labels[i],
             has_image=not no_image[i], note_mode=note_modes[i], has_sensor=has_sensor, chinese=bool(chinese[i]),
             image_evidence=abnormal and bool(ev["image"][i]), note_evidence=abnormal and bool(ev["note"][i]),
             sensor_evidence=abnormal and bool(ev["sensor"][i]), rows=int(rows[i]), reefer=reefer,
             start_hour=start_local.hour + start_local.minute / 60, day_of_year=start_local.timetuple().tm_yday))
     return plans
+
+
+def _history_classes(rng: np.random.Generator, ships: list[int], cfg: SynthConfig) -> list[str]:
+    """Each record's class from its shipment's history: a class and an onset leg per shipment,
+    normal before the onset and that class from it on (damage persists).
+
+    Onsets come first, so the shipment quotas of each class can be scaled by the share of
+    records at or after an onset: the record mix then matches `class_mix` in expectation.
+    """
+    sizes = Counter(ships)
+    onsets = {s: _onset(rng, k, cfg.p_onset_first_hub) for s, k in sorted(sizes.items())}
+    after = sum(k - onsets[s] for s, k in sizes.items())
+    ship_class = _quota_classes(rng, len(sizes), _shipment_mix(cfg.class_mix, len(ships) / max(after, 1)))
+    classes, leg, prev = [], 0, None
+    for s in ships:
+        leg = leg + 1 if s == prev else 0
+        classes.append(ship_class[s] if leg >= onsets[s] else "normal")
+        prev = s
+    return classes
+
+
+def _onset(rng: np.random.Generator, size: int, p_first: float) -> int:
+    """The leg (0-based) whose record first shows the class: the first often, a later one sometimes."""
+    if size == 1 or rng.random() < p_first:
+        return 0
+    return int(rng.integers(1, size))
+
+
+def _shipment_mix(mix: dict[str, float], inflate: float) -> dict[str, float]:
+    """Shipment shares that give record shares `mix` when only 1/`inflate` of records follow their
+    shipment's class (the rest, before an onset, are normal). If even all shipments cannot
+    (late onsets and a small normal share), normal records end up above their share."""
+    _check_mix(mix)
+    total = sum(mix.values())
+    out = {c: v / total * inflate for c, v in mix.items() if c != "normal"}
+    scale = min(1.0, 1.0 / max(sum(out.values()), 1e-12))
+    out = {c: v * scale for c, v in out.items()}
+    return {"normal": max(0.0, 1.0 - sum(out.values())), **out}
 
 
 def _quota_counts(n: int, shares: list[float]) -> list[int]:
@@ -158,10 +214,14 @@ def _quota_counts(n: int, shares: list[float]) -> list[int]:
     return counts
 
 
-def _quota_classes(rng: np.random.Generator, n: int, mix: dict[str, float]) -> list[str]:
+def _check_mix(mix: dict[str, float]) -> None:
     unknown = set(mix) - set(CLASSES)
     if unknown or not mix or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
         raise ValueError(f"class_mix must give non-negative shares of {CLASSES}, got {mix}")
+
+
+def _quota_classes(rng: np.random.Generator, n: int, mix: dict[str, float]) -> list[str]:
+    _check_mix(mix)
     total = sum(mix.values())
     names = [c for c in CLASSES if c in mix]
     counts = _quota_counts(n, [mix[c] / total for c in names])
@@ -247,12 +307,16 @@ def _write_records(folder: Path, plans: list[RecordPlan], cfg: SynthConfig, seed
 
 
 def _write_record(folder: Path, plan: RecordPlan, cfg: SynthConfig, seed: int) -> dict:
-    """Draw and write one record's files; return its JSON object (fields in contract order)."""
+    """Draw and write one record's files; return its JSON object (fields in contract order).
+
+    The photo is of the shipment's parcel, drawn from (seed, shipment) alone, taken with the
+    record's own capture; notes and traces are the record's own."""
     img_ss, note_ss, sensor_ss = np.random.SeedSequence([seed, plan.index]).spawn(3)
     image = sensor = note = None
     if plan.has_image:
         evidence = plan.true_class if plan.image_evidence else None
-        img = render_parcel(np.random.default_rng(img_ss), cfg.image_size, evidence)
+        parcel = make_parcel(np.random.SeedSequence([seed, PARCEL_STREAM, plan.shipment_no]), evidence)
+        img = render_parcel(np.random.default_rng(img_ss), cfg.image_size, evidence, parcel)
         image = f"images/{plan.record_id}.jpg"
         img.save(folder / image, "JPEG", quality=JPEG_QUALITY)
     if plan.note_mode == "empty":
@@ -297,8 +361,9 @@ def _summary(batch: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: python -m mmcore.data.synth --params params.yaml --landing data/landing [--batches N --records N --seed S --batch-prefix P];
-    generates the default set; prints what it wrote. Reads only the `synth` section via mmcore.config.load_params(path).synth."""
+    """CLI: python -m mmcore.data.synth --params params.yaml --landing data/landing
+    [--batches N --records N --seed S --batch-prefix P]; generates the default set; prints what it
+    wrote. Reads only the `synth` section via mmcore.config.load_params(path).synth."""
     ap = argparse.ArgumentParser(prog="python -m mmcore.data.synth", description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml (reads `synth:`)")
     ap.add_argument("--landing", type=Path, required=True, help="landing folder to write batches into")

@@ -1,10 +1,18 @@
 """Rendered parcel photos for the synthetic generator (PIL + numpy only).
 
-A box is built in 3D, projected orthographically with random yaw, elevation and
-roll, and each visible face is painted as a flat texture (tape, label, scuffs,
-class evidence) that is then mapped onto its projected parallelogram. Painting in
-face coordinates keeps the evidence painters simple and makes it follow the box's
-perspective for free.
+A photo has two sources of variation, kept apart so that one parcel photographed
+at several hubs looks alike but not identical:
+
+* the **parcel** (`make_parcel`, from the shipment's seed): box shape, cardboard,
+  tape, label, stickers, scuffs, and its damage marks painted at fixed places on
+  fixed faces, so a dent seen at one hub is the same dent at the next;
+* the **capture** (`render_parcel`, from the record's seed): floor or conveyor,
+  camera yaw, elevation and roll, framing, light, contact shadow, camera noise.
+
+Each of the five faces a camera above the floor can see is painted flat in its own
+frame (from its own child seed, at a size fixed by the parcel, not by the photo)
+and mapped onto its projected parallelogram. Painting in face coordinates keeps the
+painters simple and makes the marks follow the box's perspective for free.
 
 Evidence is large (about 10-35 % of a face) and high-contrast on purpose: a frozen
 ImageNet backbone at 160 px must see it. Normal parcels carry small look-alikes
@@ -23,13 +31,35 @@ from PIL import Image, ImageDraw, ImageFilter
 from mmcore.data import synth_paint as paint
 
 SUPERSAMPLE = 1  # >1 renders larger and downsamples (anti-aliasing) at a quadratic cost in time
+# Face textures are painted at this many px per box unit per px of image side (about the
+# projected scale): fixed per parcel, so the same marks land in the same places in every photo.
+PAINT_SCALE = 0.4
+P_MAIN_ON_TOP = 0.9    # the main mark sits on the lid (the lid was the largest visible face 91 % of the time)
+MIN_FACING = 0.5       # a photo that shows a side's main mark faces that side within about 60 degrees
+FACES = ("top", "side_x", "side_x", "side_y", "side_y")   # painter kind of the faces +z, +x, -x, +y, -y
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """One physical parcel: what every photo of it shares (the record's capture varies the rest)."""
+
+    seed: tuple[int, ...]               # entropy of its faces' painters
+    dims: tuple[float, float, float]    # width, depth, height in box units
+    style: dict
+    evidence: str | None                # the class its marks show; None: a normal parcel, no marks
+    marks: dict[int, list[str]]         # face index (FACES) -> evidence painters
+    main_face: int                      # the face of the main mark: a photo showing the class shows this face
+
+    def face_rng(self, face: int, stream: int) -> np.random.Generator:
+        """Stream 0 paints the face, stream 1 its marks: a face looks the same with or without them."""
+        return np.random.default_rng(np.random.SeedSequence(list(self.seed), spawn_key=(face, stream)))
 
 
 @dataclass(frozen=True)
 class Face:
     """One visible box face: where its texture lands on the canvas and how it is lit."""
 
-    kind: str                 # "top", "side_x" (receives the tape tabs) or "side_y"
+    index: int                # which physical face (FACES)
     origin: np.ndarray        # canvas point of texture (0, 0)
     e1: np.ndarray            # canvas vector of the texture's full width
     e2: np.ndarray            # canvas vector of the texture's full height
@@ -37,24 +67,45 @@ class Face:
     shade: float
     area: float               # projected area in canvas px^2
 
+    @property
+    def kind(self) -> str:
+        return FACES[self.index]
+
     def polygon(self) -> list[tuple[float, float]]:
         o, a, b = self.origin, self.e1, self.e2
         return [tuple(p) for p in (o, o + a, o + a + b, o + b)]
 
 
-def render_parcel(rng: np.random.Generator, size: int, evidence: str | None) -> Image.Image:
-    """A parcel photo; `evidence` is a non-normal class name whose marks it must show, or None."""
+def make_parcel(seed: np.random.SeedSequence, evidence: str | None) -> Parcel:
+    """The parcel of one shipment. Its look does not depend on `evidence` (its class once the
+    damage has happened), so the photos before and after the onset show the same box."""
+    rng = np.random.default_rng(seed)
+    dims = (rng.uniform(1.0, 1.6), rng.uniform(0.65, 1.1), rng.uniform(0.45, 1.0))
+    style = _box_style(rng)
+    marks, main = _evidence_plan(rng, dims, evidence)
+    return Parcel(tuple(int(v) for v in seed.generate_state(4)), dims, style, evidence, marks, main)
+
+
+def render_parcel(rng: np.random.Generator, size: int, evidence: str | None,
+                  parcel: Parcel | None = None) -> Image.Image:
+    """A photo of `parcel` (a new one drawn from `rng` if None) taken with `rng`'s capture.
+
+    `evidence` is the non-normal class whose marks the photo must show, or None: no marks,
+    as before the onset or when the photo shows nothing of the damage.
+    """
+    if parcel is None:
+        parcel = make_parcel(np.random.SeedSequence(int(rng.integers(2**63))), evidence)
+    if evidence is not None and evidence != parcel.evidence:
+        raise ValueError(f"a {parcel.evidence or 'normal'} parcel cannot show {evidence!r} marks")
     big = size * SUPERSAMPLE
     canvas = _background(rng, big)
-    faces, footprint = _box_geometry(rng, big)
+    faces, footprint = _box_geometry(rng, big, parcel.dims, parcel.main_face if evidence else None)
     if evidence == "wet" and rng.random() < 0.4 or evidence != "wet" and rng.random() < 0.03:
         _puddle(rng, canvas, footprint)
     _shadow(rng, canvas, footprint, big)
-    style = _box_style(rng)
-    plan = _evidence_plan(rng, faces, evidence)
-    for i, face in enumerate(faces):
-        tex = _face_texture(rng, face, style, plan.get(i, []))
-        _paste_face(canvas, tex, face)
+    for face in faces:
+        tex = _face_texture(parcel, face, parcel.marks.get(face.index, []) if evidence else [])
+        _paste_face(canvas, _light(rng, tex, face.shade), face)
     if SUPERSAMPLE > 1:
         canvas = canvas.resize((size, size), Image.Resampling.BOX)
     return _finish(rng, canvas)
@@ -107,10 +158,22 @@ def _rollers(rng: np.random.Generator, draw: ImageDraw.ImageDraw, big: int, base
         pos += period
 
 
-def _box_geometry(rng: np.random.Generator, big: int) -> tuple[list[Face], np.ndarray]:
-    """Project a random box; returns its visible faces and its floor footprint (canvas px)."""
-    w, d, h = rng.uniform(1.0, 1.6), rng.uniform(0.65, 1.1), rng.uniform(0.45, 1.0)
-    yaw, elev, roll = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(32, 68)), math.radians(rng.uniform(-25, 25))
+def _pose(rng: np.random.Generator, facing: int | None) -> tuple[float, float, float]:
+    """Camera yaw, elevation and roll (radians). A photo that must show a side face's mark
+    turns that side towards the camera, as the lid is always in view."""
+    yaw = rng.uniform(0, 2 * math.pi)
+    if facing:
+        nx, ny = SIDE_NORMALS[facing]
+        while -(math.sin(yaw) * nx + math.cos(yaw) * ny) < MIN_FACING:
+            yaw = rng.uniform(0, 2 * math.pi)
+    return yaw, math.radians(rng.uniform(32, 68)), math.radians(rng.uniform(-25, 25))
+
+
+def _box_geometry(rng: np.random.Generator, big: int, dims: tuple[float, float, float],
+                  facing: int | None) -> tuple[list[Face], np.ndarray]:
+    """Project the box in a random pose; returns its visible faces and its floor footprint (canvas px)."""
+    w, d, h = dims
+    yaw, elev, roll = _pose(rng, facing)
     rot = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
     cr, sr, se, ce = math.cos(roll), math.sin(roll), math.sin(elev), math.cos(elev)
 
@@ -129,37 +192,40 @@ def _box_geometry(rng: np.random.Generator, big: int) -> tuple[list[Face], np.nd
     def to_canvas(p: np.ndarray) -> np.ndarray:
         return project(p) * scale + offset
 
-    toward_cam = np.array([0.0, -ce, se])
+    toward_cam, px_per_unit = np.array([0.0, -ce, se]), PAINT_SCALE * big
     light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), 1.3])
     light /= np.linalg.norm(light)
     faces = []
-    for kind, n, origin, e1, e2 in _face_frames(w, d, h):
+    for index, (n, origin, e1, e2) in enumerate(_face_frames(w, d, h)):
         n_rot = rot @ n
         if n_rot @ toward_cam <= 0.06:
             continue
         o = to_canvas(origin)
         a, b = to_canvas(origin + e1) - o, to_canvas(origin + e2) - o
-        tex = (max(24, int(np.linalg.norm(e1) * scale)), max(24, int(np.linalg.norm(e2) * scale)))
+        tex = (max(24, int(np.linalg.norm(e1) * px_per_unit)), max(24, int(np.linalg.norm(e2) * px_per_unit)))
         shade = float(np.clip(0.5 + 0.55 * max(0.0, n_rot @ light), 0.45, 1.08))
-        faces.append(Face(kind, o, a, b, tex, shade, abs(a[0] * b[1] - a[1] * b[0])))
+        faces.append(Face(index, o, a, b, tex, shade, abs(a[0] * b[1] - a[1] * b[0])))
     footprint = to_canvas(np.array([[-w / 2, -d / 2, 0], [w / 2, -d / 2, 0], [w / 2, d / 2, 0], [-w / 2, d / 2, 0]]))
     return faces, footprint
 
 
-def _face_frames(w: float, d: float, h: float) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Texture frames of the five faces that can face a camera above the floor.
+SIDE_NORMALS = {1: (1.0, 0.0), 2: (-1.0, 0.0), 3: (0.0, 1.0), 4: (0.0, -1.0)}   # FACES index -> (x, y)
+
+
+def _face_frames(w: float, d: float, h: float) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(normal, origin, e1, e2) of the five faces that can face a camera above the floor, in FACES order.
 
     Texture x runs to the viewer's right and texture y runs down (towards the floor on
     sides), so labels are never mirrored and drips on side faces run downwards.
     """
     z = np.array([0.0, 0.0, 1.0])
-    yield "top", z, np.array([-w / 2, d / 2, h]), np.array([w, 0.0, 0.0]), np.array([0.0, -d, 0.0])
-    sides = (((1, 0, 0), w / 2, d), ((-1, 0, 0), w / 2, d), ((0, 1, 0), d / 2, w), ((0, -1, 0), d / 2, w))
-    for n, half, width in sides:
-        nv = np.array(n, dtype=float)
+    yield z, np.array([-w / 2, d / 2, h]), np.array([w, 0.0, 0.0]), np.array([0.0, -d, 0.0])
+    for index, (nx, ny) in SIDE_NORMALS.items():
+        nv = np.array([nx, ny, 0.0])
+        half, width = (w / 2, d) if nx else (d / 2, w)
         right = np.cross(z, nv)
         origin = nv * half + z * h - right * width / 2
-        yield ("side_x" if n[0] else "side_y"), nv, origin, right * width, -z * h
+        yield nv, origin, right * width, -z * h
 
 
 def _puddle(rng: np.random.Generator, canvas: Image.Image, footprint: np.ndarray) -> None:
@@ -187,7 +253,7 @@ def _soft_mask(size: int, pts: list, value: int, blur: float) -> Image.Image:
     return small.resize((size, size), Image.Resampling.BILINEAR)
 
 
-# --------------------------------------------------------------------------- box faces
+# --------------------------------------------------------------------------- the parcel
 def _box_style(rng: np.random.Generator) -> dict:
     """Per-parcel look shared by all faces: cardboard tint, tape, label placement, extras."""
     if rng.random() < 0.1:
@@ -195,58 +261,64 @@ def _box_style(rng: np.random.Generator) -> dict:
     else:
         base = np.array([192, 148, 102]) * rng.uniform(0.82, 1.12) + rng.uniform(-12, 12, 3)
     tape = paint.TAPES[int(rng.integers(len(paint.TAPES)))]
+    label_face = 0 if rng.random() < 0.7 else int(rng.choice([3, 4]))    # the lid or one broad side
     return {"base": tuple(int(c) for c in base.clip(40, 250)), "tape": tape,
-            "tape_w": rng.uniform(0.12, 0.2), "label_on_top": rng.random() < 0.7,
+            "tape_w": rng.uniform(0.12, 0.2), "label_face": label_face,
             "h_tape": rng.random() < 0.2, "fragile": rng.random() < 0.2}
 
 
-def _evidence_plan(rng: np.random.Generator, faces: list[Face], evidence: str | None) -> dict[int, list[str]]:
-    """Which face gets which evidence painter. The largest face always gets the main mark."""
+def _evidence_plan(rng: np.random.Generator, dims: tuple[float, float, float],
+                   evidence: str | None) -> tuple[dict[int, list[str]], int]:
+    """Which face gets which evidence painter, and the main mark's face: mostly the lid, else a
+    side (broad sides more often), as when the largest face in view got it."""
     if evidence is None:
-        return {}
-    order = sorted(range(len(faces)), key=lambda i: -faces[i].area)
-    top = next(i for i, f in enumerate(faces) if f.kind == "top")
+        return {}, 0
+    w, d, h = dims
+    main = 0
+    if evidence != "tampered" and rng.random() >= P_MAIN_ON_TOP:
+        areas = np.array([d * h, d * h, w * h, w * h])
+        main = 1 + int(rng.choice(4, p=areas / areas.sum()))
+    others = [i for i in range(len(FACES)) if i != main]
     plan: dict[int, list[str]] = {}
     if evidence == "damaged":
-        plan[order[0]] = [str(rng.choice(["dent", "crush", "tear"], p=[0.35, 0.3, 0.35]))]
+        plan[main] = [str(rng.choice(["dent", "crush", "tear"], p=[0.35, 0.3, 0.35]))]
         if rng.random() < 0.65:
-            plan.setdefault(int(rng.choice(order)), []).append(str(rng.choice(["dent", "tear"])))
-    elif evidence == "wet":
-        plan[order[0]] = ["stain"]
-        for i in order[1:]:
-            if rng.random() < 0.6:
-                plan[i] = ["stain"]
-    elif evidence == "temperature_excursion":
-        plan[order[0]] = ["frost"]
-        for i in order[1:]:
-            if rng.random() < 0.7:
-                plan[i] = ["frost"]
+            plan.setdefault(int(rng.integers(len(FACES))), []).append(str(rng.choice(["dent", "tear"])))
+    elif evidence in ("wet", "temperature_excursion"):
+        mark, p_other = ("stain", 0.6) if evidence == "wet" else ("frost", 0.7)
+        plan[main] = [mark]
+        plan.update({i: [mark] for i in others if rng.random() < p_other})
     elif evidence == "tampered":
-        plan[top] = ["tamper"]
+        plan[0] = ["tamper"]
     else:
         raise ValueError(f"no image evidence painter for class {evidence!r}")
-    return plan
+    return plan, main
 
 
-def _face_texture(rng: np.random.Generator, face: Face, style: dict, marks: list[str]) -> Image.Image:
-    """Paint one face flat: cardboard, confounders, tape, label, then class evidence."""
+def _face_texture(parcel: Parcel, face: Face, marks: list[str]) -> Image.Image:
+    """Paint one face flat from the parcel's seeds: cardboard, confounders, tape, label, then marks."""
     tw, th = face.tex_size
+    rng, style, kind = parcel.face_rng(face.index, 0), parcel.style, face.kind
     tex = paint.cardboard(rng, tw, th, style["base"])
     paint.confounders(rng, tex, style["base"])
-    if face.kind == "top":
+    if kind == "top":
         paint.seam_and_tape(rng, tex, style)
-        if style["label_on_top"]:
-            paint.shipping_label(rng, tex, lower_half=True)
-    elif face.kind == "side_x":
+    elif kind == "side_x":
         paint.tape_tab(tex, style)
-    elif not style["label_on_top"]:
-        paint.shipping_label(rng, tex, lower_half=False)
-    if style["fragile"] and face.kind == "side_y":
+    if face.index == style["label_face"]:
+        paint.shipping_label(rng, tex, lower_half=kind == "top")
+    if style["fragile"] and kind == "side_y":
         paint.fragile_sticker(rng, tex)
+    mark_rng = parcel.face_rng(face.index, 1)
     for mark in marks:
-        paint.EVIDENCE[mark](rng, tex, style, face.kind)
-    arr = np.asarray(tex, dtype=np.float32) * face.shade
-    ramp = np.linspace(rng.uniform(0.88, 1.0), rng.uniform(1.0, 1.1), tw, dtype=np.float32)
+        paint.EVIDENCE[mark](mark_rng, tex, style, kind)
+    return tex
+
+
+def _light(rng: np.random.Generator, tex: Image.Image, shade: float) -> Image.Image:
+    """This capture's light on a face: its shade and a soft left-to-right ramp."""
+    arr = np.asarray(tex, dtype=np.float32) * shade
+    ramp = np.linspace(rng.uniform(0.88, 1.0), rng.uniform(1.0, 1.1), tex.size[0], dtype=np.float32)
     return Image.fromarray((arr * ramp[None, :, None]).clip(0, 255).astype(np.uint8))
 
 

@@ -1,7 +1,8 @@
 """The synthetic generator honours the landing contract (DESIGN §2) and is reproducible.
 
 Tiny batches (40 records, 64 px images) keep this to a few seconds; one 400-record
-batch at 32 px checks the configured shares.
+batch at 32 px checks the configured shares, and plans alone (no files) check the
+shipment histories and the class mix at a size where sampling noise is small.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from PIL import Image
 
 from mmcore.config import CLASSES, SynthConfig
 from mmcore.data import synth, synth_sensor, synth_text
-from mmcore.data.synth_image import render_parcel
+from mmcore.data import synth_image
+from mmcore.data.synth_image import make_parcel, render_parcel
 from mmcore.schema import RECORD_FIELDS, RECORD_ID_RE, SENSOR_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,10 +170,70 @@ def test_missing_modality_and_label_shares_match_config(tmp_path: Path) -> None:
     assert share(lambda r: r["note"] is None) == pytest.approx(cfg.p_note_missing, abs=tol)
     assert share(lambda r: r["note"] == "") == pytest.approx(cfg.p_note_empty, abs=tol)
     assert share(lambda r: r["label"] is None) == pytest.approx(cfg.unlabelled_share, abs=tol)
+    # classes are drawn per shipment (about 160 here), so the label mix is close, not exact
     labels = Counter(r["label"] for r in recs if r["label"])
-    assert labels["normal"] / sum(labels.values()) == pytest.approx(cfg.class_mix["normal"], abs=0.05)
+    for cls, want in cfg.class_mix.items():
+        assert labels[cls] / sum(labels.values()) == pytest.approx(want, abs=0.06), cls
     chinese = [r["note"] for r in recs if r["note"] and any("\u4e00" <= ch <= "\u9fff" for ch in r["note"])]
     assert len(chinese) / sum(1 for r in recs if r["note"]) == pytest.approx(cfg.p_chinese, abs=0.08)
+
+
+# ---------------------------------------------------------------- shipment histories
+def plans_by_shipment(n: int, seed: int, cfg: SynthConfig = CFG) -> list[list[synth.RecordPlan]]:
+    ships: dict[int, list[synth.RecordPlan]] = {}
+    for plan in synth.plan_batch(np.random.default_rng(seed), "h", n, cfg):
+        ships.setdefault(plan.shipment_no, []).append(plan)
+    return list(ships.values())
+
+
+def test_a_shipment_is_normal_until_its_onset_then_keeps_its_class() -> None:
+    ships = plans_by_shipment(3000, 5)
+    onsets = Counter()
+    for legs in ships:
+        classes = [p.true_class for p in legs]
+        onset = next((i for i, c in enumerate(classes) if c != "normal"), None)
+        if onset is None:
+            continue
+        assert classes[:onset] == ["normal"] * onset and len(set(classes[onset:])) == 1, classes
+        onsets["first" if onset == 0 else "later"] += 1
+        shows = {p.image_evidence for p in legs[onset:] if p.has_image}
+        assert len(shows) <= 1, "a mark that shows in one photo shows in every later one"
+        assert not any(p.image_evidence for p in legs[:onset])
+    assert onsets["later"] > 0.1 * onsets["first"] and onsets["first"] > onsets["later"]
+    assert [p.index for legs in ships for p in legs] == list(range(3000)), "a shipment's records are consecutive"
+
+
+def test_record_class_mix_close_to_config_despite_drawing_per_shipment() -> None:
+    for cfg in (CFG, dataclasses.replace(CFG, p_onset_first_hub=0.3)):
+        classes = Counter(p.true_class for legs in plans_by_shipment(4000, 3, cfg) for p in legs)
+        for cls, want in cfg.class_mix.items():
+            assert classes[cls] / 4000 == pytest.approx(want, abs=0.025), (cfg.p_onset_first_hub, cls)
+
+
+def test_class_mix_is_checked() -> None:
+    with pytest.raises(ValueError, match="class_mix"):
+        synth.plan_batch(np.random.default_rng(0), "b", 10, dataclasses.replace(CFG, class_mix={"broken": 1.0}))
+
+
+def test_same_parcel_looks_alike_across_its_photos() -> None:
+    """Shape, style and every face texture come from the shipment's seed; the capture from the record's."""
+    seed = np.random.SeedSequence([7, synth.PARCEL_STREAM, 3])
+    before, after = make_parcel(seed, None), make_parcel(seed, "damaged")
+    assert (before.dims, before.style, before.seed) == (after.dims, after.style, after.seed)
+    assert not before.marks and after.marks
+    textures = []
+    for k in range(2):
+        faces, _ = synth_image._box_geometry(np.random.default_rng(k), 96, after.dims, None)
+        textures.append({f.index: np.asarray(synth_image._face_texture(after, f, after.marks.get(f.index, [])))
+                         for f in faces})
+    shared = textures[0].keys() & textures[1].keys()
+    assert 0 in shared and all(np.array_equal(textures[0][i], textures[1][i]) for i in shared)
+    other = make_parcel(np.random.SeedSequence([7, synth.PARCEL_STREAM, 4]), None)
+    assert other.style != before.style or other.dims != before.dims
+    photos = [np.asarray(render_parcel(np.random.default_rng(k), 64, "damaged", after), dtype=float) for k in (1, 2)]
+    assert np.abs(photos[0] - photos[1]).mean() > 5, "the capture differs from photo to photo"
+    with pytest.raises(ValueError):
+        render_parcel(np.random.default_rng(0), 64, "wet", after)
 
 
 def test_bad_batch_id_is_refused(tmp_path: Path) -> None:
