@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,90 @@ import yaml
 
 CLASSES: tuple[str, ...] = ("normal", "damaged", "wet", "temperature_excursion", "tampered")
 SENSOR_CHANNELS: tuple[str, ...] = ("temperature_c", "humidity_pct", "shock_g", "light_lux")
+
+
+SHIFT_SENSOR_OFFSET: dict[str, tuple[float, float]] = {   # calibration offset bounds per channel
+    "temperature_c": (-10.0, 10.0), "humidity_pct": (-25.0, 25.0), "shock_g": (0.0, 1.0), "light_lux": (0.0, 50.0)}
+SHIFT_SENSOR_GAIN = dict.fromkeys(SENSOR_CHANNELS, (0.5, 2.0))
+SHIFT_SENSOR_NOISE = {"temperature_c": (0.0, 2.0), "humidity_pct": (0.0, 5.0), "shock_g": (0.0, 0.5),
+                      "light_lux": (0.0, 5.0)}
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """A new hub with its own camera, note style and tracker (mmcore/data/synth_shift.py).
+
+    Every knob defaults to its neutral value, and a neutral knob leaves the generator's
+    output byte-identical: with `hub` null or `share` 0 nothing changes at all.
+    """
+
+    hub: str | None = None              # the new hub's code (not one of synth.hubs)
+    share: float = 0.0                  # share of a batch's records captured there
+    exposure: float = 1.0               # camera: brightness gain
+    colour_gains: tuple[float, ...] = (1.0, 1.0, 1.0)   # camera: R, G, B gains (a colour cast)
+    blur_px: float = 0.0                # camera: Gaussian blur radius in output pixels
+    camera_noise: float = 0.0           # camera: extra sensor noise, std in grey levels
+    image_width: int = 0                # camera: output size; 0 and 0 = synth.image_size square
+    image_height: int = 0
+    jpeg_quality: int = 90              # camera: the generator's default is 90
+    note_shorthand: float = 0.0         # notes: chance that a word with a hub shorthand form is shortened
+    note_typo_rate: float = 0.0         # notes: chance of a typo per English word
+    note_upper: float = 0.0             # notes: chance a note is typed in capitals
+    note_p_chinese: float | None = None  # notes: the hub's share of Chinese notes; null = synth.p_chinese
+    sensor_period_s: int = 60           # tracker: sampling period (the generator's is 60 s)
+    sensor_offset: dict[str, float] = field(default_factory=dict)  # tracker: calibration offset per channel
+    sensor_gain: dict[str, float] = field(default_factory=dict)    # tracker: calibration gain per channel
+    sensor_noise: dict[str, float] = field(default_factory=dict)   # tracker: extra noise std per channel
+
+    def __post_init__(self) -> None:
+        try:   # YAML gives lists and plain mappings: normalised so equal settings compare equal
+            object.__setattr__(self, "colour_gains", tuple(float(g) for g in self.colour_gains))
+            for name in ("sensor_offset", "sensor_gain", "sensor_noise"):
+                object.__setattr__(self, name, {str(k): float(v) for k, v in (getattr(self, name) or {}).items()})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError("synth.shift: colour_gains must be 3 numbers and sensor_offset, sensor_gain, "
+                             f"sensor_noise mappings of channel to number ({exc})") from exc
+        problems = _shift_problems(self)
+        if problems:
+            raise ValueError("synth.shift: " + "; ".join(problems))
+
+    @property
+    def active(self) -> bool:
+        """Whether any record is shifted: a hub is named and a share of records goes there."""
+        return self.hub is not None and self.share > 0
+
+
+def _shift_problems(s: ShiftConfig) -> list[str]:
+    """Every out-of-range knob, with its allowed range (bounds keep traces and photos inside the contract)."""
+    def outside(name: str, value: float, lo: float, hi: float) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number, got {value!r}"
+        return None if lo <= value <= hi else f"{name} = {value} is outside [{lo}, {hi}]"
+
+    checks = [outside("share", s.share, 0, 1), outside("exposure", s.exposure, 0.3, 3),
+              outside("blur_px", s.blur_px, 0, 8), outside("camera_noise", s.camera_noise, 0, 40),
+              outside("jpeg_quality", s.jpeg_quality, 10, 100), outside("note_shorthand", s.note_shorthand, 0, 1),
+              outside("note_typo_rate", s.note_typo_rate, 0, 0.5), outside("note_upper", s.note_upper, 0, 1),
+              outside("sensor_period_s", s.sensor_period_s, 8, 120)]
+    checks += [outside(f"colour_gains[{i}]", g, 0.5, 1.5) for i, g in enumerate(s.colour_gains)]
+    if s.note_p_chinese is not None:
+        checks.append(outside("note_p_chinese", s.note_p_chinese, 0, 1))
+    if len(s.colour_gains) != 3:
+        checks.append(f"colour_gains needs 3 values (R, G, B), got {len(s.colour_gains)}")
+    if (s.image_width == 0) != (s.image_height == 0):
+        checks.append("image_width and image_height are set together (0 and 0: synth.image_size)")
+    elif s.image_width:
+        checks += [outside("image_width", s.image_width, 32, 4096), outside("image_height", s.image_height, 32, 4096)]
+    if s.hub is not None and not (isinstance(s.hub, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s.hub)):
+        checks.append(f"hub {s.hub!r} must be 1-32 characters of [A-Za-z0-9_-]")
+    if s.share > 0 and s.hub is None:
+        checks.append(f"share = {s.share} needs a hub")
+    for name, limits in (("sensor_offset", SHIFT_SENSOR_OFFSET), ("sensor_gain", SHIFT_SENSOR_GAIN),
+                         ("sensor_noise", SHIFT_SENSOR_NOISE)):
+        for channel, value in getattr(s, name).items():
+            checks.append(outside(f"{name}.{channel}", value, *limits[channel]) if channel in limits else
+                          f"{name}: unknown channel {channel!r}; channels: {', '.join(SENSOR_CHANNELS)}")
+    return [c for c in checks if c]
 
 
 @dataclass(frozen=True)
@@ -36,6 +121,13 @@ class SynthConfig:
     p_sensor_evidence: float
     hubs: list[str]
     p_onset_first_hub: float = 0.7   # a shipment's class shows from its first hub; else from a later one
+    shift: ShiftConfig = field(default_factory=ShiftConfig)  # a new hub's traffic (off by default)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shift, dict):   # params.yaml gives a mapping: typed here so a typo fails at load
+            object.__setattr__(self, "shift", from_dict(ShiftConfig, self.shift))
+        if self.shift.hub is not None and self.shift.hub in self.hubs:
+            raise ValueError(f"synth.shift.hub {self.shift.hub!r} is one of synth.hubs: a shift is a new hub")
 
 
 @dataclass(frozen=True)
