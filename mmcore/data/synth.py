@@ -20,7 +20,11 @@ and otherwise looks like a normal parcel's, so no single modality suffices and
 fusion pays. The photo's draw is the parcel's (its marks show in all its photos
 from the onset on, or in none); the note's and the trace's are the record's.
 
+Shifted traffic (`synth.shift`, synth_shift.py): a share of records captured at a new hub with
+another camera, note style and tracker, evidence intact; off by default, on demand as below.
+
     python -m mmcore.data.synth --params params.yaml --landing data/landing
+    python -m mmcore.data.synth --landing /tmp/landing --batch-prefix shifted --shift new_hub --shift-share 0.3
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from typing import Iterator
 import numpy as np
 
 from mmcore.config import CLASSES, SynthConfig, load_params
-from mmcore.data import synth_sensor, synth_text
+from mmcore.data import synth_sensor, synth_shift, synth_text
 from mmcore.data.synth_image import make_parcel, render_parcel
 from mmcore.schema import RECORD_FIELDS, RECORD_ID_RE
 
@@ -81,6 +85,7 @@ class RecordPlan:
     reefer: bool
     start_hour: float       # local hour at the start of the sensor trace
     day_of_year: int
+    shifted: bool = False   # captured at synth.shift.hub, with its camera, note style and tracker
 
 
 # --------------------------------------------------------------------------- public API
@@ -164,6 +169,8 @@ def plan_batch(rng: np.random.Generator, batch_id: str, n: int, cfg: SynthConfig
             image_evidence=abnormal and bool(ev["image"][i]), note_evidence=abnormal and bool(ev["note"][i]),
             sensor_evidence=abnormal and bool(ev["sensor"][i]), rows=int(rows[i]), reefer=reefer,
             start_hour=start_local.hour + start_local.minute / 60, day_of_year=start_local.timetuple().tm_yday))
+    if cfg.shift.active:   # drawn last: an inactive shift leaves every draw above unchanged
+        return synth_shift.shift_plans(rng, plans, cfg.shift, hub_offset(cfg.shift.hub))
     return plans
 
 
@@ -310,24 +317,31 @@ def _write_record(folder: Path, plan: RecordPlan, cfg: SynthConfig, seed: int) -
     """Draw and write one record's files; return its JSON object (fields in contract order).
 
     The photo is of the shipment's parcel, drawn from (seed, shipment) alone, taken with the
-    record's own capture; notes and traces are the record's own."""
+    record's own capture; notes and traces are the record's own. A shifted record is that
+    record seen through the new hub's camera, handlers and tracker (synth_shift)."""
     img_ss, note_ss, sensor_ss = np.random.SeedSequence([seed, plan.index]).spawn(3)
+    shift = cfg.shift if plan.shifted else None
+    cam_ss, text_ss, tracker_ss = synth_shift.seeds(seed, plan.index)
     image = sensor = note = None
     if plan.has_image:
         evidence = plan.true_class if plan.image_evidence else None
         parcel = make_parcel(np.random.SeedSequence([seed, PARCEL_STREAM, plan.shipment_no]), evidence)
-        img = render_parcel(np.random.default_rng(img_ss), cfg.image_size, evidence, parcel)
+        side = synth_shift.render_side(shift, cfg.image_size) if shift else cfg.image_size
+        img = render_parcel(np.random.default_rng(img_ss), side, evidence, parcel)
+        img, quality = synth_shift.capture(cam_ss, img, shift) if shift else (img, JPEG_QUALITY)
         image = f"images/{plan.record_id}.jpg"
-        img.save(folder / image, "JPEG", quality=JPEG_QUALITY)
+        img.save(folder / image, "JPEG", quality=quality)
     if plan.note_mode == "empty":
         note = ""
     elif plan.note_mode == "text":
         note = synth_text.make_note(np.random.default_rng(note_ss), plan.true_class, plan.note_evidence,
                                     plan.chinese, list(cfg.hubs))
+        note = synth_shift.restyle_note(text_ss, note, shift) if shift else note
     if plan.has_sensor:
         evidence = plan.true_class if plan.sensor_evidence else None
         trace = synth_sensor.make_trace(np.random.default_rng(sensor_ss), plan.rows, evidence, plan.reefer,
                                         plan.start_hour, plan.day_of_year)
+        trace = synth_shift.retrace(tracker_ss, trace, shift) if shift else trace
         sensor = f"sensors/{plan.record_id}.csv"
         with open(folder / sensor, "w", encoding="utf-8", newline="") as f:
             f.write(synth_sensor.to_csv(trace))
@@ -362,8 +376,9 @@ def _summary(batch: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: python -m mmcore.data.synth --params params.yaml --landing data/landing
-    [--batches N --records N --seed S --batch-prefix P]; generates the default set; prints what it
-    wrote. Reads only the `synth` section via mmcore.config.load_params(path).synth."""
+    [--batches N --records N --seed S --batch-prefix P] [--shift PRESET|FILE --shift-hub H --shift-share S];
+    generates the default set (or a shifted one); prints what it wrote. Reads only the `synth` section via
+    mmcore.config.load_params(path).synth."""
     ap = argparse.ArgumentParser(prog="python -m mmcore.data.synth", description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml (reads `synth:`)")
     ap.add_argument("--landing", type=Path, required=True, help="landing folder to write batches into")
@@ -373,16 +388,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-prefix", default="batch", help="batch ids are <prefix>-<index:04d>")
     ap.add_argument("--start", type=int, default=0, help="first batch index (continue a series)")
     ap.add_argument("--workers", type=int, help="processes per batch (default: one per core, at most 4)")
+    ap.add_argument("--shift", help=f"preset ({', '.join(synth_shift.PRESETS)}) or YAML file replacing synth.shift")
+    ap.add_argument("--shift-hub", help="override synth.shift.hub (the new hub's code)")
+    ap.add_argument("--shift-share", type=float, help="override synth.shift.share (share of records at the new hub)")
     args = ap.parse_args(argv)
     tune_malloc()
     cfg = load_params(args.params).synth
     overrides = {k: v for k, v in (("batches", args.batches), ("records_per_batch", args.records),
                                    ("seed", args.seed)) if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
+    try:
+        shift = synth_shift.override(cfg.shift, args.shift, args.shift_hub, args.shift_share)
+        cfg = dataclasses.replace(cfg, **overrides, shift=shift)
+    except ValueError as exc:
+        ap.error(str(exc))
     t0 = time.perf_counter()
     batches = generate_default(args.landing, cfg, prefix=args.batch_prefix, start=args.start, workers=args.workers)
     for batch in batches:
         print(_summary(batch))
+    if cfg.shift.hub is not None:
+        print(synth_shift.describe(cfg.shift))
     print(f"wrote {len(batches)} batch(es) of {cfg.records_per_batch} records in {time.perf_counter() - t0:.1f} s")
     return 0
 

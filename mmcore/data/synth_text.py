@@ -98,9 +98,9 @@ def _roughen(rng: np.random.Generator, text: str, hubs: list[str]) -> str:
     if rng.random() < 0.5:
         text = re.sub(r"[A-Za-z]+", lambda m: _abbreviate(rng, m.group(0)), text)
     if rng.random() < 0.2:
-        text = _typo(rng, text)
+        text = typo(rng, text)
         if rng.random() < 0.3:
-            text = _typo(rng, text)
+            text = typo(rng, text)
     roll = rng.random()
     if roll < 0.1:
         text = text.upper()
@@ -117,7 +117,7 @@ def _abbreviate(rng: np.random.Generator, word: str) -> str:
     return short if short is not None and rng.random() < 0.7 else word
 
 
-def _typo(rng: np.random.Generator, text: str) -> str:
+def typo(rng: np.random.Generator, text: str) -> str:
     """One keyboard slip inside a word: swapped, dropped or doubled letter."""
     letters = [i for i, ch in enumerate(text) if ch.isalpha()]
     if len(letters) < 3:
