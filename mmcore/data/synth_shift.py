@@ -29,7 +29,7 @@ import dataclasses
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import yaml
@@ -38,6 +38,9 @@ from PIL import Image, ImageFilter
 from mmcore.config import SENSOR_CHANNELS, ShiftConfig, from_dict
 from mmcore.data.synth_sensor import PERIOD_S
 from mmcore.data.synth_text import typo
+
+if TYPE_CHECKING:   # synth imports this module
+    from mmcore.data.synth import RecordPlan
 
 SHIFT_STREAM = 0x5A1F7   # shift draws are seeded by (seed, index, SHIFT_STREAM): apart from the record's own
 _CAMERA = {"exposure": 0.65, "colour_gains": [0.88, 1.0, 1.2], "blur_px": 1.2, "camera_noise": 6.0,
@@ -70,7 +73,6 @@ SHORTHAND: dict[str, str] = {
     "bottom": "btm", "front": "frnt", "back": "bk", "side": "sd", "and": "&", "with": "w/", "at": "@",
     "the": "", "by": "", "in": "", "on": "",
 }
-P = TypeVar("P")
 
 
 # --------------------------------------------------------------------------- settings
@@ -109,7 +111,8 @@ def describe(shift: ShiftConfig) -> str:
 
 
 # --------------------------------------------------------------------------- planning
-def shift_plans(rng: np.random.Generator, plans: Sequence[P], shift: ShiftConfig, offset_hours: int) -> list[P]:
+def shift_plans(rng: np.random.Generator, plans: Sequence["RecordPlan"], shift: ShiftConfig,
+                offset_hours: int) -> list["RecordPlan"]:
     """Move round(share * n) records to the new hub: hub, local capture time and note language.
 
     Records are taken shipment by shipment, one random leg of each first, so a shipment
