@@ -140,6 +140,7 @@ class IngestConfig:
     max_image_pixels: int
     shard_size: int
     landing: str = "data/landing"     # landing area the ingest stage reads (dvc.yaml: ${ingest.landing})
+    labels: str = "data/labels"       # label feed the ingest stage joins (dvc.yaml: ${ingest.labels}; DESIGN §2b)
     executor: str = "process"         # process: a local process pool; dask: a Dask cluster (dask_address)
     dask_address: str = ""            # dask scheduler address; "" starts a local cluster for the run
 

@@ -14,7 +14,17 @@ RECORD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SENSOR_HEADER: tuple[str, ...] = ("t_s", *SENSOR_CHANNELS)
 RECORD_FIELDS: tuple[str, ...] = ("record_id", "shipment_id", "captured_at", "hub",
                                   "image", "note", "sensor", "label")
+# Optional per record: absent and null mean the same. Served traffic carries the prediction_id the
+# service returned, so a late label can name the prediction (DESIGN §2b); old batches stay valid.
+OPTIONAL_RECORD_FIELDS: tuple[str, ...] = ("prediction_id",)
 LABELS: frozenset[str] = frozenset(CLASSES)
+
+# The label feed (DESIGN §2b): labels/<batch>/labels.jsonl, one object per line with exactly one
+# of record_id / prediction_id, and these fields. `landing` is the label_source of a label that
+# came with its landing record (labelled at its captured_at); feeds may not claim it.
+LABEL_FIELDS: tuple[str, ...] = ("label", "labelled_at", "source")
+LABEL_SOURCES: tuple[str, ...] = ("inspection", "claim", "review")
+LANDING_SOURCE = "landing"
 
 
 class Reason(str, Enum):
@@ -36,13 +46,24 @@ class Reason(str, Enum):
     BAD_SENSOR = "bad_sensor"
     NO_MODALITY = "no_modality"
     BATCH_REJECTED = "batch_rejected"
+    BAD_PREDICTION_ID = "bad_prediction_id"
+    DUPLICATE_PREDICTION_ID = "duplicate_prediction_id"
+    # label feed only
+    AMBIGUOUS_ID = "ambiguous_id"          # a label line names both a record_id and a prediction_id
+    UNKNOWN_ID = "unknown_id"              # the id is in no accepted record (yet: it joins once it lands)
+    BAD_SOURCE = "bad_source"
+    DUPLICATE_LABEL = "duplicate_label"    # two or more labels for one record in one label batch
 
 
 # Columns of data/raw/records.parquet: normalised fields plus the profile that
 # validation checks. Images and sensor arrays live in shards, keyed by record_id.
 PROFILE_COLUMNS: dict[str, str] = {
     "record_id": "string", "shipment_id": "string", "captured_at": "string",
-    "hub": "string", "label": "string", "batch_id": "string", "shard": "string",
+    "hub": "string", "prediction_id": "string",
+    # label: the winning one (landing or label feed); label_source: landing, inspection, claim or review;
+    # labelled_at: UTC ISO 8601 (a landing label's is its record's captured_at); all null when unlabelled
+    "label": "string", "label_source": "string", "labelled_at": "string",
+    "batch_id": "string", "shard": "string",
     "content_sha256": "string",
     "has_image": "bool", "image_width": "Int64", "image_height": "Int64",
     "image_sha256": "string", "image_brightness": "float64",
@@ -55,3 +76,12 @@ PROFILE_COLUMNS: dict[str, str] = {
     "sensor_stuck_channels": "string",
 }
 NOTE_LANGS: tuple[str, ...] = ("en", "zh", "empty", "other")
+
+# Columns of data/raw/label_audit.parquet: every label that lost to a later one (mmcore/monitor/labels.py),
+# with the label that beat it. `line` is null for a landing label (it came with its record).
+AUDIT_COLUMNS: dict[str, str] = {
+    "record_id": "string", "prediction_id": "string", "label": "string", "labelled_at": "string",
+    "source": "string", "batch_id": "string", "line": "Int64",
+    "superseded_by_label": "string", "superseded_by_labelled_at": "string",
+    "superseded_by_source": "string", "superseded_by_batch": "string",
+}

@@ -31,7 +31,32 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def read_lines(path: Path) -> list[bytes]:
+    """A .jsonl file (records or labels) as raw lines; a BOM and CRLF line ends are tolerated,
+    blank lines skipped."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    return [ln.rstrip(b"\r") for ln in data.split(b"\n") if ln.strip()]
+
+
+def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason, detail: str,
+                     raw: str) -> dict[str, Any]:
+    """One quarantined line, the same shape for records and labels: where it was, why, and its text."""
+    return {"batch_id": batch_id, "line": line_no,
+            "record_id": record_id if isinstance(record_id, str) else None,
+            "reason": reason.value, "detail": detail, "raw": raw[:2000]}
+
+
+def check_id(value: Any, name: str, reason: Reason) -> str:
+    """record_id and prediction_id share one rule: ids end up in file names, URLs and joins."""
+    if not isinstance(value, str):
+        raise Rejected(Reason.BAD_TYPE, f"{name} must be a string")
+    if not RECORD_ID_RE.match(value):
+        raise Rejected(reason, f"{name} {value[:80]!r} breaks [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
 def check_fields(obj: Any) -> dict[str, Any]:
+    """Required fields present and typed; optional ones (prediction_id) checked when present."""
     if not isinstance(obj, dict):
         raise Rejected(Reason.BAD_TYPE, f"a record must be a JSON object, got {type(obj).__name__}")
     missing = [f for f in RECORD_FIELDS if f not in obj]
@@ -43,19 +68,20 @@ def check_fields(obj: Any) -> dict[str, Any]:
     for name in ("image", "note", "sensor", "label"):
         if obj[name] is not None and not isinstance(obj[name], str):
             raise Rejected(Reason.BAD_TYPE, f"{name} must be a string or null")
-    if not RECORD_ID_RE.match(obj["record_id"]):
-        raise Rejected(Reason.BAD_RECORD_ID, f"record_id {obj['record_id'][:80]!r} breaks [A-Za-z0-9_-]{{1,64}}")
+    check_id(obj["record_id"], "record_id", Reason.BAD_RECORD_ID)
+    if obj.get("prediction_id") is not None:   # optional (OPTIONAL_RECORD_FIELDS): absent = null
+        check_id(obj["prediction_id"], "prediction_id", Reason.BAD_PREDICTION_ID)
     return obj
 
 
-def check_timestamp(value: str) -> str:
+def check_timestamp(value: str, name: str = "captured_at") -> str:
     """ISO 8601 with a timezone, normalised to UTC so ordering is comparable across hubs."""
     try:
         ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Rejected(Reason.BAD_TIMESTAMP, f"captured_at {value[:40]!r} is not ISO 8601") from exc
+        raise Rejected(Reason.BAD_TIMESTAMP, f"{name} {value[:40]!r} is not ISO 8601") from exc
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise Rejected(Reason.BAD_TIMESTAMP, f"captured_at {value[:40]!r} has no timezone")
+        raise Rejected(Reason.BAD_TIMESTAMP, f"{name} {value[:40]!r} has no timezone")
     return ts.astimezone(timezone.utc).isoformat()
 
 

@@ -4,7 +4,9 @@ Accepted records become rows of `records.parquet` (normalised fields plus the
 profile that validation checks); image bytes and sensor arrays go into a few
 Parquet shards, never one file per record. Every rejected record is kept in the
 quarantine with its reason, and `landed == accepted + quarantined` is checked
-before anything is written.
+before anything is written. Late labels from the label feed are joined onto the
+accepted records by mmcore/monitor/labels.py, with the same accounting
+(`landed == joined + quarantined`) and a label audit table beside the records.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mmcore.config import IngestConfig, load_params
-from mmcore.data.checks import (Rejected, check_fields, check_image, check_note, check_sensor,
-                                check_timestamp, normalise_label, safe_path, stuck_channels)
+from mmcore.data.checks import (Rejected, check_fields, check_image, check_note, check_sensor, check_timestamp,
+                                normalise_label, quarantine_entry, read_lines, safe_path, stuck_channels)
+from mmcore.monitor.labels import LabelJoin, audit_frame, join_labels, read_label_batches
 from mmcore.schema import PROFILE_COLUMNS, SENSOR_HEADER, Reason
 
 CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -68,19 +71,13 @@ def note_language(note: str | None) -> str:
     return "en" if re.search(r"[A-Za-z]", note) else "other"
 
 
-def read_lines(path: Path) -> list[bytes]:
-    """records.jsonl as raw lines; a BOM and CRLF line ends are tolerated, blank lines skipped."""
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    return [ln.rstrip(b"\r") for ln in data.split(b"\n") if ln.strip()]
-
-
 def check_record(batch_dir: Path, obj: Any, cfg: IngestConfig) -> Accepted:
     """All rules for one record; raises Rejected with the first rule it breaks."""
     rec = check_fields(obj)
     row: dict[str, Any] = {
         "record_id": rec["record_id"], "shipment_id": rec["shipment_id"].strip(),
         "captured_at": check_timestamp(rec["captured_at"]), "hub": rec["hub"].strip(),
-        "label": normalise_label(rec["label"]), "batch_id": batch_dir.name,
+        "prediction_id": rec.get("prediction_id"), "label": normalise_label(rec["label"]), "batch_id": batch_dir.name,
     }
     note = check_note(rec["note"], cfg)
     image = sensor = None
@@ -127,13 +124,6 @@ def sensor_profile(arr: Any) -> dict[str, Any]:
             "sensor_stuck_channels": ",".join(stuck_channels(arr))}
 
 
-def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason, detail: str,
-                     raw: str) -> dict[str, Any]:
-    return {"batch_id": batch_id, "line": line_no,
-            "record_id": record_id if isinstance(record_id, str) else None,
-            "reason": reason.value, "detail": detail, "raw": raw[:2000]}
-
-
 def check_line(batch_dir: Path, line_no: int, raw_line: bytes, cfg: IngestConfig) -> Accepted | dict[str, Any]:
     """One landing line to an accepted record or a quarantine entry; never raises for bad data."""
     line = raw_line.decode("utf-8", errors="replace")
@@ -171,20 +161,31 @@ def check_batch(batch_dir: Path, cfg: IngestConfig, pool: Executor | None,
     return [item for part in parts for item in part]
 
 
+def duplicate(row: dict[str, Any], seen: set[str]) -> tuple[Reason, str] | None:
+    """A record_id or prediction_id seen before. Prediction ids share `seen` under a
+    `prediction_id:` prefix, which no record_id can carry (":" breaks the id rule)."""
+    if row["record_id"] in seen:
+        return Reason.DUPLICATE_RECORD_ID, f"record_id {row['record_id']!r} seen before"
+    pid = row.get("prediction_id")
+    if pid is not None and f"prediction_id:{pid}" in seen:
+        return Reason.DUPLICATE_PREDICTION_ID, f"prediction_id {pid!r} seen before"
+    return None
+
+
 def ingest_batch(batch_dir: Path, cfg: IngestConfig, seen: set[str], pool: Executor | None = None) -> BatchResult:
     """Check every line of one batch (in parallel shards); duplicates are resolved in line order,
-    with `seen` carrying record_ids across batches."""
+    with `seen` carrying record_ids and prediction_ids across batches."""
     result = BatchResult(batch_dir.name)
     for item in check_batch(batch_dir, cfg, pool):
         result.landed += 1
         if isinstance(item, dict):
             result.quarantined.append(item)
-        elif item.row["record_id"] in seen:
-            result.quarantined.append(quarantine_entry(
-                batch_dir.name, item.line_no, item.row["record_id"], Reason.DUPLICATE_RECORD_ID,
-                f"record_id {item.row['record_id']!r} seen before", ""))
+        elif dup := duplicate(item.row, seen):
+            result.quarantined.append(quarantine_entry(batch_dir.name, item.line_no, item.row["record_id"], *dup, ""))
         else:
             seen.add(item.row["record_id"])
+            if item.row.get("prediction_id") is not None:
+                seen.add(f"prediction_id:{item.row['prediction_id']}")
             result.accepted.append(item)
     return result
 
@@ -291,9 +292,26 @@ def swap_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_atomic(path, lambda p: p.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in rows),
+                                              encoding="utf-8"))
+
+
+def join_label_feed(accepted: list[Accepted], labels: Path | None) -> LabelJoin:
+    """Late labels onto the accepted rows (mmcore/monitor/labels.py); rows change only after
+    both accountings hold, so a broken run writes nothing."""
+    joined = join_labels([a.row for a in accepted], read_label_batches(ready_batches(labels) if labels else []))
+    if error := joined.accounting_error():
+        raise RuntimeError(f"{error}; nothing was written")
+    for a in accepted:
+        a.row.update(joined.columns[a.row["record_id"]])
+    return joined
+
+
 def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
-           tokenizer: Any = None, workers: int | None = None) -> dict[str, Any]:
-    """Rebuild data/raw from every finished landing batch; returns the accounting."""
+           tokenizer: Any = None, workers: int | None = None, labels: Path | None = None) -> dict[str, Any]:
+    """Rebuild data/raw from every finished landing batch and the label feed (`labels`, none when
+    None); returns the accounting."""
     results = check_batches(ready_batches(landing), cfg, workers)
     batches = {}
     for res in results:
@@ -310,6 +328,7 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
     if landed != len(accepted) + len(quarantined):
         raise RuntimeError(f"accounting broken: landed {landed} != accepted {len(accepted)} "
                            f"+ quarantined {len(quarantined)}; nothing was written")
+    label_join = join_label_feed(accepted, labels)
     staging = raw.with_name(f".{raw.name}.new")
     if staging.exists():
         shutil.rmtree(staging)
@@ -318,30 +337,36 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
     df = add_unk_share(df, tokenizer) if tokenizer is not None else df.assign(note_unk_share=0.0)
     df = df.astype(PROFILE_COLUMNS)[list(PROFILE_COLUMNS)]
     write_atomic(staging / "records.parquet", lambda p: df.to_parquet(p, index=False))
+    audit = audit_frame(label_join.audit)
+    write_atomic(staging / "label_audit.parquet", lambda p: audit.to_parquet(p, index=False))
     swap_dir(staging, raw)
-    write_atomic(quarantine / "records.jsonl", lambda p: p.write_text(
-        "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined), encoding="utf-8"))
+    write_jsonl(quarantine / "records.jsonl", quarantined)
+    write_jsonl(quarantine / "labels.jsonl", label_join.quarantined)
     stuck = int((df["sensor_stuck_channels"].fillna("") != "").sum())
     return {"landed": landed, "accepted": len(accepted), "quarantined": len(quarantined),
             "by_reason": dict(Counter(q["reason"] for q in quarantined)), "batches": batches,
-            "warnings": {"sensor_stuck_channel": stuck}}
+            "warnings": {"sensor_stuck_channel": stuck}, "labels": label_join.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Ingest landing batches into data/raw.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--landing", type=Path, required=True)
+    ap.add_argument("--labels", type=Path, help="label feed (default: params ingest.labels)")
     ap.add_argument("--raw", type=Path, required=True)
     ap.add_argument("--quarantine", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
     args = ap.parse_args(argv)
     from mmcore.encoders import load_tokenizer
 
-    summary = ingest(args.landing, args.raw, args.quarantine, load_params(args.params).ingest,
-                     tokenizer=load_tokenizer())
+    cfg = load_params(args.params).ingest
+    summary = ingest(args.landing, args.raw, args.quarantine, cfg, tokenizer=load_tokenizer(),
+                     labels=args.labels or Path(cfg.labels))
     write_atomic(args.report, lambda p: p.write_text(json.dumps(summary, indent=2), encoding="utf-8"))
+    lab = summary["labels"]
     print(f"ingest: landed {summary['landed']} = accepted {summary['accepted']} "
-          f"+ quarantined {summary['quarantined']} {summary['by_reason']}")
+          f"+ quarantined {summary['quarantined']} {summary['by_reason']}; labels: landed {lab['landed']} "
+          f"= joined {lab['joined']} + quarantined {lab['quarantined']} {lab['by_reason']}")
     return 0
 
 

@@ -42,7 +42,13 @@ def make_profile(n: int = 100, seed: int = 0) -> pd.DataFrame:
         "record_id": [f"rec-{i:05d}" for i in range(n)],
         "shipment_id": [f"shp_{i // 3}" for i in range(n)],
         "captured_at": ["2024-05-01T10:00:00+00:00"] * n, "hub": ["SHA01"] * n,
-        "label": label, "batch_id": ["b0001"] * n, "shard": ["shard-0000"] * n,
+        "prediction_id": [f"pred-{i}" if i % 4 == 0 else None for i in range(n)],
+        # a few labels came late from the label feed (mmcore/monitor/labels.py), the rest with their record
+        "label": label, "label_source": [None if lb is None else "claim" if i % 10 == 3 else "landing"
+                                         for i, lb in enumerate(label)],
+        "labelled_at": [None if lb is None else "2024-05-03T08:00:00+00:00" if i % 10 == 3 else
+                        "2024-05-01T10:00:00+00:00" for i, lb in enumerate(label)],
+        "batch_id": ["b0001"] * n, "shard": ["shard-0000"] * n,
         "content_sha256": ["0" * 64] * n,
         "has_image": has_image,
         "image_width": _optional(has_image, rng.integers(64, 512, n)),
