@@ -112,6 +112,13 @@ def landed(landing: Path) -> dict[str, int]:
     return {b.name: (b / "_SUCCESS").stat().st_mtime_ns for b in ready_batches(landing)}
 
 
+def feeds(landing: Path, labels: Path) -> dict[str, int]:
+    """Finished landing batches and label batches (as `labels/<batch>`): a label batch alone is new
+    data too. The label folder is made if missing, since dvc.yaml's ingest stage depends on it."""
+    labels.mkdir(parents=True, exist_ok=True)
+    return {**landed(landing), **{f"labels/{b}": t for b, t in landed(labels).items()}}
+
+
 def new_batches(now: dict[str, int]) -> list[str]:
     """Batches that are new or replaced since the last finished run."""
     seen = json.loads(STATE.read_text()) if STATE.is_file() else {}
@@ -194,10 +201,11 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
             logger.info(f"params.yaml overrides: {', '.join(changed)}")
         from mmcore.config import load_params
 
-        where = Path(load_params(params).ingest.landing)
+        feed = load_params(params).ingest
+        where, labels = Path(feed.landing), Path(feed.labels)
         if seed_if_empty and (made := seed_landing(str(where), params)):
             logger.info(f"landing area was empty: generated {made} default batches")
-        now, fingerprint = landed(where), inputs_fingerprint(Path(params))
+        now, fingerprint = feeds(where, labels), inputs_fingerprint(Path(params))
         run: dict[str, Any] = {"id": str(flow_run.id), "name": flow_run.name or "local", "landing": str(where),
                                "started": start.isoformat(timespec="seconds"), "stamp": start.strftime("%Y%m%dT%H%M%SZ"),
                                "new_batches": new_batches(now), "overrides": changed, "force": force, "stages": [],

@@ -45,6 +45,18 @@ def test_new_batches_are_finished_ones_not_seen_or_replaced_since(tmp_path: Path
     assert retrain.new_batches(retrain.landed(tmp_path / "landing")) == ["b"]
 
 
+def test_a_label_batch_alone_is_new_data_and_the_label_folder_is_made(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(retrain, "STATE", tmp_path / "state.json")
+    (tmp_path / "landing" / "a").mkdir(parents=True)
+    (tmp_path / "landing" / "a" / "_SUCCESS").write_text("")
+    now = retrain.feeds(tmp_path / "landing", tmp_path / "labels")
+    assert (tmp_path / "labels").is_dir() and list(now) == ["a"]    # dvc.yaml's ingest stage needs the folder
+    retrain.STATE.write_text(__import__("json").dumps(now))
+    (tmp_path / "labels" / "L1").mkdir()
+    (tmp_path / "labels" / "L1" / "_SUCCESS").write_text("")
+    assert retrain.new_batches(retrain.feeds(tmp_path / "landing", tmp_path / "labels")) == ["labels/L1"]
+
+
 def test_a_params_or_code_change_runs_the_stages_without_new_batches(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(retrain, "INPUTS", tmp_path / "inputs.txt")
     params = tmp_path / "params.yaml"

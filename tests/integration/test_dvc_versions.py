@@ -1,9 +1,10 @@
-"""Data versions with DVC: each ingest that changes data is a new version, pushed to the remote;
-re-ingesting the same batches is no new version; an old commit restores its exact dataset."""
+"""Data versions with DVC: each ingest that changes data is a new version, pushed to the remote (a label
+batch alone too); re-ingesting the same batches is no new version; an old commit restores its exact dataset."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -47,7 +48,9 @@ def test_ingest_versions_push_and_restore(tmp_path: Path) -> None:
     (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": stages["ingest"]}}))
     shutil.copy(ROOT / "params.yaml", ws / "params.yaml")
     shutil.copytree(ROOT / "mmcore", ws / "mmcore", ignore=shutil.ignore_patterns("__pycache__"))
-    (ws / ".gitignore").write_text("data/landing/\n")
+    (ws / ".gitignore").write_text("data/landing/\ndata/labels/*\n!data/labels/.gitkeep\n")
+    (ws / "data" / "labels").mkdir(parents=True)   # a checkout has it: the tracked .gitkeep
+    shutil.copy(ROOT / "data" / "labels" / ".gitkeep", ws / "data" / "labels" / ".gitkeep")
     git(ws, "init", "-q")
     sh(ws, str(BIN / "dvc"), "init", "-q")
     sh(ws, str(BIN / "dvc"), "remote", "add", "-d", "store", str(tmp_path / "remote"))
@@ -67,6 +70,19 @@ def test_ingest_versions_push_and_restore(tmp_path: Path) -> None:
     git(ws, "commit", "-qm", "data v2")
     assert raw_md5(ws) != first_md5
     sh(ws, str(BIN / "dvc"), "push")
+
+    second_md5 = raw_md5(ws)
+    rid = pd.read_parquet(ws / "data" / "raw" / "records.parquet")["record_id"].iloc[0]
+    (ws / "data" / "labels" / "L1").mkdir()
+    (ws / "data" / "labels" / "L1" / "labels.jsonl").write_text(json.dumps(
+        {"record_id": rid, "label": "tampered", "labelled_at": "2030-01-01T00:00:00Z", "source": "claim"}) + "\n")
+    (ws / "data" / "labels" / "L1" / "_SUCCESS").write_text("")
+    sh(ws, str(BIN / "dvc"), "repro", "ingest")   # a label batch alone: a new data version
+    git(ws, "add", "-A")
+    git(ws, "commit", "-qm", "data v3: late labels")
+    assert raw_md5(ws) not in (first_md5, second_md5)
+    joined = pd.read_parquet(ws / "data" / "raw" / "records.parquet").set_index("record_id").loc[rid]
+    assert (joined["label"], joined["label_source"]) == ("tampered", "claim")
 
     lock_before = (ws / "dvc.lock").read_text()
     out = sh(ws, str(BIN / "dvc"), "repro", "-f", "ingest")  # same batches ingested again
