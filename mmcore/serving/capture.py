@@ -242,6 +242,8 @@ class Capture:
         if zlib.crc32(item.prediction_id.encode()) / 2**32 >= self.settings.sample:
             self.counts.add(second, "sampled_out")
             self.metrics.sampled_out.inc()
+        elif self._stop.is_set():  # offered after close(): nobody would write it
+            self._drop(second, "shutdown", "offered after the capture closed")
         elif not self.queue.put(item):
             self._queue_full_at = time.monotonic()
             self._drop(second, "queue_full", f"{len(self.queue)} records queued")
@@ -258,7 +260,8 @@ class Capture:
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued within `timeout`; what is left is counted as dropped (shutdown)."""
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         for item in self.queue.drain():
             self._drop(second_of(item.answered_at), "shutdown", "service stopped before it was written")
         self._flush(force=True)

@@ -81,6 +81,7 @@ class CountBook:
         self.dir = root / "counts" / process
         self._seconds: dict[str, Counter[str]] = {}
         self._dirty: set[str] = set()
+        self._evicted: set[str] = set()
         self._total: Counter[str] = Counter()  # since the process started, for /capturez
         self._lock = threading.Lock()
 
@@ -99,6 +100,7 @@ class CountBook:
 
     def flush(self, now: datetime) -> None:
         """Write every dirty hour (temp file + rename); raises OSError when the folder is unwritable."""
+        self._reload_evicted()
         with self._lock:
             hours = {h: {s: dict(c) for s, c in self._seconds.items() if s[:13] == h} for h in self._dirty}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -112,12 +114,24 @@ class CountBook:
                     self._dirty.discard(hour)
         self._forget_old(now)
 
+    def _reload_evicted(self) -> None:
+        """An hour that left memory and got a late count: add its file back first, so the flush
+        writes the file's counts plus the new ones instead of the new ones alone."""
+        for hour in sorted(self._dirty & self._evicted):
+            path = self.dir / f"{hour}.json"
+            old = json.loads(path.read_text(encoding="utf-8"))["seconds"] if path.is_file() else {}
+            with self._lock:
+                for second, counts in old.items():
+                    self._seconds.setdefault(second, Counter()).update(counts)
+                self._evicted.discard(hour)
+
     def _forget_old(self, now: datetime) -> None:
-        """Flushed hours more than 3 h before `now` leave memory: their file keeps them, and no count
-        arrives that late (answered counts come at answer time, the writer's within the queue's delay)."""
+        """Flushed hours more than 3 h before `now` leave memory (their file keeps them): answered
+        counts come at answer time and the writer's within the queue's delay, so late ones are rare."""
         horizon = second_of(now - timedelta(hours=3))[:13]
         with self._lock:
             for s in [s for s in self._seconds if s[:13] < horizon and s[:13] not in self._dirty]:
+                self._evicted.add(s[:13])
                 del self._seconds[s]
 
 
