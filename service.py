@@ -5,6 +5,8 @@ as base64 and sensor channels as arrays, and any of them may be missing.
 Every check runs while the request is parsed (pydantic), before adaptive batching
 merges requests: a bad record is a 400 for its own request, never a failed batch
 for its neighbours. Errors name the field at fault; logs never carry the payload.
+Every answered record gets a prediction_id and is captured (mmcore/serving/capture.py) for the
+capture step that lands served traffic as ordinary batches; capture never fails a request.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mmcore.config import CLASSES
+from mmcore.serving.capture import Capture, CaptureSettings, RequestInfo, new_id
+from mmcore.serving.middleware import CaptureMiddleware, current_request
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
@@ -59,7 +63,12 @@ BATCHING = os.environ.get("PARCEL_BATCHING", "1") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "4"))
 MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "33800"))
 
+# Capture of answered traffic: PARCEL_CAPTURE_DIR, _SAMPLE, _QUEUE, _QUEUE_BYTES, _MAX_BYTES (README, Serving).
+CAPTURE = CaptureSettings.from_env()
+
 FloatList = Annotated[list[float], Field(min_length=2, max_length=MAX_SENSOR_ROWS)]
+# shipment_id and hub follow the landing id rule: captured records land with them (DESIGN §2)
+LandingId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 @dataclass(frozen=True)
@@ -107,10 +116,14 @@ class Sensor(BaseModel):
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     record_id: str | None = Field(None, max_length=64)
+    shipment_id: LandingId | None = Field(None, description="kept when captured traffic lands (default: per request)")
+    hub: LandingId | None = Field(None, description="kept when captured traffic lands (default: unknown)")
     note: str | None = Field(None, max_length=MAX_NOTE_CHARS)
     image: str | None = Field(None, description="JPEG or PNG bytes, base64-encoded",
                               max_length=(MAX_IMAGE_BYTES + 2) // 3 * 4)
     sensor: Sensor | None = None
+    # the HTTP request this record came in (its id, its arrival): batching merges requests later
+    _request: RequestInfo = PrivateAttr(default_factory=current_request)
 
     @field_validator("image")
     @classmethod
@@ -133,6 +146,7 @@ class Record(BaseModel):
 
 class Prediction(BaseModel):
     record_id: str | None
+    prediction_id: str = Field(description="unique per answer; name it when a label arrives later")
     label: str
     probabilities: dict[str, float]
     modalities: list[str]
@@ -144,7 +158,7 @@ def to_mmcore(rec: Record) -> dict[str, Any]:
             "sensor": rec.sensor.model_dump() if rec.sensor else None}
 
 
-OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/docs.json", "/static_content")
+OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/capturez", "/docs.json", "/static_content")
 
 
 class ApiKeyMiddleware:
@@ -274,7 +288,7 @@ def warm_up_record() -> dict[str, Any]:
             "sensor": {"temperature_c": trace, "humidity_pct": trace, "shock_g": trace, "light_lux": trace}}
 
 
-@bentoml.service(traffic={"timeout": 60}, resources={"cpu": "2"})
+@bentoml.service(traffic={"timeout": 60}, resources={"cpu": "2"}, monitoring=CAPTURE.monitoring_config())
 class ParcelCondition:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
@@ -289,7 +303,13 @@ class ParcelCondition:
         self.predictor = load_model(self.model_ref.path)
         self.version = str(self.model_ref.info.metadata.get("model_version", self.model_ref.tag.version))
         self.predictor.predict([warm_up_record()])
+        self.capture = Capture(CAPTURE).start()
         self.ready = True
+
+    @bentoml.on_shutdown
+    def close_capture(self) -> None:
+        """Write what is still queued (a few seconds at most); the rest is counted as dropped."""
+        self.capture.close()
 
     def __is_ready__(self) -> bool:
         """/readyz: 200 only once the model is loaded and a warm-up prediction has run."""
@@ -302,16 +322,22 @@ class ParcelCondition:
         return self._predict(records)
 
     def _predict(self, records: list[Record]) -> list[Prediction]:
-        preds = self.predictor.predict([to_mmcore(r) for r in records])
+        inputs = [to_mmcore(r) for r in records]
+        preds = self.predictor.predict(inputs)
         # The featurizer's embedding cache serves training; here it would grow with every request.
         self.predictor.featurizer.image_cache.mem.clear()
         self.predictor.featurizer.text_cache.mem.clear()
-        return [Prediction(record_id=r.record_id, model_version=self.version, **p)
-                for r, p in zip(records, preds)]
+        out = [Prediction(record_id=r.record_id, prediction_id=new_id(), model_version=self.version,
+                          **p) for r, p in zip(records, preds)]
+        for r, x, p in zip(records, inputs, out):  # O(1) each: a bounded queue, written in the background
+            self.capture.offer_answer(r._request, x, p.model_dump(),
+                                      {"record_id": r.record_id, "shipment_id": r.shipment_id, "hub": r.hub})
+        return out
 
     @bentoml.api(route="/predict_file")
     def predict_file(self, image: Path, note: Annotated[str | None, Field(max_length=MAX_NOTE_CHARS)] = None,
-                     sensor: Sensor | None = None) -> Prediction:
+                     sensor: Sensor | None = None, shipment_id: LandingId | None = None,
+                     hub: LandingId | None = None) -> Prediction:
         """Multipart form: one image file plus optional `note` and `sensor` (a JSON object of channel arrays)."""
         data = Path(image).read_bytes()
         if len(data) > MAX_IMAGE_BYTES:
@@ -320,7 +346,8 @@ class ParcelCondition:
             check_image_bytes(data)
         except ValueError as exc:
             raise bentoml.exceptions.InvalidArgument(f"image: {exc}") from None
-        rec = Record.model_construct(record_id=None, note=note, image=base64.b64encode(data).decode(), sensor=sensor)
+        rec = Record.model_construct(record_id=None, note=note, image=base64.b64encode(data).decode(), sensor=sensor,
+                                     shipment_id=shipment_id, hub=hub)
         return self._predict([rec])[0]
 
     @bentoml.api(route="/labels")
@@ -328,5 +355,6 @@ class ParcelCondition:
         return {"labels": list(CLASSES), "model_version": self.version}
 
 
-ParcelCondition.add_asgi_middleware(ApiKeyMiddleware)  # outermost: no body is read before the key is checked
+ParcelCondition.add_asgi_middleware(CaptureMiddleware)  # outermost: every answer, a 401 too, has x-request-id
+ParcelCondition.add_asgi_middleware(ApiKeyMiddleware)  # before BodyGuard: no body is read before the key is checked
 ParcelCondition.add_asgi_middleware(BodyGuard)
