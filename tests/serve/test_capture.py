@@ -44,6 +44,22 @@ def dropped(url: str, reason: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def land_and_ingest(capture: Path, since: datetime, until: datetime, tmp_path: Path, ingest_cfg) -> pd.DataFrame:
+    """The capture step's CLI for the period (once it has passed), then ingest: four records, all accepted."""
+    time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()))
+    landing = tmp_path / "landing"
+    cmd = [sys.executable, "-m", "mmcore.monitor.capture_batches", "--capture", capture, "--landing", landing,
+           "--since", since.isoformat(), "--until", until.isoformat(), "--wait", "20",
+           "--report", tmp_path / "capture.json"]
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "capture.json").read_text())
+    assert (report["captured"], report["landed"], report["unaccounted"]) == (4, 4, 0)
+    out = ingest(landing, tmp_path / "raw", tmp_path / "q", ingest_cfg, workers=1)
+    assert (out["landed"], out["accepted"], out["quarantined"]) == (4, 4, 0)
+    return pd.read_parquet(tmp_path / "raw" / "records.parquet").set_index("prediction_id")
+
+
 def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path, server: str, tmp_path: Path,
                                                                 ingest_cfg) -> None:
     since = next_second()
@@ -76,18 +92,7 @@ def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path,
     ready = httpx.get(f"{server}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.headers["x-capture"] == "ok"
 
-    time.sleep(max(0.0, (until - datetime.now(timezone.utc)).total_seconds()))
-    landing = tmp_path / "landing"
-    cmd = [sys.executable, "-m", "mmcore.monitor.capture_batches", "--capture", capture, "--landing", landing,
-           "--since", since.isoformat(), "--until", until.isoformat(), "--wait", "20",
-           "--report", tmp_path / "capture.json"]
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / "capture.json").read_text())
-    assert (report["captured"], report["landed"], report["unaccounted"]) == (4, 4, 0)
-    out = ingest(landing, tmp_path / "raw", tmp_path / "q", ingest_cfg, workers=1)
-    assert (out["landed"], out["accepted"], out["quarantined"]) == (4, 4, 0)
-    raw = pd.read_parquet(tmp_path / "raw" / "records.parquet").set_index("prediction_id")
+    raw = land_and_ingest(capture, since, until, tmp_path, ingest_cfg)
     assert set(raw.index) == set(pids) and raw.loc[pids[0], "shipment_id"] == "S-serve-1"
     assert raw.loc[pids[3], "hub"] == "FRA05" and raw.loc[pids[1], "hub"] == "unknown"
 
