@@ -67,10 +67,12 @@ def lookup(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
-def trial_results(names: list[str], metric: str) -> dict[str, dict[str, Any]]:
-    """name -> {metric, val figures, params, rev} of finished trials, from `dvc exp show --json`."""
+def trial_results(names: list[str], metric: str, baseline_rev: str) -> dict[str, dict[str, Any]]:
+    """name -> {metric, val figures, params, rev} of finished trials, from `dvc exp show --json`.
+
+    Asked for the commit the trials were queued on: HEAD may have moved while they ran."""
     out = {}
-    for baseline in json.loads(dvc("exp", "show", "--json").stdout):
+    for baseline in json.loads(dvc("exp", "show", "--json", "--rev", baseline_rev).stdout):
         for exp in baseline.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 if rev.get("name") not in names or rev.get("error"):
@@ -107,12 +109,14 @@ def run_group(group: str, settings: list[dict[str, Any]], base: dict[str, Any], 
     stamp = time.strftime("%m%d%H%M")
     names = [f"{PREFIX}-{group}-{stamp}-{i}".replace("_", "-") for i in range(len(settings))]
     warm_cache(params, [{**base, **s} for s in settings])
+    baseline_rev = subprocess.run(["git", "rev-parse", "HEAD"], text=True, capture_output=True,
+                                  check=True).stdout.strip()
     for name, s in zip(names, settings):
         queue(name, {**base, **s})
     print(f"sweep: {group}: {len(names)} trials queued; running them one at a time", flush=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # never the real registry
     subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", "1"], check=False, env=env)
-    found = trial_results(names, metric)
+    found = trial_results(names, metric, baseline_rev)
     failed = [n for n in names if n not in found or found[n]["metric"] is None]
     if failed:
         raise RuntimeError(f"sweep: trials {failed} did not finish; see `dvc queue status` and `dvc queue logs NAME`")
