@@ -300,6 +300,7 @@ def apply_overrides(path: Path, overrides: dict[str, dict[str, Any]]) -> list[st
 
     rt = YAML()
     rt.preserve_quotes = True
+    rt.width = 4096          # never wrap a line the user wrote on one
     data = rt.load(path.read_text(encoding="utf-8"))
     changed = []
     for section, values in (overrides or {}).items():

@@ -21,6 +21,9 @@ def test_overrides_are_written_with_comments_kept_and_checked_first(tmp_path: Pa
     p = load_params(params)
     assert p.train.epochs == 3 and p.ingest.landing == "/srv/landing"
     assert "# The one config." in params.read_text()             # comments survive
+    untouched = [ln for ln in (ROOT / "params.yaml").read_text().splitlines() if "epochs" not in ln
+                 and "landing" not in ln]
+    assert set(untouched) <= set(params.read_text().splitlines())   # long lines are not rewrapped
     assert retrain.apply_overrides(params, {"train": {"epochs": 3}}) == []
     before = params.read_text()
     with pytest.raises(ValueError, match="learning_rate"):
