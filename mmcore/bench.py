@@ -56,7 +56,7 @@ def noop_repro_seconds(landing: Path, params: Path) -> float:
         (ws / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"ingest": stages["ingest"]}}))
         shutil.copy(params, ws / "params.yaml")
         shutil.copytree(ROOT / "mmcore", ws / "mmcore", ignore=shutil.ignore_patterns("__pycache__"))
-        (ws / "data").mkdir()
+        (ws / "data" / "labels").mkdir(parents=True)   # the stage's label feed: empty here
         os.symlink(landing, ws / "data" / "landing")
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
         dvc = [sys.executable, "-m", "dvc"]

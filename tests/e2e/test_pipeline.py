@@ -112,9 +112,12 @@ def test_evaluation_report_plots_and_gate_rules(workspace: Path) -> None:
     assert {"missing=image", "missing=text", "missing=sensor"} <= set(metrics["slices"])
     assert {k.split("=")[0] for k in metrics["slices"]} == {"hub", "note_lang", "missing"}
     assert metrics["champion"] is None and metrics["comparison"] is None
-    # first model: floors and the latency budget only, each with value, limit and verdict
+    # first model: floors, the latency budget and its held-out proof only, each with value, limit and verdict
     assert [r["rule"] for r in gate["rules"]] == ["min_macro_f1", "min_accuracy", "min_class_f1", "max_ece",
-                                                  "max_latency_p95_ms"]
+                                                  "max_latency_p95_ms", "gate_set_held_out:challenger"]
+    held_out = gate["rules"][-1]
+    assert held_out["value"] == 0 and held_out["passed"] and set(held_out["by"]) == {"record_id", "content_sha256",
+                                                                                     "image_sha256"}
     assert all({"value", "limit", "passed"} <= set(r) for r in gate["rules"])
     plots = workspace / "reports" / "plots"
     assert {"confusion.csv", "reliability.json", "per_class_f1.json", "training.json", "confusion.png",

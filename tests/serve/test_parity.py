@@ -47,7 +47,7 @@ def test_served_probabilities_equal_mmcore_predict_under_batching(serve_ws: Path
         return resp.json()
 
     before = merged_batches(server)
-    for _ in range(4):  # bounded: until the dispatcher has merged requests (its first calls train it)
+    for _ in range(10):  # bounded: until the dispatcher has merged requests (its first ~30 calls train it)
         with ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(post, bodies))
         served = [a[0] for a in answers[:-1]] + answers[-1]
