@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -100,7 +101,11 @@ def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path,
 def test_unwritable_capture_folder_never_fails_a_request(serve_ws: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the capture folder's parent should be")  # unwritable, root or not
-    env = env_for(serve_ws, PARCEL_CAPTURE_DIR=str(blocker / "capture"))
+    # a home of its own: servers on one BENTOML_HOME share (and on start wipe) its Prometheus folder, which
+    # emptied the session server's /metrics for the tests after this one
+    home = tmp_path / "bentoml-home"
+    shutil.copytree(serve_ws / ".bentoml", home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir", "capture"))
+    env = env_for(serve_ws, PARCEL_CAPTURE_DIR=str(blocker / "capture"), BENTOML_HOME=str(home))
     with serving("parcel-condition:v1", serve_ws, env, tmp_path / "server.log") as url:
         ready = httpx.get(f"{url}/readyz", timeout=10)
         assert ready.status_code == 200  # capture never takes the service out of rotation
