@@ -23,7 +23,7 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mmcore.config import CLASSES
-from mmcore.serving.capture import Capture, CaptureSettings, RequestInfo, model_calls, new_id
+from mmcore.serving.capture import Capture, CaptureSettings, RequestInfo, new_id
 from mmcore.serving.middleware import CaptureMiddleware, current_request
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -304,7 +304,6 @@ class ParcelCondition:
         self.version = str(self.model_ref.info.metadata.get("model_version", self.model_ref.tag.version))
         self.predictor.predict([warm_up_record()])
         self.capture = Capture(CAPTURE).start()
-        self.model_calls = model_calls()
         self.ready = True
 
     @bentoml.on_shutdown
@@ -320,7 +319,6 @@ class ParcelCondition:
     def predict(self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
                 ) -> list[Prediction]:
         """Label, class probabilities, the modalities used and the model version, per record."""
-        self.model_calls.inc()
         return self._predict(records)
 
     def _predict(self, records: list[Record]) -> list[Prediction]:

@@ -35,7 +35,7 @@ MIN_EMBEDDINGS = 20                   # fewer in the window or the reference and
 
 def reference_ids(splits: pd.DataFrame, n: int, seed: int) -> list[str]:
     train = splits.loc[splits["split"] == "train", "record_id"].astype(str)
-    return train.sample(min(n, len(train)), random_state=seed).tolist() if len(train) else []
+    return train.sample(min(n, len(train)), random_state=seed).tolist()
 
 
 def modality_shares(profile: pd.DataFrame) -> dict[str, float]:

@@ -183,21 +183,6 @@ def default_metrics() -> CaptureMetrics:
     return _DEFAULT_METRICS
 
 
-_MODEL_CALLS: Any = None
-
-
-def model_calls() -> Any:
-    """`parcel_model_calls_total`: calls of the batchable /predict, one per adaptive batch. Fewer calls
-    than one-record requests means the dispatcher merged requests (BentoML's own batch-size histogram
-    recorded only a few of the calls in tests/serve, so it cannot show that)."""
-    global _MODEL_CALLS
-    if _MODEL_CALLS is None:
-        import prometheus_client as prom
-
-        _MODEL_CALLS = prom.Counter("parcel_model_calls", "Model calls of /predict (one per adaptive batch)")
-    return _MODEL_CALLS
-
-
 def current() -> "Capture | None":
     """The capture the service started in this process (the middleware reports its status)."""
     return _CURRENT
