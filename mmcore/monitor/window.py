@@ -25,10 +25,10 @@ import pandas as pd
 from mmcore.config import Params, load_params
 from mmcore.data.raw import load_profile, load_records
 from mmcore.drift import compute_drift
+from mmcore.expectations import MODALITIES   # profile columns has_<m>, as validation reads them
 from mmcore.features import Featurizer
 from mmcore.monitor.embedding_drift import embedding_drift
 
-MODALITIES = ("image", "note", "sensor")
 ENCODERS = {"image": 0, "text": 1}   # column of Featurizer.embed's presence array
 MIN_EMBEDDINGS = 20                   # fewer in the window or the reference and an encoder is not tested
 
