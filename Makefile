@@ -43,6 +43,7 @@ bench: install
 	$(PY) -m mmcore.bench_serve --seconds 20 --out reports/bench/serve.json
 	$(PY) -m mmcore.bench_train --out reports/bench/train.json
 	$(PY) -m mmcore.bench_gate --out reports/bench/gate.json
+	$(PY) -m mmcore.bench_monitor --out reports/bench/monitor.json
 
 # Model selection on the validation split (sweep.yaml, DVC experiments), the winner trained and scored once
 # on the gate set, and the README's quality table rendered from that score. Needs the data of a `make run`.

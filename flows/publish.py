@@ -165,24 +165,30 @@ def notify(run: dict[str, Any], page: Path, block: str | None) -> bool:
     payload = {"event": f"retrain.{status}", "flow_run": run["name"], "flow_run_id": run.get("id"),
                "summary": run["verdict"]["summary"], "reasons": run["verdict"]["reasons"][:20],
                "report": str(page.resolve()), "workspace": os.getcwd()}
-    logger = get_run_logger()
     emit_event(event=f"mmcore.retrain.{status}", resource={"prefect.resource.id": f"mmcore.retrain.{run['name']}"},
                payload=payload)
+    return post_webhook(payload, block)
+
+
+def post_webhook(payload: dict[str, Any], block: str | None) -> bool:
+    """POST `payload` to the Webhook block `block`; a missing block or a broken receiver is logged,
+    never raised (the run it reports on must not fail for it). Returns whether it was delivered."""
     if not block:
         return False
     from prefect.blocks.webhook import Webhook
     from prefect.utilities.asyncutils import run_coro_as_sync
 
+    logger = get_run_logger()
     try:
         hook = Webhook.load(block)
     except ValueError:
-        logger.warning(f"no Webhook block named {block!r}: {status} not sent (create one, see README)")
+        logger.warning(f"no Webhook block named {block!r}: {payload.get('event')} not sent (create one, see README)")
         return False
     try:
         resp = run_coro_as_sync(hook.call(payload))
         resp.raise_for_status()
-    except Exception as exc:  # a broken receiver must not fail the run it reports on
+    except Exception as exc:
         logger.error(f"webhook {block!r} failed: {type(exc).__name__}: {exc}")
         return False
-    logger.info(f"notified {block!r}: {status}")
+    logger.info(f"notified {block!r}: {payload.get('event')}")
     return True

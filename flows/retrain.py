@@ -114,9 +114,12 @@ def landed(landing: Path) -> dict[str, int]:
 
 def feeds(landing: Path, labels: Path) -> dict[str, int]:
     """Finished landing batches and label batches (as `labels/<batch>`): a label batch alone is new
-    data too. The label folder is made if missing, since dvc.yaml's ingest stage depends on it."""
+    data too. Captured traffic (`capture-*`, landed hourly by the monitor flow) is not: it has no
+    labels until a label batch names it, and the monitor's triggers decide when that is enough.
+    The label folder is made if missing, since dvc.yaml's ingest stage depends on it."""
     labels.mkdir(parents=True, exist_ok=True)
-    return {**landed(landing), **{f"labels/{b}": t for b, t in landed(labels).items()}}
+    batches = {b: t for b, t in landed(landing).items() if not b.startswith("capture-")}
+    return {**batches, **{f"labels/{b}": t for b, t in landed(labels).items()}}
 
 
 def new_batches(now: dict[str, int]) -> list[str]:

@@ -249,6 +249,27 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    window_minutes: int = 60        # one window of captured traffic (the `monitor` deployment runs hourly)
+    settle_s: float = 120.0         # how long the capture step waits for a period's counts to settle
+    capture_dirs: tuple[str, ...] = ()  # capture folders of the serving replicas; () = PARCEL_CAPTURE_DIR's default
+    lookback_days: float = 30.0     # live quality reads the answers of this many days back
+    reference_records: int = 2000   # train-split records sampled as the drift reference
+    drift_records: int = 500        # window records sampled for embedding drift (the encoders' CPU cost)
+    min_live_labels: int = 50       # fewer labelled answers of a version: only its estimated quality counts
+    n_boot: int = 1000              # shipment bootstrap rounds of live quality's intervals
+    min_new_labels: int = 200       # trigger: this many newly labelled production records since the last retrain
+    max_live_drop: float = 0.05     # trigger: live macro-F1's interval lies this far below the gate-set figure
+    drift_windows: int = 2          # trigger: embedding drift in this many consecutive windows
+    max_estimated_drop: float = 0.10  # alert (no retrain): estimated macro-F1 this far below the gate-set figure
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "capture_dirs", tuple(self.capture_dirs))
+        if self.window_minutes < 1 or self.drift_windows < 1 or self.min_new_labels < 1:
+            raise ValueError("monitor.window_minutes, drift_windows and min_new_labels must be at least 1")
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     experiment: str
     model_name: str
@@ -278,6 +299,7 @@ class Params:
     evaluate: EvaluateConfig
     gate: GateConfig
     registry: RegistryConfig
+    monitor: MonitorConfig
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -286,7 +308,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     hints = {"synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig,
              "split": SplitConfig, "model": ModelConfig, "train": TrainConfig,
-             "evaluate": EvaluateConfig, "gate": GateConfig, "registry": RegistryConfig}
+             "evaluate": EvaluateConfig, "gate": GateConfig, "registry": RegistryConfig,
+             "monitor": MonitorConfig}
     if set(raw) != set(hints):
         raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
     built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}

@@ -1,35 +1,43 @@
-"""One monitoring window: the records of some landing batches (captured traffic, DESIGN §2b) against
-the records the model was trained on.
+"""One monitoring window: the captured answers of some periods, landed as batches (DESIGN §2b), against
+the records the model was trained on and the gate set it was judged on.
 
     python -m mmcore.monitor.window --batch capture-20261201T100000Z-20261201T110000Z [--batch ...] \\
-        [--raw data/raw --splits data/split/splits.parquet --cache data/cache] --out reports/monitor/W.json
+        [--capture DIR ...] [--raw data/raw --splits data/split/splits.parquet --cache data/cache] \\
+        --out reports/monitor/W.json
 
-It reports the window's volume, its missing-modality shares next to the reference's, the tabular
-drift the validate stage uses (mmcore.drift, PSI per column) and drift in each frozen encoder's
-embedding space (mmcore.monitor.embedding_drift), computed on the records that have that modality.
-The reference is a seeded sample of the train split: embeddings come from the shared cache, so the
-reference costs nothing after training. Exit code 0 whether or not it drifted: drift is a finding,
-not an error (the report's `drift` says which encoders moved).
+From the landed records (data/raw): volume, missing-modality shares next to the reference's, the
+tabular drift the validate stage uses (mmcore.drift, PSI per column) and drift in each frozen
+encoder's embedding space (mmcore.monitor.embedding_drift) on a sample of the window. From the
+capture log (the answers): the predicted class mix against the gate set's, the confidence
+histogram, estimated quality per model version, and over `monitor.lookback_days` the live quality
+of each version whose answers have labels joined (mmcore.monitor.quality), next to the version's
+gate-set figure from MLflow. The drift reference is a seeded sample of the train split: its
+embeddings come from the shared cache, so it costs nothing after training. Exit code 0 whether or
+not anything moved: drift is a finding, not an error (`drift` lists the encoders that moved).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mmcore.config import Params, load_params
+from mmcore.config import CLASSES, Params, load_params
 from mmcore.data.raw import load_profile, load_records
 from mmcore.drift import compute_drift
 from mmcore.expectations import MODALITIES   # profile columns has_<m>, as validation reads them
 from mmcore.features import Featurizer
+from mmcore.monitor import quality
+from mmcore.monitor.capture_batches import Period, make_period, parse_time, read_log
 from mmcore.monitor.embedding_drift import embedding_drift
 
 ENCODERS = {"image": 0, "text": 1}   # column of Featurizer.embed's presence array
+ALPHA = 0.05 / len(ENCODERS)          # a window alarms if any encoder does: the family-wise rate stays 5%
 MIN_EMBEDDINGS = 20                   # fewer in the window or the reference and an encoder is not tested
 
 
@@ -40,6 +48,15 @@ def reference_ids(splits: pd.DataFrame, n: int, seed: int) -> list[str]:
 
 def modality_shares(profile: pd.DataFrame) -> dict[str, float]:
     return {m: round(float(1 - profile[f"has_{m}"].fillna(False).astype(bool).mean()), 6) for m in MODALITIES}
+
+
+def batch_period(batch_id: str) -> Period:
+    """A capture batch's period, from its id (`capture-<since>-<until>`, mmcore.monitor.capture_batches)."""
+    parts = batch_id.split("-")
+    if len(parts) != 3 or parts[0] != "capture":
+        raise ValueError(f"{batch_id!r} is not a capture batch (capture-<since>-<until>)")
+    since, until = (parse_time(f"{v[:4]}-{v[4:6]}-{v[6:11]}:{v[11:13]}:{v[13:15]}Z") for v in parts[1:])
+    return make_period(since, until)
 
 
 def encoder_drift(feat: Featurizer, ref: list[dict[str, Any]], cur: list[dict[str, Any]],
@@ -54,53 +71,142 @@ def encoder_drift(feat: Featurizer, ref: list[dict[str, Any]], cur: list[dict[st
             out[name] = {"drift": None, "n_reference": len(r), "n_current": len(c),
                          "note": f"not tested: fewer than {MIN_EMBEDDINGS} embeddings on a side"}
         else:
-            out[name] = embedding_drift(r, c, seed=seed).as_dict()
+            out[name] = embedding_drift(r, c, alpha=ALPHA, seed=seed).as_dict()
+    return out
+
+
+def drift_section(raw: Path, splits: pd.DataFrame, window: pd.DataFrame, p: Params, cache: Path | None,
+                  seed: int) -> dict[str, Any]:
+    """Missing modalities, tabular drift and embedding drift of the window's landed records."""
+    ids = reference_ids(splits, p.monitor.reference_records, seed)
+    if not ids:
+        raise ValueError("no train split to compare with; run the pipeline (dvc repro) first")
+    sample = window.sample(min(len(window), p.monitor.drift_records), random_state=seed)
+    ref_profile, ref_records = load_records(raw, ids)
+    _, cur_records = load_records(raw, sample["record_id"].astype(str).tolist())
+    feat = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True)
+    embeddings = encoder_drift(feat, ref_records, cur_records, seed)
+    return {"reference": {"split": "train", "records": len(ids)}, "drift_sample": len(sample),
+            "missing_share": {"window": modality_shares(window), "reference": modality_shares(ref_profile)},
+            "embedding_drift": embeddings,
+            "tabular_drift": compute_drift(ref_profile, window.drop(columns="label"),  # no label yet
+                                           p.validate.drift_psi_warn, p.validate.drift_psi_fail),
+            "drift": sorted(k for k, v in embeddings.items() if v.get("drift"))}
+
+
+def answers_section(preds: pd.DataFrame, gate_y: np.ndarray, gate: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the service answered in the window: class mix, confidence, estimated quality per version."""
+    classes = list(CLASSES)
+    per_version = {}
+    for version, rows in preds.groupby("model_version"):
+        est = quality.estimated_quality(quality.probs_of(rows, classes), classes)
+        figure = (gate.get(str(version)) or {}).get("macro_f1")
+        est["gate_set_macro_f1"] = figure
+        est["drop"] = None if figure is None or est["macro_f1"] is None else round(figure - est["macro_f1"], 4)
+        per_version[str(version)] = est
+    return {"answers": int(len(preds)),
+            "class_mix": quality.class_mix(preds["predicted"].to_numpy(int), gate_y, classes),
+            "confidence": quality.confidence_histogram(preds["confidence"].to_numpy(float)),
+            "estimated": per_version}
+
+
+def quality_section(profile: pd.DataFrame, preds: pd.DataFrame, gate: dict[str, dict[str, Any]],
+                    p: Params, seed: int) -> dict[str, Any]:
+    """Live quality per model version (and per hub) over the labelled answers of the lookback."""
+    classes, cfg = list(CLASSES), p.monitor
+    joined = quality.labelled_answers(profile, preds, classes)
+    out: dict[str, Any] = {"labelled_answers": int(len(joined)), "versions": {}}
+    for version, rows in joined.groupby("model_version"):
+        entry: dict[str, Any] = {"n": int(len(rows)), "gate_set": gate.get(str(version))}
+        if len(rows) >= cfg.min_live_labels:
+            args = (classes, cfg.n_boot, seed, p.evaluate.ci)
+            entry["live"] = quality.live_quality(rows["y"], rows["predicted"], rows["shipment_id"], *args)
+            entry["hubs"] = {str(h): quality.live_quality(r["y"], r["predicted"], r["shipment_id"], *args)
+                             for h, r in rows.groupby("hub") if len(r) >= cfg.min_live_labels}
+        else:
+            entry["note"] = f"fewer than monitor.min_live_labels={cfg.min_live_labels} labels: see estimated"
+        out["versions"][str(version)] = entry
+    return out
+
+
+def capture_lines(roots: list[Path], periods: list[Period]) -> list[dict[str, Any]]:
+    return [ln for root in roots for period in periods for ln in read_log(root, period).lines]
+
+
+def gate_set_figures(model_name: str, versions: set[str]) -> dict[str, dict[str, Any]]:
+    """Each version's gate-set macro-F1 and accuracy, as its evaluate run logged them in MLflow.
+    A version MLflow does not know (or an unreachable server) has none: the page says n/a."""
+    from mmcore import registry
+
+    out: dict[str, dict[str, Any]] = {}
+    for v in sorted(versions):
+        try:
+            metrics = registry.client().get_run(registry.run_of(model_name, v)).data.metrics
+        except Exception:  # the figure is context for the page, not a reason to lose the window
+            continue
+        if "test_macro_f1" in metrics:
+            out[v] = {"macro_f1": metrics["test_macro_f1"], "accuracy": metrics.get("test_accuracy")}
     return out
 
 
 def window_report(raw: Path, splits: Path, batches: list[str], p: Params, cache: Path | None,
-                  reference_n: int = 2000, seed: int = 0) -> dict[str, Any]:
-    profile = load_profile(raw)
-    window = profile[profile["batch_id"].isin(batches)]
-    if window.empty:
+                  roots: list[Path] | tuple[Path, ...] = (), seed: int = 0) -> dict[str, Any]:
+    """The window's JSON: volume, drift, answers and live quality (see the module docstring). A
+    capture batch that did not land is a quiet period (no answers); any other batch must be ingested."""
+    profile, split_df = load_profile(raw), pd.read_parquet(splits)
+    missing = sorted(set(b for b in batches if not b.startswith("capture-")) - set(profile["batch_id"]))
+    if missing:
         known = ", ".join(sorted(profile["batch_id"].unique())[-5:])
-        raise ValueError(f"no ingested records in batches {batches}; run ingest first (latest batches: {known})")
-    ids = reference_ids(pd.read_parquet(splits), reference_n, seed)
-    if not ids:
-        raise ValueError(f"{splits}: no train split to compare with; run the pipeline (dvc repro) first")
-    ref_profile, ref_records = load_records(raw, ids)
-    _, cur_records = load_records(raw, window["record_id"].astype(str).tolist())
-    feat = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True)
-    embeddings = encoder_drift(feat, ref_records, cur_records, seed)
-    tabular = compute_drift(ref_profile, window.drop(columns="label"),   # captured traffic has no label yet
-                            p.validate.drift_psi_warn, p.validate.drift_psi_fail)
-    return {"batches": batches, "volume": int(len(window)), "reference": {"split": "train", "records": len(ids)},
-            "missing_share": {"window": modality_shares(window), "reference": modality_shares(ref_profile)},
-            "embedding_drift": embeddings, "tabular_drift": tabular,
-            "drift": sorted(k for k, v in embeddings.items() if v.get("drift"))}
+        raise ValueError(f"no ingested records in batches {missing}; run ingest first (latest batches: {known})")
+    periods = [batch_period(b) for b in batches if b.startswith("capture-")]
+    preds = quality.predictions(capture_lines(list(roots), lookback(periods, p.monitor.lookback_days)), list(CLASSES))
+    answered = pd.to_datetime(preds["answered_at"], utc=True)
+    in_window = np.zeros(len(preds), bool)
+    for pr in periods:
+        in_window |= ((answered >= pr.since) & (answered < pr.until)).to_numpy(bool)
+    gate = gate_set_figures(p.registry.model_name, set(preds["model_version"]))
+    test_ids = set(split_df.loc[split_df["split"] == "test", "record_id"].astype(str))
+    gate_y = profile.loc[profile["record_id"].isin(test_ids), "label"].map(
+        {c: i for i, c in enumerate(CLASSES)}).dropna().to_numpy(int)
+    window = profile[profile["batch_id"].isin(batches)]
+    report: dict[str, Any] = {"batches": batches, "volume": int(len(window)),
+                              "since": min(pr.since for pr in periods).isoformat() if periods else None,
+                              "until": max(pr.until for pr in periods).isoformat() if periods else None,
+                              **answers_section(preds[in_window], gate_y, gate),
+                              "quality": quality_section(profile, preds, gate, p, seed),
+                              "drift": [], "embedding_drift": {}}
+    if len(window):
+        report.update(drift_section(raw, split_df, window, p, cache, seed))
+    return report
+
+
+def lookback(periods: list[Period], days: float) -> list[Period]:
+    """Live quality's span: `days` back from the window's end (none without a capture period)."""
+    if not periods:
+        return []
+    until = max(pr.until for pr in periods)
+    return [Period(until - timedelta(days=days), until)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Monitor one window of landed (captured) batches against training.")
-    ap.add_argument("--batch", action="append", required=True, help="a landing batch id; repeat for several")
+    ap = argparse.ArgumentParser(description="Monitor one window of landed (captured) batches.")
+    ap.add_argument("--batch", action="append", required=True, help="a capture batch id; repeat for several")
+    ap.add_argument("--capture", type=Path, action="append", default=[], help="a capture folder (PARCEL_CAPTURE_DIR)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--splits", type=Path, default=Path("data/split/splits.parquet"))
     ap.add_argument("--cache", type=Path, default=Path("data/cache"))
-    ap.add_argument("--reference", type=int, default=2000, help="train records sampled as the reference")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     try:
-        report = window_report(args.raw, args.splits, args.batch, load_params(args.params), args.cache,
-                               args.reference)
+        report = window_report(args.raw, args.splits, args.batch, load_params(args.params), args.cache, args.capture)
     except (ValueError, FileNotFoundError) as exc:
         print(f"monitor window: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=_json))
-    moved = ", ".join(report["drift"]) or "none"
-    print(f"{report['volume']} records in {len(args.batch)} batch(es); embedding drift: {moved}; "
-          f"tabular: {report['tabular_drift'].get('status')} -> {args.out}")
+    print(f"{report['volume']} records, {report['answers']} answers; embedding drift: "
+          f"{', '.join(report['drift']) or 'none'} -> {args.out}")
     return 0
 
 

@@ -121,9 +121,9 @@ class PrefectServer:
         resp = self.request("POST", path, json=body)
         return resp.json() if resp.content else None
 
-    def trigger(self, deployment: str, parameters: dict[str, Any]) -> str:
-        """A run of `retrain/<deployment>` with these parameters; returns the flow run id."""
-        dep = self.get(f"/deployments/name/retrain/{deployment}")
+    def trigger(self, deployment: str, parameters: dict[str, Any], flow: str = "retrain") -> str:
+        """A run of `<flow>/<deployment>` with these parameters; returns the flow run id."""
+        dep = self.get(f"/deployments/name/{flow}/{deployment}")
         return self.post(f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})["id"]
 
     def wait(self, run_id: str, timeout: float) -> dict[str, Any]:

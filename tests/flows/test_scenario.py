@@ -10,6 +10,11 @@ MLflow (SQLite), real gate, real bento builds:
   day 2  150 records, 90% labels flipped -> v3 not better: rejected, champion and bento stay v2, webhook
   day 3  a batch with 60% broken lines   -> quarantined whole, validation fails, nothing trains, webhook
   day 4  nothing                         -> a no-op run that ends in under 30 s
+  day 5  the loop (issue 13): bento v2 served with capture on answers 240 requests replayed from a new
+         batch; the `monitor` deployment lands and judges that window; labels for most answers arrive by
+         prediction_id; the next window's monitor joins them, reports live quality next to v2's gate-set
+         figure and emits `parcel.monitor.retrain`, which starts `retrain-on-monitor` by itself; the
+         captured records, labelled, are in the training data of the version it trains
 
 Overrides that keep it small (SCENARIO below): small images, the concat head, few epochs, a short latency
 probe, and gate floors low enough for a first model judged on ~30 gate-set records. The
@@ -19,8 +24,10 @@ project's own, so day 1 must genuinely win and day 2 genuinely fail to.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +35,7 @@ import httpx
 import pytest
 import yaml
 
-from mmcore.config import load_params
+from mmcore.config import CLASSES, load_params
 from tests.e2e.test_pipeline import BIN
 from tests.flows.harness import PrefectServer, Receiver, make_workspace, wait_until
 
@@ -43,6 +50,8 @@ SCENARIO = {
     "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1},
     "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
              "max_latency_p95_ms": 60000},
+    "monitor": {"min_new_labels": 100, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,
+                "reference_records": 300, "drift_records": 300},
 }
 DAY_TIMEOUT = 600
 
@@ -148,6 +157,9 @@ def scenario(server: tuple[PrefectServer, Path], receiver: Receiver) -> Scenario
     srv.python("from prefect.blocks.webhook import Webhook\n"
                f"Webhook(url={receiver.url!r}).save('retrain-alerts', overwrite=True)", ws)
     srv.cli(["--no-prompt", "deploy", "--all"], ws)
+    # the hourly monitor would otherwise run whenever the clock passes :05, ingesting between the days
+    hourly = srv.get("/deployments/name/monitor/monitor")["schedules"][0]["id"]
+    srv.cli(["--no-prompt", "deployment", "schedule", "pause", "monitor/monitor", hourly], ws)
     worker = srv.spawn([BIN / "prefect", "worker", "start", "--pool", "retrain-pool", "--type", "process"],
                        ws, "worker.log")
     time.sleep(2)
@@ -157,7 +169,9 @@ def scenario(server: tuple[PrefectServer, Path], receiver: Receiver) -> Scenario
 
 def test_deployments_have_schedules_parameters_and_a_concurrency_limit(scenario: Scenario) -> None:
     deps = {d["name"]: d for d in scenario.server.post("/deployments/filter", {})}
-    assert {"nightly", "poll-landing"} <= set(deps)
+    assert {"nightly", "poll-landing", "monitor", "retrain-on-monitor"} <= set(deps)
+    assert deps["monitor"]["schedules"][0]["schedule"]["cron"] == "5 * * * *"
+    assert deps["monitor"]["entrypoint"] == "flows/monitor.py:monitor"
     nightly, poll = deps["nightly"], deps["poll-landing"]
     assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert poll["schedules"][0]["schedule"]["interval"] == 600
@@ -266,3 +280,110 @@ def test_each_days_report_opens_in_chromium_with_its_verdict(scenario: Scenario,
         assert 'data-plots-decoded="4"' in dom and failed and all(rule in dom for rule in failed)
     else:                      # the batch that broke validation is named
         assert "day3" in dom and 'data-plots-total="0"' in dom
+
+
+# ---- day 5: the loop from served traffic back into training (issue 13)
+
+def next_second(after: float = 0.0) -> datetime:
+    """The next whole second at least `after` seconds from now, once it has come."""
+    now = datetime.now(timezone.utc)
+    at = (now + timedelta(seconds=after)).replace(microsecond=0) + timedelta(seconds=1)
+    time.sleep((at - now).total_seconds())
+    return at
+
+
+@pytest.fixture(scope="module")
+def loop(scenario: Scenario) -> dict[str, Any]:
+    from mmcore.bench_serve import serving
+    from mmcore.data.synth import generate_batch
+    from mmcore.monitor.replay import label_batch, replay
+    from tests.e2e.test_pipeline import env_for
+
+    assert scenario.day(4)["versions"]["champion"] == 2
+    ws, srv = scenario.ws, scenario.server
+    shutil.rmtree(scenario.landing / "day3")   # the operator removes day 3's broken batch
+    generate_batch(ws / "traffic", "day5", 240, load_params(ws / "params.yaml").synth, seed=500)
+    capture = ws / "capture"
+    env = {**env_for(ws), "PARCEL_CAPTURE_DIR": str(capture)}
+    since = next_second()
+    with serving("parcel-condition:v2", ws, env, ws / "logs" / "serve.log") as url:
+        answers = replay(url, ws / "traffic" / "day5", per_request=8)
+        until = next_second(1.0)
+
+    def monitor(since: datetime, until: datetime) -> dict[str, Any]:
+        params = {"since": since.isoformat(), "until": until.isoformat(), "capture": [str(capture)]}
+        run_id = srv.trigger("monitor", params, flow="monitor")
+        run = srv.wait(run_id, DAY_TIMEOUT)
+        assert run["state"]["type"] == "COMPLETED", srv.logs(run_id)[-4000:]
+        window = f"capture-{since:%Y%m%dT%H%M%SZ}-{until:%Y%m%dT%H%M%SZ}"
+        return {"id": run_id, "window": window, "artifacts": srv.artifacts(run_id),
+                "report": json.loads((ws / "reports" / "monitor" / f"{window}.json").read_text())}
+
+    posts = len(scenario.receiver.posts)
+    first = monitor(since, until)
+    labelled = [a for a in answers[: int(0.9 * len(answers))] if a["true_label"]]
+    label_batch(ws / "data" / "labels" / "day5-inspections", labelled, "inspection")
+    quiet_since = next_second()
+    second = monitor(quiet_since, next_second(1.0))
+
+    def retrain_run() -> dict | None:
+        runs = srv.post("/flow_runs/filter", {"deployments": {"name": {"any_": ["retrain-on-monitor"]}}})
+        return runs[0] if runs else None
+    triggered = wait_until(retrain_run, 120, "the retrain-on-monitor run the monitor's event starts")
+    final = srv.wait(triggered["id"], DAY_TIMEOUT)
+    return {"answers": answers, "labelled": labelled, "first": first, "second": second, "retrain": final,
+            "retrain_logs": srv.logs(triggered["id"]), "posts": scenario.receiver.posts[posts:],
+            "versions": scenario.versions()}
+
+
+def test_day5_served_answers_land_as_a_window_with_nothing_lost(scenario: Scenario, loop: dict[str, Any]) -> None:
+    report, n = loop["first"]["report"], len(loop["answers"])
+    cap = report["capture"]
+    assert cap["status"] == "written" and cap["captured"] == cap["landed"] == n and cap["unaccounted"] == 0
+    assert report["volume"] == report["answers"] == n
+    assert sum(report["confidence"]["counts"]) == n and set(report["class_mix"]["window"]) == set(CLASSES)
+    assert set(report["estimated"]) == {"2"} and report["estimated"]["2"]["gate_set_macro_f1"] is not None
+    assert report["quality"]["labelled_answers"] == 0
+    assert not [f for f in report["findings"] if f["kind"] == "retrain"]
+    assert {"monitor-window", "monitor-live-quality", "monitor-report"} <= set(loop["first"]["artifacts"])
+
+
+def test_day5_labels_join_live_quality_is_reported_and_retraining_starts_by_itself(
+        scenario: Scenario, loop: dict[str, Any]) -> None:
+    from tests.flows.test_report_browser import dump_dom
+
+    report = loop["second"]["report"]
+    v2 = report["quality"]["versions"]["2"]
+    assert report["quality"]["labelled_answers"] == v2["n"] == len(loop["labelled"])
+    live, gate = v2["live"]["macro_f1"], v2["gate_set"]["macro_f1"]
+    hits = sum(a["label"] == a["true_label"] for a in loop["labelled"])
+    assert v2["live"]["accuracy"]["observed"] == pytest.approx(hits / len(loop["labelled"]))
+    assert live["low"] <= live["observed"] <= live["high"]
+    print(f"v2 live macro-F1 {live['observed']:.3f} [{live['low']:.3f}, {live['high']:.3f}], gate set {gate:.3f}")
+    assert [f["reason"] for f in report["findings"] if f["kind"] == "retrain"] == ["new_labels"]
+    assert "monitor.retrain" in [p["event"] for p in loop["posts"]]
+    dom = dump_dom(scenario.ws / "reports" / "monitor" / f"{loop['second']['window']}.html")
+    assert 'data-status="retrain"' in dom and "new_labels" in dom
+    assert loop["retrain"]["state"]["type"] == "COMPLETED", loop["retrain_logs"][-4000:]
+    assert loop["retrain"]["parameters"]["force"] is True
+
+
+def test_day5_a_captured_request_is_followed_into_the_next_versions_training_data(
+        scenario: Scenario, loop: dict[str, Any]) -> None:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    ws = scenario.ws
+    profile = pd.read_parquet(ws / "data" / "raw" / "records.parquet")
+    joined = profile[profile["prediction_id"].isin([a["prediction_id"] for a in loop["labelled"]])]
+    assert len(joined) == len(loop["labelled"]) and set(joined["label_source"]) == {"inspection"}
+    assert (joined["record_id"] == "cap-" + joined["prediction_id"]).all()
+    assert set(joined["batch_id"]) == {loop["first"]["window"]}
+    assert (scenario.landing / loop["first"]["window"] / "_SUCCESS").is_file()
+    new = max(loop["versions"]["all"])
+    assert new == 4, loop["versions"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    run_id = client.get_model_version("parcel-condition", str(new)).run_id
+    fitted = pd.read_parquet(client.download_artifacts(run_id, "reference/fit_records.parquet"))
+    used = set(fitted["record_id"]) & set(joined["record_id"])
+    assert len(used) >= 0.5 * len(joined), (len(used), len(joined))

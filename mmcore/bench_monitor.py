@@ -1,0 +1,203 @@
+"""Monitoring benchmark behind `make bench` (reports/bench/monitor.json): what capture costs the
+service, how long a window of 100,000 answers takes to judge, and how the embedding drift test
+behaves with and without a shifted hub. Everything is measured in the same run.
+
+    python -m mmcore.bench_monitor --out reports/bench/monitor.json [--seconds 15 --resamples 100]
+
+- capture_overhead_p50, capture_overhead_rps (fractions; goal <= 0.05 each): the service with a
+  seeded random-weight model (as mmcore.bench_serve), capture on (PARCEL_CAPTURE_SAMPLE=1) against
+  off (=0), rounds in ABBA order so drift of the machine cancels: p50 latency at concurrency 1,
+  requests/s at concurrency 32.
+- window_100k_seconds (goal <= 60 on 2 cores), read_only_seconds (its limit): 100,000 capture log
+  lines in the service's format, half labelled through the feed; the window's answers section and
+  live quality (shipment bootstrap, per version and hub), plus the embedding drift test on the
+  window's drift sample (`monitor.drift_records` records through the frozen encoders; the reference's
+  embeddings are cached at training time and are not counted). read_only_seconds is reading the log.
+- false_alarm_rate (goal <= 0.05), detection_rate (goal >= 0.90): real encoder embeddings of
+  generated records; windows drawn `--resamples` times from the usual hubs (no shift) and with 20%
+  from a new hub (the `new_hub_alt` preset, not the `new_hub` the scenario uses); a window alarms
+  when any encoder does, at the monitor's own level (mmcore.monitor.window.ALPHA).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from mmcore.config import CLASSES, Params, load_params
+
+GOALS = {"capture_overhead_p50": ("<=", 0.05), "capture_overhead_rps": ("<=", 0.05),
+         "window_100k_seconds": ("<=", 60.0), "false_alarm_rate": ("<=", 0.05), "detection_rate": (">=", 0.90)}
+
+
+def capture_overhead(work: Path, params: Params, seconds: float, c1_requests: int, rounds: int) -> dict[str, Any]:
+    """Capture on against off on the same service, ABBA order; fractions of the off figures."""
+    from mmcore.bench_serve import BIN, MODEL_NAME, ROOT, closed_loop, pct, random_bundle, serving, synthetic_records
+    from mmcore.stages.package import import_model
+
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    os.environ["BENTOML_HOME"] = env["BENTOML_HOME"]
+    env["PARCEL_MODEL_TAG"] = str(import_model(random_bundle(work / "model", params.model), MODEL_NAME, "0").tag)
+    bodies = [json.dumps({"records": [r]}).encode() for r in synthetic_records(200, seed=3)]
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    order = [m for r in range(rounds) for m in (("off", "on") if r % 2 == 0 else ("on", "off"))]
+    for i, mode in enumerate(tqdm(order, desc="capture on/off", unit="server")):
+        menv = {**env, "PARCEL_CAPTURE_SAMPLE": "1" if mode == "on" else "0",
+                "PARCEL_CAPTURE_DIR": str(work / f"capture-{i}")}
+        with serving("service:ParcelCondition", ROOT, menv, work / "logs" / f"{i}-{mode}.log") as url:
+            closed_loop(url, bodies, 1, requests=5)
+            c1 = closed_loop(url, bodies, 1, requests=c1_requests)
+            closed_loop(url, bodies, 32, seconds=max(3.0, seconds / 4))
+            c32 = closed_loop(url, bodies, 32, seconds=seconds)
+        runs[mode].append({"p50_ms_c1": pct(c1["latencies"], 50), "rps_c32": len(c32["latencies"]) / c32["elapsed_s"],
+                           "errors": sum(c1["errors"].values()) + sum(c32["errors"].values())})
+    mean = {m: {k: float(np.mean([r[k] for r in rs])) for k in ("p50_ms_c1", "rps_c32", "errors")}
+            for m, rs in runs.items()}
+    return {"capture_overhead_p50": round(mean["on"]["p50_ms_c1"] / mean["off"]["p50_ms_c1"] - 1, 4),
+            "capture_overhead_rps": round(1 - mean["on"]["rps_c32"] / mean["off"]["rps_c32"], 4),
+            "capture": {"runs": runs, "order": order, "seconds_per_c32_run": seconds, "c1_requests": c1_requests}}
+
+
+def capture_log(root: Path, n: int, seed: int, start: datetime) -> Path:
+    """`n` answers in the capture log's format (mmcore.serving.capture), in one data file."""
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(len(CLASSES), 0.5), size=n)
+    data = root / "log" / "parcel_capture" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    with (data / "data.1.log").open("w") as f:
+        for i in range(n):
+            line = {"prediction_id": f"{i:032x}", "x_request_id": f"{i // 4:032x}",
+                    "answered_at": (start + timedelta(milliseconds=30 * i)).isoformat(), "record_id": f"r{i}",
+                    "shipment_id": f"s{i // 3}", "hub": f"H{i % 6}", "note": "box dented", "image": "0" * 64,
+                    "sensor": "1" * 64, "label": CLASSES[int(probs[i].argmax())],
+                    **{f"p_{c}": float(p) for c, p in zip(CLASSES, probs[i])},
+                    "modalities": "image,note,sensor", "model_version": str(1 + (i * 2) // n), "latency_ms": 40.0}
+            f.write(json.dumps(line) + "\n")
+    return root
+
+
+def window_100k(work: Path, params: Params, n: int) -> dict[str, Any]:
+    """Reading and judging `n` captured answers (half labelled), and the drift sample's embeddings."""
+    from mmcore.bench_serve import synthetic_records, to_mmcore
+    from mmcore.features import Featurizer
+    from mmcore.monitor.capture_batches import Period
+    from mmcore.monitor.window import answers_section, capture_lines, encoder_drift, quality_section
+    from mmcore.monitor import quality
+
+    start = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    root = capture_log(work / "capture-100k", n, 0, start)
+    period = Period(start, start + timedelta(days=2))
+    t0 = time.perf_counter()
+    lines = capture_lines([root], [period])
+    read_s = time.perf_counter() - t0
+    rng = np.random.default_rng(1)
+    truth = [CLASSES[int(rng.integers(len(CLASSES)))] for _ in range(n)]
+    labelled = rng.random(n) < 0.5
+    profile = pd.DataFrame({"record_id": [f"cap-{i:032x}" for i in range(n)],
+                            "prediction_id": [f"{i:032x}" for i in range(n)],
+                            "label": np.where(labelled, truth, None), "label_source": np.where(labelled, "claim", None),
+                            "labelled_at": np.where(labelled, "2026-12-03T00:00:00+00:00", None),
+                            "shipment_id": [f"s{i // 3}" for i in range(n)], "hub": [f"H{i % 6}" for i in range(n)]})
+    records = [to_mmcore(r) for r in synthetic_records(params.monitor.drift_records, seed=5)]
+    feat = Featurizer(params.model, cache_dir=work / "cache", batch_size=params.train.embed_batch_size)
+    reference = [to_mmcore(r) for r in synthetic_records(400, seed=6)]
+    feat.embed(reference)                              # cached, as the train split's are after training
+    t1 = time.perf_counter()
+    lines = capture_lines([root], [period])
+    preds = quality.predictions(lines, list(CLASSES))
+    gate = {"1": {"macro_f1": 0.88}, "2": {"macro_f1": 0.89}}
+    answers = answers_section(preds, np.arange(500) % len(CLASSES), gate)
+    live = quality_section(profile, preds, gate, params, seed=0)
+    drift = encoder_drift(feat, reference, records, seed=0)
+    total_s = time.perf_counter() - t1
+    return {"window_100k_seconds": round(total_s, 2), "read_only_seconds": round(read_s, 2),
+            "window": {"answers": answers["answers"], "labelled_answers": live["labelled_answers"],
+                       "versions": sorted(live["versions"]), "drift_sample": len(records),
+                       "drift_tested": sorted(k for k, v in drift.items() if v.get("drift") is not None),
+                       "n_boot": params.monitor.n_boot}}
+
+
+def drift_rates(work: Path, params: Params, resamples: int, window: int = 200, shifted_share: float = 0.2,
+                usual_n: int = 1000, shifted_n: int = 300) -> dict[str, Any]:
+    """False alarms and detections of the window's embedding drift test over resampled windows."""
+    from mmcore.data import synth, synth_shift
+    from mmcore.data.raw import load_records
+    from mmcore.data.ingest import ingest
+    from mmcore.features import Featurizer
+    from mmcore.monitor.embedding_drift import embedding_drift
+    from mmcore.monitor.window import ALPHA, ENCODERS
+
+    cfg = params.synth
+    synth.generate_batch(work / "landing", "usual", usual_n, cfg, seed=11)
+    shift = synth_shift.load_shift("new_hub_alt")
+    synth.generate_batch(work / "landing", "newhub", shifted_n, dataclasses.replace(cfg, shift=shift), seed=12)
+    ingest(work / "landing", work / "raw", work / "q", params.ingest, workers=1)
+    profile, records = load_records(work / "raw")
+    feat = Featurizer(params.model, cache_dir=work / "cache", batch_size=params.train.embed_batch_size, progress=True)
+    img, txt, has = feat.embed(records)
+    is_new = (profile["batch_id"] == "newhub").to_numpy()
+    rng = np.random.default_rng(0)
+    usual = rng.permutation(np.flatnonzero(~is_new))
+    ref, pool, new = usual[: len(usual) - 2 * window], usual[len(usual) - 2 * window:], np.flatnonzero(is_new)
+
+    def alarms(idx: np.ndarray, seed: int) -> bool:
+        for name, emb in (("image", img), ("text", txt)):
+            col = ENCODERS[name]
+            r, c = ref[has[ref, col] > 0], idx[has[idx, col] > 0]
+            if embedding_drift(emb[r], emb[c], alpha=ALPHA, seed=seed).drift:
+                return True
+        return False
+
+    k = int(round(shifted_share * window))
+    false = sum(alarms(rng.choice(pool, window, replace=False), s) for s in tqdm(range(resamples), desc="no shift"))
+    hits = sum(alarms(np.concatenate([rng.choice(pool, window - k, replace=False), rng.choice(new, k, replace=False)]), s)
+               for s in tqdm(range(resamples), desc="20% new hub"))
+    return {"false_alarm_rate": round(false / resamples, 4), "detection_rate": round(hits / resamples, 4),
+            "drift": {"resamples": resamples, "window": window, "shifted_share": shifted_share, "reference": len(ref),
+                      "no_shift_pool": len(pool), "shifted_pool": len(new), "shift_preset": "new_hub_alt",
+                      "alpha_per_encoder": ALPHA}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Monitoring benchmark (JSON report under reports/bench/).")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--seconds", type=float, default=15.0, help="length of each concurrency-32 run")
+    ap.add_argument("--c1-requests", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=2, help="capture off/on server pairs (ABBA order)")
+    ap.add_argument("--answers", type=int, default=100_000)
+    ap.add_argument("--resamples", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/monitor.json"))
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
+        work = Path(tmp)
+        result = {**window_100k(work / "window", params, args.answers),
+                  **drift_rates(work / "drift", params, args.resamples),
+                  **capture_overhead(work / "serve", params, args.seconds, args.c1_requests, args.rounds)}
+    result["goals"] = {k: {"op": op, "limit": lim, "met": (result[k] <= lim if op == "<=" else result[k] >= lim)}
+                       for k, (op, lim) in GOALS.items()}
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"monitor bench -> {args.out}")
+    for key, goal in result["goals"].items():
+        print(f"  {key:<24}{result[key]:>10}  goal {goal['op']} {goal['limit']}: {'met' if goal['met'] else 'NOT met'}")
+    print(f"  {'read_only_seconds':<24}{result['read_only_seconds']:>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
