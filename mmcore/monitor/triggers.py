@@ -1,8 +1,10 @@
 """What a monitoring window asks for: a retrain, an alert, or nothing (params `monitor`).
 
 Retrain, when (a) `min_new_labels` labelled production answers joined since the last retrain the
-monitor asked for, (b) a version's live macro-F1 interval lies wholly more than `max_live_drop`
-below its gate-set figure and labels joined since then (no new evidence, no second retrain for it),
+monitor asked for, (b) the live macro-F1 interval of a version that answered in this window (the one
+in production: an old version's poor record is history, not a reason to retrain) lies wholly more
+than `max_live_drop` below its gate-set figure and labels joined since then (no new evidence, no
+second retrain for it),
 or (c) embedding drift held for `drift_windows` windows in a row (asked once per spell). Alerts,
 which go to people and retrain nothing: each drifting window, each live drop, and estimated
 macro-F1 more than `max_estimated_drop` below the gate-set figure. The state between windows is a
@@ -44,7 +46,10 @@ class Finding:
 
 def live_drops(report: dict[str, Any], max_drop: float) -> list[str]:
     out = []
+    serving = set(report["estimated"])   # the versions that answered in this window
     for version, entry in report["quality"]["versions"].items():
+        if version not in serving:
+            continue
         live, gate = entry.get("live"), entry.get("gate_set")
         if live and gate and live["macro_f1"]["high"] < gate["macro_f1"] - max_drop:
             out.append(f"v{version}: live macro-F1 {live['macro_f1']['observed']:.3f} "

@@ -50,7 +50,7 @@ SCENARIO = {
     "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1},
     "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
              "max_latency_p95_ms": 60000},
-    "monitor": {"min_new_labels": 100, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,
+    "monitor": {"min_new_labels": 250, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,
                 "reference_records": 300, "drift_records": 300},
 }
 DAY_TIMEOUT = 600
@@ -282,7 +282,7 @@ def test_each_days_report_opens_in_chromium_with_its_verdict(scenario: Scenario,
         assert "day3" in dom and 'data-plots-total="0"' in dom
 
 
-# ---- day 5: the loop from served traffic back into training (issue 13)
+# ---- days 5-8: the loop from served traffic back into training (issue 13)
 
 def next_second(after: float = 0.0) -> datetime:
     """The next whole second at least `after` seconds from now, once it has come."""
@@ -292,83 +292,143 @@ def next_second(after: float = 0.0) -> datetime:
     return at
 
 
+class Loop:
+    """The champion's bento served with capture on, the `monitor` deployment run per window, labels
+    landed by prediction_id, and the retrain the monitor's event starts."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        from tests.e2e.test_pipeline import env_for
+
+        self.sc, self.ws, self.srv = scenario, scenario.ws, scenario.server
+        self.capture = self.ws / "capture"
+        self.env = {**env_for(self.ws), "PARCEL_CAPTURE_DIR": str(self.capture)}
+
+    def traffic(self, batch: str, n: int, seed: int, shift: str | None = None) -> Path:
+        import dataclasses
+
+        from mmcore.data.synth import generate_batch
+        from mmcore.data.synth_shift import load_shift
+
+        cfg = load_params(self.ws / "params.yaml").synth
+        if shift:
+            cfg = dataclasses.replace(cfg, shift=load_shift(shift))
+        return generate_batch(self.ws / "traffic", batch, n, cfg, seed=seed)
+
+    def serve(self, bento: str, batches: list[Path]) -> list[tuple[datetime, datetime, list[dict]]]:
+        """Each batch replayed through the bento in a window of its own: (since, until, answers)."""
+        from mmcore.bench_serve import serving
+        from mmcore.monitor.replay import replay
+
+        out = []
+        with serving(bento, self.ws, self.env, self.ws / "logs" / f"serve-{bento.split(':')[1]}.log") as url:
+            for batch in batches:
+                since = next_second()
+                answers = replay(url, batch, per_request=8)
+                out.append((since, next_second(1.0), answers))
+        return out
+
+    def monitor(self, since: datetime, until: datetime) -> dict[str, Any]:
+        params = {"since": since.isoformat(), "until": until.isoformat(), "capture": [str(self.capture)]}
+        run_id = self.srv.trigger("monitor", params, flow="monitor")
+        run = self.srv.wait(run_id, DAY_TIMEOUT)
+        assert run["state"]["type"] == "COMPLETED", self.srv.logs(run_id)[-4000:]
+        window = f"capture-{since:%Y%m%dT%H%M%SZ}-{until:%Y%m%dT%H%M%SZ}"
+        return {"id": run_id, "window": window, "artifacts": self.srv.artifacts(run_id),
+                "report": json.loads((self.ws / "reports" / "monitor" / f"{window}.json").read_text())}
+
+    def quiet_window(self) -> dict[str, Any]:
+        """A window with no traffic: the monitor ingests the labels that arrived and judges quality."""
+        return self.monitor(next_second(), next_second(1.0))
+
+    def retrains(self) -> list[dict]:
+        return self.srv.post("/flow_runs/filter", {"deployments": {"name": {"any_": ["retrain-on-monitor"]}}})
+
+    def wait_retrains(self, n: int) -> list[dict]:
+        """The first `n` retrain-on-monitor runs, once all of those there are have finished."""
+        wait_until(lambda: len(self.retrains()) >= n, 120, f"{n} retrain-on-monitor run(s) started by events")
+        return [self.srv.wait(r["id"], DAY_TIMEOUT) for r in self.retrains()]
+
+
+def labels_for(ws: Path, name: str, answers: list[dict]) -> list[dict]:
+    from mmcore.monitor.replay import label_batch
+
+    labelled = [a for a in answers if a["true_label"]]
+    label_batch(ws / "data" / "labels" / name, labelled, "inspection")
+    return labelled
+
+
 @pytest.fixture(scope="module")
 def loop(scenario: Scenario) -> dict[str, Any]:
-    from mmcore.bench_serve import serving
-    from mmcore.data.synth import generate_batch
-    from mmcore.monitor.replay import label_batch, replay
-    from tests.e2e.test_pipeline import env_for
-
     assert scenario.day(4)["versions"]["champion"] == 2
-    ws, srv = scenario.ws, scenario.server
+    lp, ws = Loop(scenario), scenario.ws
     shutil.rmtree(scenario.landing / "day3")   # the operator removes day 3's broken batch
-    generate_batch(ws / "traffic", "day5", 240, load_params(ws / "params.yaml").synth, seed=500)
-    capture = ws / "capture"
-    env = {**env_for(ws), "PARCEL_CAPTURE_DIR": str(capture)}
-    since = next_second()
-    with serving("parcel-condition:v2", ws, env, ws / "logs" / "serve.log") as url:
-        answers = replay(url, ws / "traffic" / "day5", per_request=8)
-        until = next_second(1.0)
-
-    def monitor(since: datetime, until: datetime) -> dict[str, Any]:
-        params = {"since": since.isoformat(), "until": until.isoformat(), "capture": [str(capture)]}
-        run_id = srv.trigger("monitor", params, flow="monitor")
-        run = srv.wait(run_id, DAY_TIMEOUT)
-        assert run["state"]["type"] == "COMPLETED", srv.logs(run_id)[-4000:]
-        window = f"capture-{since:%Y%m%dT%H%M%SZ}-{until:%Y%m%dT%H%M%SZ}"
-        return {"id": run_id, "window": window, "artifacts": srv.artifacts(run_id),
-                "report": json.loads((ws / "reports" / "monitor" / f"{window}.json").read_text())}
-
     posts = len(scenario.receiver.posts)
-    first = monitor(since, until)
-    labelled = [a for a in answers[: int(0.9 * len(answers))] if a["true_label"]]
-    label_batch(ws / "data" / "labels" / "day5-inspections", labelled, "inspection")
-    quiet_since = next_second()
-    second = monitor(quiet_since, next_second(1.0))
+    # day 5: the usual hubs; day 6: a new hub (camera, note style, tracker: the `new_hub` preset)
+    (s5, u5, usual), (s6, u6, shifted) = lp.serve("parcel-condition:v2", [lp.traffic("day5", 240, 500),
+                                                                        lp.traffic("day6", 300, 600, "new_hub")])
+    out: dict[str, Any] = {"usual": usual, "shifted": shifted, "w5": lp.monitor(s5, u5), "w6": lp.monitor(s6, u6)}
+    # day 7: inspections label most of both days; the next window joins them and asks for a retrain
+    out["labelled"] = labels_for(ws, "day5-6-inspections", usual[:216] + shifted)
+    out["w7"] = lp.quiet_window()
+    out["retrain"] = lp.wait_retrains(1)[0]
+    out["retrain_logs"], out["versions"] = scenario.server.logs(out["retrain"]["id"]), scenario.versions()
+    # day 8: the new champion serves the new hub; its labels arrive; live quality of its slice
+    champion = out["versions"]["champion"]
+    if champion != 2:
+        [(s8, u8, after)] = lp.serve(f"parcel-condition:v{champion}", [lp.traffic("day8", 200, 700, "new_hub")])
+        labels_for(ws, "day8-inspections", after)   # labelled before its window is judged: joined at once
+        out["w8"], out["after"] = lp.monitor(s8, u8), after
+        lp.wait_retrains(len(lp.retrains()))     # none should start, but never leave one running
+    out["posts"] = scenario.receiver.posts[posts:]
+    return out
 
-    def retrain_run() -> dict | None:
-        runs = srv.post("/flow_runs/filter", {"deployments": {"name": {"any_": ["retrain-on-monitor"]}}})
-        return runs[0] if runs else None
-    triggered = wait_until(retrain_run, 120, "the retrain-on-monitor run the monitor's event starts")
-    final = srv.wait(triggered["id"], DAY_TIMEOUT)
-    return {"answers": answers, "labelled": labelled, "first": first, "second": second, "retrain": final,
-            "retrain_logs": srv.logs(triggered["id"]), "posts": scenario.receiver.posts[posts:],
-            "versions": scenario.versions()}
 
-
-def test_day5_served_answers_land_as_a_window_with_nothing_lost(scenario: Scenario, loop: dict[str, Any]) -> None:
-    report, n = loop["first"]["report"], len(loop["answers"])
+def test_day5_served_answers_land_as_a_window_with_nothing_lost_and_a_stable_day_is_quiet(
+        loop: dict[str, Any]) -> None:
+    report, n = loop["w5"]["report"], len(loop["usual"])
     cap = report["capture"]
     assert cap["status"] == "written" and cap["captured"] == cap["landed"] == n and cap["unaccounted"] == 0
     assert report["volume"] == report["answers"] == n
     assert sum(report["confidence"]["counts"]) == n and set(report["class_mix"]["window"]) == set(CLASSES)
     assert set(report["estimated"]) == {"2"} and report["estimated"]["2"]["gate_set_macro_f1"] is not None
     assert report["quality"]["labelled_answers"] == 0
-    assert not [f for f in report["findings"] if f["kind"] == "retrain"]
-    assert {"monitor-window", "monitor-live-quality", "monitor-report"} <= set(loop["first"]["artifacts"])
+    assert report["findings"] == [], report["findings"]       # a stable day raises no alert
+    assert {"monitor-window", "monitor-live-quality", "monitor-report"} <= set(loop["w5"]["artifacts"])
 
 
-def test_day5_labels_join_live_quality_is_reported_and_retraining_starts_by_itself(
+def test_day6_a_new_hub_moves_the_embeddings_within_one_window(loop: dict[str, Any]) -> None:
+    usual, new = loop["w5"]["report"], loop["w6"]["report"]
+    assert new["capture"]["landed"] == new["volume"] == len(loop["shifted"])
+    assert new["drift"], new["embedding_drift"]
+    assert ("alert", "drift") in [(f["kind"], f["reason"]) for f in new["findings"]]
+    est = (usual["estimated"]["2"]["macro_f1"], new["estimated"]["2"]["macro_f1"])
+    print(f"v2 estimated macro-F1: usual hubs {est[0]:.3f}, new hub {est[1]:.3f}")
+    assert est[1] < est[0]
+
+
+def test_day7_labels_join_live_quality_is_reported_and_retraining_starts_by_itself(
         scenario: Scenario, loop: dict[str, Any]) -> None:
     from tests.flows.test_report_browser import dump_dom
 
-    report = loop["second"]["report"]
+    report = loop["w7"]["report"]
     v2 = report["quality"]["versions"]["2"]
     assert report["quality"]["labelled_answers"] == v2["n"] == len(loop["labelled"])
-    live, gate = v2["live"]["macro_f1"], v2["gate_set"]["macro_f1"]
-    hits = sum(a["label"] == a["true_label"] for a in loop["labelled"])
-    assert v2["live"]["accuracy"]["observed"] == pytest.approx(hits / len(loop["labelled"]))
+    live, gate = v2["live"]["accuracy"], v2["gate_set"]["accuracy"]
+    usual = [a for a in loop["labelled"] if a["prediction_id"] in {u["prediction_id"] for u in loop["usual"]}]
+    hits = sum(a["label"] == a["true_label"] for a in usual) / len(usual)
+    print(f"v2 live accuracy {live['observed']:.3f} [{live['low']:.3f}, {live['high']:.3f}], usual hubs {hits:.3f}, "
+          f"new hub {v2['hubs']['NEW01']['accuracy']['observed']:.3f}, gate set {gate:.3f}")
     assert live["low"] <= live["observed"] <= live["high"]
-    print(f"v2 live macro-F1 {live['observed']:.3f} [{live['low']:.3f}, {live['high']:.3f}], gate set {gate:.3f}")
+    assert v2["hubs"]["NEW01"]["accuracy"]["observed"] < hits
     assert [f["reason"] for f in report["findings"] if f["kind"] == "retrain"] == ["new_labels"]
-    assert "monitor.retrain" in [p["event"] for p in loop["posts"]]
-    dom = dump_dom(scenario.ws / "reports" / "monitor" / f"{loop['second']['window']}.html")
+    assert {"monitor.retrain", "monitor.alert"} <= {p["event"] for p in loop["posts"]}
+    dom = dump_dom(scenario.ws / "reports" / "monitor" / f"{loop['w7']['window']}.html")
     assert 'data-status="retrain"' in dom and "new_labels" in dom
     assert loop["retrain"]["state"]["type"] == "COMPLETED", loop["retrain_logs"][-4000:]
     assert loop["retrain"]["parameters"]["force"] is True
 
 
-def test_day5_a_captured_request_is_followed_into_the_next_versions_training_data(
+def test_day7_a_captured_request_is_followed_into_the_next_versions_training_data(
         scenario: Scenario, loop: dict[str, Any]) -> None:
     import pandas as pd
     from mlflow import MlflowClient
@@ -378,8 +438,8 @@ def test_day5_a_captured_request_is_followed_into_the_next_versions_training_dat
     joined = profile[profile["prediction_id"].isin([a["prediction_id"] for a in loop["labelled"]])]
     assert len(joined) == len(loop["labelled"]) and set(joined["label_source"]) == {"inspection"}
     assert (joined["record_id"] == "cap-" + joined["prediction_id"]).all()
-    assert set(joined["batch_id"]) == {loop["first"]["window"]}
-    assert (scenario.landing / loop["first"]["window"] / "_SUCCESS").is_file()
+    assert set(joined["batch_id"]) == {loop["w5"]["window"], loop["w6"]["window"]}
+    assert (scenario.landing / loop["w5"]["window"] / "_SUCCESS").is_file()
     new = max(loop["versions"]["all"])
     assert new == 4, loop["versions"]
     client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
@@ -387,3 +447,16 @@ def test_day5_a_captured_request_is_followed_into_the_next_versions_training_dat
     fitted = pd.read_parquet(client.download_artifacts(run_id, "reference/fit_records.parquet"))
     used = set(fitted["record_id"]) & set(joined["record_id"])
     assert len(used) >= 0.5 * len(joined), (len(used), len(joined))
+
+
+def test_day8_the_promoted_challenger_recovers_half_the_new_hubs_live_loss(loop: dict[str, Any]) -> None:
+    assert loop["versions"]["champion"] == 4, "the retrained challenger was not promoted"
+    v2 = loop["w7"]["report"]["quality"]["versions"]["2"]
+    v4 = loop["w8"]["report"]["quality"]["versions"]["4"]
+    usual = {u["prediction_id"] for u in loop["usual"]}
+    before = [a for a in loop["labelled"] if a["prediction_id"] in usual]
+    usual_acc = sum(a["label"] == a["true_label"] for a in before) / len(before)
+    new_before, new_after = v2["hubs"]["NEW01"]["accuracy"]["observed"], v4["hubs"]["NEW01"]["accuracy"]["observed"]
+    print(f"live accuracy: v2 usual hubs {usual_acc:.3f}, v2 new hub {new_before:.3f}, v4 new hub {new_after:.3f}")
+    assert new_after - new_before >= 0.5 * (usual_acc - new_before)
+    assert loop["w8"]["report"]["capture"]["landed"] == len(loop["after"])

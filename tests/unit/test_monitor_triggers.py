@@ -19,8 +19,8 @@ def window(labelled: int = 0, drift: list[str] | None = None, live: tuple[float,
     if live:
         versions["2"] = {"n": labelled, "gate_set": {"macro_f1": gate},
                          "live": {"macro_f1": dict(zip(("observed", "low", "high"), live))}}
-    est = {} if estimated is None else {"2": {"n": 300, "macro_f1": estimated, "gate_set_macro_f1": gate,
-                                              "drop": round(gate - estimated, 4)}}
+    est = {"2": {"n": 300, "macro_f1": estimated, "gate_set_macro_f1": gate,
+                 "drop": None if estimated is None else round(gate - estimated, 4)}}
     return {"quality": {"labelled_answers": labelled, "versions": versions}, "drift": drift or [], "estimated": est}
 
 
@@ -56,6 +56,9 @@ def test_live_drop_alerts_and_retrains_only_on_new_evidence() -> None:
     assert got[1] == [("alert", "live_drop")]                 # no label joined since: no second retrain
     assert got[2] == [("alert", "live_drop"), ("retrain", "live_drop")]
     assert got[3] == []                                       # the interval reaches the gate-set figure's band
+    retired = window(labelled=120, live=low)
+    retired["estimated"] = {"3": retired["estimated"].pop("2")}   # v3 answers now: v2's record is history
+    assert run([retired]) == [[("retrain", "new_labels")]]
 
 
 def test_estimated_drop_alerts_without_retraining() -> None:
