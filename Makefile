@@ -35,7 +35,7 @@ run: install
 	$(PY) -m flows.retrain
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Speed goals live here, as ratios against a limit measured in the same run (JSON in reports/bench/).
 bench: install

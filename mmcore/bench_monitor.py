@@ -152,16 +152,19 @@ def drift_rates(work: Path, params: Params, resamples: int, window: int = 300, r
     img, txt, has = feat.embed(records)
     is_new = (profile["batch_id"] == "newhub").to_numpy()
     usual, new = np.flatnonzero(~is_new), np.flatnonzero(is_new)
+    ship = profile["shipment_id"].astype(str).to_numpy()
     rng = np.random.default_rng(0)
 
     def alarms(seed: int, shifted: int) -> bool:
-        order = rng.permutation(usual)
+        # by shipment, as the train split and a window are: no parcel on both sides
+        rank = {s: i for i, s in enumerate(rng.permutation(np.unique(ship[usual])))}
+        order = usual[np.argsort([rank[s] for s in ship[usual]], kind="stable")]
         ref = order[:reference]
         idx = np.concatenate([order[reference:reference + window - shifted], rng.choice(new, shifted, replace=False)])
         for name, emb in (("image", img), ("text", txt)):
             col = ENCODERS[name]
             r, c = ref[has[ref, col] > 0], idx[has[idx, col] > 0]
-            if embedding_drift(emb[r], emb[c], alpha=ALPHA, seed=seed).drift:
+            if embedding_drift(emb[r], emb[c], alpha=ALPHA, seed=seed, groups=(ship[r], ship[c])).drift:
                 return True
         return False
 

@@ -61,19 +61,22 @@ def batch_period(batch_id: str) -> Period:
     return make_period(since, until)
 
 
-def encoder_drift(feat: Featurizer, ref: list[dict[str, Any]], cur: list[dict[str, Any]],
-                  seed: int) -> dict[str, Any]:
-    """Per encoder: the two-sample test on the embeddings of the records that have its modality."""
+def encoder_drift(feat: Featurizer, ref: list[dict[str, Any]], cur: list[dict[str, Any]], seed: int,
+                  shipments: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per encoder: the two-sample test on the embeddings of the records that have its modality;
+    `shipments` (of ref, of cur) keep a shipment's near-duplicate records in one fold of the test."""
     (ref_img, ref_txt, ref_has), (cur_img, cur_txt, cur_has) = feat.embed(ref), feat.embed(cur)
     out: dict[str, Any] = {}
     for name, (r, c) in {"image": (ref_img, cur_img), "text": (ref_txt, cur_txt)}.items():
         col = ENCODERS[name]
-        r, c = r[ref_has[:, col] > 0], c[cur_has[:, col] > 0]
+        keep_r, keep_c = ref_has[:, col] > 0, cur_has[:, col] > 0
+        r, c = r[keep_r], c[keep_c]
+        groups = None if shipments is None else (shipments[0][keep_r], shipments[1][keep_c])
         if min(len(r), len(c)) < MIN_EMBEDDINGS:
             out[name] = {"drift": None, "n_reference": len(r), "n_current": len(c),
                          "note": f"not tested: fewer than {MIN_EMBEDDINGS} embeddings on a side"}
         else:
-            out[name] = embedding_drift(r, c, alpha=ALPHA, seed=seed).as_dict()
+            out[name] = embedding_drift(r, c, alpha=ALPHA, seed=seed, groups=groups).as_dict()
     return out
 
 
@@ -85,9 +88,10 @@ def drift_section(raw: Path, splits: pd.DataFrame, window: pd.DataFrame, p: Para
         raise ValueError("no train split to compare with; run the pipeline (dvc repro) first")
     sample = window.sample(min(len(window), p.monitor.drift_records), random_state=seed)
     ref_profile, ref_records = load_records(raw, ids)
-    _, cur_records = load_records(raw, sample["record_id"].astype(str).tolist())
+    cur_profile, cur_records = load_records(raw, sample["record_id"].astype(str).tolist())
     feat = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True)
-    embeddings = encoder_drift(feat, ref_records, cur_records, seed)
+    shipments = (ref_profile["shipment_id"].astype(str).to_numpy(), cur_profile["shipment_id"].astype(str).to_numpy())
+    embeddings = encoder_drift(feat, ref_records, cur_records, seed, shipments)
     return {"reference": {"split": "train", "records": len(ids)}, "drift_sample": len(sample),
             "missing_share": {"window": modality_shares(window), "reference": modality_shares(ref_profile)},
             "embedding_drift": embeddings,
