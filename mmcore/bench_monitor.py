@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="capture off/on server pairs (ABBA order)")
     ap.add_argument("--answers", type=int, default=100_000)
     ap.add_argument("--resamples", type=int, default=100)
+    ap.add_argument("--window", type=int, default=300, help="drift: window records (the monitor samples 500)")
+    ap.add_argument("--reference", type=int, default=800, help="drift: reference records (the monitor samples 2,000)")
+    ap.add_argument("--usual", type=int, default=1500, help="drift: generated usual-hub records to draw both from")
     ap.add_argument("--out", type=Path, default=Path("reports/bench/monitor.json"))
     ap.add_argument("--parts", default="window,drift,capture",
                     help="which parts to run; the others' figures are kept from --out if it exists")
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
         work = Path(tmp)
         runs = {"window": lambda: window_100k(work / "window", params, args.answers),
-                "drift": lambda: drift_rates(work / "drift", params, args.resamples),
+                "drift": lambda: drift_rates(work / "drift", params, args.resamples, args.window, args.reference,
+                                             usual_n=args.usual),
                 "capture": lambda: capture_overhead(work / "serve", params, args.seconds, args.c1_requests, args.rounds)}
         for part in PARTS:
             if part in parts:
