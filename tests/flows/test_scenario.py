@@ -10,11 +10,16 @@ MLflow (SQLite), real gate, real bento builds:
   day 2  150 records, 90% labels flipped -> v3 not better: rejected, champion and bento stay v2, webhook
   day 3  a batch with 60% broken lines   -> quarantined whole, validation fails, nothing trains, webhook
   day 4  nothing                         -> a no-op run that ends in under 30 s
-  day 5  the loop (issue 13): bento v2 served with capture on answers 240 requests replayed from a new
-         batch; the `monitor` deployment lands and judges that window; labels for most answers arrive by
-         prediction_id; the next window's monitor joins them, reports live quality next to v2's gate-set
-         figure and emits `parcel.monitor.retrain`, which starts `retrain-on-monitor` by itself; the
-         captured records, labelled, are in the training data of the version it trains
+  day 5  the loop (issue 13): bento v2 served with capture on answers 240 records of the usual hubs;
+         the `monitor` deployment lands and judges that window: nothing lost, no alert
+  day 6  300 records from a new hub (camera, notes, tracker: the `new_hub` preset): the window's
+         embeddings drift and v2's estimated quality falls
+  day 7  inspections label most answers of both days by prediction_id; the next window joins them,
+         reports live quality per version and hub next to v2's gate-set figure and emits
+         `parcel.monitor.retrain`, which starts `retrain-on-monitor` by itself; the captured
+         records, labelled, are in the fit records of the version it trains (v4)
+  day 8  v4, promoted, serves 200 more new-hub records: its live accuracy there recovers at least
+         half of what v2 lost on the new hub
 
 Overrides that keep it small (SCENARIO below): small images, the concat head, few epochs, a short latency
 probe, and gate floors low enough for a first model judged on ~30 gate-set records. The
