@@ -118,7 +118,9 @@ def feeds(landing: Path, labels: Path) -> dict[str, int]:
     labels until a label batch names it, and the monitor's triggers decide when that is enough.
     The label folder is made if missing, since dvc.yaml's ingest stage depends on it."""
     labels.mkdir(parents=True, exist_ok=True)
-    batches = {b: t for b, t in landed(landing).items() if not b.startswith("capture-")}
+    from mmcore.monitor.capture_batches import PREFIX
+
+    batches = {b: t for b, t in landed(landing).items() if not b.startswith(PREFIX)}
     return {**batches, **{f"labels/{b}": t for b, t in landed(labels).items()}}
 
 

@@ -38,6 +38,8 @@ from mmcore.serving.capture_store import DROP_REASONS, BlobStore, read_counts
 SENSOR_PERIOD_S = 60.0  # t_s step when a client sent channels only (the synthetic feed's fixed period)
 PNG_MAGIC = b"\x89PNG"   # anything else the service accepted is a JPEG (ingest decodes by content anyway)
 CAPTURE_DROPS: tuple[str, ...] = ("blob_missing", "blob_corrupt", "duplicate_prediction_id", "bad_record")
+PREFIX = "capture-"      # a capture batch's id: capture-<since>-<until>, UTC, %Y%m%dT%H%M%SZ
+ID_TIME = "%Y%m%dT%H%M%SZ"
 
 
 class NotSettled(RuntimeError):
@@ -51,7 +53,19 @@ class Period:
 
     @property
     def batch_id(self) -> str:
-        return f"capture-{self.since:%Y%m%dT%H%M%SZ}-{self.until:%Y%m%dT%H%M%SZ}"
+        return f"{PREFIX}{self.since:{ID_TIME}}-{self.until:{ID_TIME}}"
+
+    @classmethod
+    def from_batch_id(cls, batch_id: str) -> "Period":
+        """The period a capture batch's id names (the inverse of `batch_id`)."""
+        parts = batch_id.removeprefix(PREFIX).split("-")
+        try:
+            if not batch_id.startswith(PREFIX) or len(parts) != 2:
+                raise ValueError
+            since, until = (datetime.strptime(v, ID_TIME).replace(tzinfo=timezone.utc) for v in parts)
+        except ValueError:
+            raise ValueError(f"{batch_id!r} is not a capture batch ({PREFIX}<since>-<until>)") from None
+        return make_period(since, until)
 
     def __contains__(self, ts: datetime) -> bool:
         return self.since <= ts < self.until

@@ -35,7 +35,7 @@ from mmcore.drift import compute_drift
 from mmcore.expectations import MODALITIES   # profile columns has_<m>, as validation reads them
 from mmcore.features import Featurizer
 from mmcore.monitor import quality
-from mmcore.monitor.capture_batches import Period, make_period, parse_time, read_log
+from mmcore.monitor.capture_batches import PREFIX, Period, read_log
 from mmcore.monitor.embedding_drift import embedding_drift
 
 ENCODERS = {"image": 0, "text": 1}   # column of Featurizer.embed's presence array
@@ -50,15 +50,6 @@ def reference_ids(splits: pd.DataFrame, n: int, seed: int) -> list[str]:
 
 def modality_shares(profile: pd.DataFrame) -> dict[str, float]:
     return {m: round(float(1 - profile[f"has_{m}"].fillna(False).astype(bool).mean()), 6) for m in MODALITIES}
-
-
-def batch_period(batch_id: str) -> Period:
-    """A capture batch's period, from its id (`capture-<since>-<until>`, mmcore.monitor.capture_batches)."""
-    parts = batch_id.split("-")
-    if len(parts) != 3 or parts[0] != "capture":
-        raise ValueError(f"{batch_id!r} is not a capture batch (capture-<since>-<until>)")
-    since, until = (parse_time(f"{v[:4]}-{v[4:6]}-{v[6:11]}:{v[11:13]}:{v[13:15]}Z") for v in parts[1:])
-    return make_period(since, until)
 
 
 def encoder_drift(feat: Featurizer, ref: list[dict[str, Any]], cur: list[dict[str, Any]], seed: int,
@@ -169,11 +160,11 @@ def window_report(raw: Path, splits: Path, batches: list[str], p: Params, cache:
     `seed` (default: from the batch ids) draws the drift reference and seeds the bootstraps."""
     seed = window_seed(batches) if seed is None else seed
     profile, split_df = load_profile(raw), pd.read_parquet(splits)
-    missing = sorted(set(b for b in batches if not b.startswith("capture-")) - set(profile["batch_id"]))
+    missing = sorted(set(b for b in batches if not b.startswith(PREFIX)) - set(profile["batch_id"]))
     if missing:
         known = ", ".join(sorted(profile["batch_id"].unique())[-5:])
         raise ValueError(f"no ingested records in batches {missing}; run ingest first (latest batches: {known})")
-    periods = [batch_period(b) for b in batches if b.startswith("capture-")]
+    periods = [Period.from_batch_id(b) for b in batches if b.startswith(PREFIX)]
     preds = quality.predictions(capture_lines(list(roots), lookback(periods, p.monitor.lookback_days)), list(CLASSES))
     answered = pd.to_datetime(preds["answered_at"], utc=True)
     in_window = np.zeros(len(preds), bool)
