@@ -85,11 +85,11 @@ def announce(findings: list[triggers.Finding], report: dict[str, Any], html: Pat
 
 
 def artifacts(report: dict[str, Any], findings: list[triggers.Finding], html: Path) -> None:
-    rows = [{"version": v, "labels": e["n"], "gate_set_macro_f1": (e.get("gate_set") or {}).get("macro_f1"),
-             "live_macro_f1": (e.get("live") or {}).get("macro_f1", {}).get("observed"),
-             "live_low": (e.get("live") or {}).get("macro_f1", {}).get("low"),
-             "live_high": (e.get("live") or {}).get("macro_f1", {}).get("high")}
-            for v, e in report["quality"]["versions"].items()]
+    rows = []
+    for v, e in report["quality"]["versions"].items():
+        f1 = (e.get("live") or {}).get("macro_f1", {})
+        rows.append({"version": v, "labels": e["n"], "gate_set_macro_f1": (e.get("gate_set") or {}).get("macro_f1"),
+                     "live_macro_f1": f1.get("observed"), "live_low": f1.get("low"), "live_high": f1.get("high")})
     create_table_artifact(key="monitor-live-quality", table=rows or [{"version": None, "labels": 0}],
                           description="live quality per model version against its gate-set figure")
     md = [f"# Window {report['batches'][0]}", "", f"{report['volume']} landed records, {report['answers']} answers; "
