@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -151,6 +151,11 @@ class Prediction(BaseModel):
     probabilities: dict[str, float]
     modalities: list[str]
     model_version: str
+    prediction_set: list[str] = Field(description="classes kept at selective.alpha: the true class is in it "
+                                                  "for at least 1 - alpha of records (conformal)")
+    decision: Literal["auto", "review"] = Field(description="auto: act on `label`; review: ask a person")
+    review_reason: list[str] = Field(description="why review: set_size, low_confidence, modalities_disagree, "
+                                                 "uncalibrated; empty when auto")
 
 
 def to_mmcore(rec: Record) -> dict[str, Any]:
@@ -328,7 +333,7 @@ class ParcelCondition:
         self.predictor.featurizer.image_cache.mem.clear()
         self.predictor.featurizer.text_cache.mem.clear()
         out = [Prediction(record_id=r.record_id, prediction_id=new_id(), model_version=self.version,
-                          **p) for r, p in zip(records, preds)]
+                          **{k: v for k, v in p.items() if k != "disagreement"}) for r, p in zip(records, preds)]
         for r, x, p in zip(records, inputs, out):  # O(1) each: a bounded queue, written in the background
             self.capture.offer_answer(r._request, x, p.model_dump(),
                                       {"record_id": r.record_id, "shipment_id": r.shipment_id, "hub": r.hub})

@@ -170,6 +170,24 @@ class SplitConfig:
     val_fraction: float
     test_fraction: float
     salt: str
+    calib_fraction: float = 0.15    # calibrates abstention (mmcore.selective); carved from what was train
+
+
+@dataclass(frozen=True)
+class SelectiveConfig:
+    """When the model decides alone (mmcore/selective): calibrated on the calib split at each retrain."""
+
+    alpha: float = 0.1                  # prediction sets miss the true class at most this often
+    min_auto_precision: float = 0.98    # per class, automatic decisions are right at least this often ...
+    delta: float = 0.1                  # ... with confidence 1 - delta (Learn then Test)
+    max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean calib records sent to review
+    coverage_slack: float = 0.02        # gate: gate-set coverage >= 1 - alpha - coverage_slack
+    max_automation_drop: float = 0.05   # gate: the challenger automates at most this much less than the champion
+    contradiction_seed: int = 0         # evaluate: which records lend a note or trace to the synthetic contradictions
+
+    def __post_init__(self) -> None:
+        if not (0 < self.alpha < 1 and 0 < self.delta < 1 and 0 < self.min_auto_precision < 1):
+            raise ValueError("selective.alpha, delta and min_auto_precision must lie strictly between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -300,6 +318,7 @@ class Params:
     gate: GateConfig
     registry: RegistryConfig
     monitor: MonitorConfig
+    selective: SelectiveConfig
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -309,7 +328,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     hints = {"synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig,
              "split": SplitConfig, "model": ModelConfig, "train": TrainConfig,
              "evaluate": EvaluateConfig, "gate": GateConfig, "registry": RegistryConfig,
-             "monitor": MonitorConfig}
+             "monitor": MonitorConfig, "selective": SelectiveConfig}
     if set(raw) != set(hints):
         raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
     built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}

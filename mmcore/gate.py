@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from mmcore.config import GateConfig
+from mmcore.config import GateConfig, SelectiveConfig
 from mmcore.leak import leak_message
 
 Rule = dict[str, Any]
@@ -130,9 +130,34 @@ def held_out_rules(m: dict[str, Any]) -> list[Rule]:
     return out
 
 
-def decide(metrics: dict[str, Any], cfg: GateConfig) -> tuple[bool, list[Rule]]:
-    """Every rule with its value, limit and verdict; promote only when all hold."""
+def selective_rules(m: dict[str, Any], sel: SelectiveConfig) -> list[Rule]:
+    """Abstention (mmcore.selective) on the gate set: the sets' coverage keeps its promise, every class's
+    automatic decisions are as precise as promised (a class decided automatically on no gate-set
+    record is skipped), and the challenger does not send much more to review than the champion."""
+    s = m.get("selective") or {}
+    floor = round(1 - sel.alpha - sel.coverage_slack, 12)
+    rules = [_rule("selective_coverage", _get(s, "coverage", "overall"), floor, lambda v: v >= floor)]
+    for cls, info in (s.get("auto_precision") or {}).items():
+        rule = _rule(f"auto_precision:{cls}", info.get("precision"), sel.min_auto_precision,
+                     lambda v: v >= sel.min_auto_precision, n=info.get("n"))
+        if not info.get("n"):
+            rule.update(passed=True, skipped="no automatic decisions of this class on the gate set")
+            rule.pop("note", None)
+        rules.append(rule)
+    old = _get(m, "champion", "selective")
+    if old and old.get("calibrated"):
+        rates = [s.get("automation_rate"), old.get("automation_rate")]
+        value = None if None in rates else round(rates[1] - rates[0], 12)
+        rules.append(_rule("automation_drop", value, sel.max_automation_drop,
+                           lambda v: v <= sel.max_automation_drop, challenger_rate=rates[0], champion_rate=rates[1]))
+    return rules
+
+
+def decide(metrics: dict[str, Any], cfg: GateConfig, sel: SelectiveConfig | None = None) -> tuple[bool, list[Rule]]:
+    """Every rule with its value, limit and verdict; promote only when all hold. `sel`: the abstention rules too."""
     rules = floor_rules(metrics, cfg) + held_out_rules(metrics)
+    if sel is not None:
+        rules += selective_rules(metrics, sel)
     if metrics.get("champion") is not None:
         rules += [delta_rule(metrics, cfg), *class_drop_rules(metrics, cfg), *slice_drop_rules(metrics, cfg),
                   *behaviour_rules(metrics, cfg)]

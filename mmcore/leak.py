@@ -16,7 +16,7 @@ import pandas as pd
 
 KEYS = ("record_id", "content_sha256", "image_sha256")
 CONTENT_KEYS = KEYS[1:]
-FIT_SPLITS = ("train", "val")
+FIT_SPLITS = ("train", "val", "calib")
 
 
 def identity(profile: pd.DataFrame) -> pd.DataFrame:

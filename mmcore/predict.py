@@ -5,18 +5,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from mmcore.evaluate import model_probs
 from mmcore.features import Featurizer
-from mmcore.model import MODALITIES, ModelBundle
+from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.preprocess import prepare_note
+from mmcore.selective.router import Router
 
 
 class Predictor:
     """A saved model directory plus the frozen encoders it was trained with."""
 
-    def __init__(self, bundle: ModelBundle, featurizer: Featurizer | None = None) -> None:
+    def __init__(self, bundle: ModelBundle, featurizer: Featurizer | None = None, router: Router | None = None) -> None:
         self.bundle = bundle
+        self.router = router or Router(None)
         self.featurizer = featurizer or Featurizer.for_bundle(bundle)
         if self.featurizer.versions() != bundle.encoders:
             raise ValueError(f"model was trained with encoders {bundle.encoders}, "
@@ -26,30 +28,35 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle.labels
 
+    def _forward(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, Batch]:
+        batch = self.featurizer.batch(records, self.bundle.sensor_mean, self.bundle.sensor_std)
+        return model_probs(self.bundle.model, batch), batch
+
     def probabilities(self, records: list[dict[str, Any]]) -> np.ndarray:
         """(N, C) class probabilities."""
         if not records:
             return np.zeros((0, len(self.labels)), np.float32)
-        batch = self.featurizer.batch(records, self.bundle.sensor_mean, self.bundle.sensor_std)
-        with torch.inference_mode():
-            logits = self.bundle.model.eval()(batch)
-        return torch.softmax(logits.float(), dim=-1).numpy()
+        return self._forward(records)[0]
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Label, probabilities and the modalities the model actually used, per record."""
-        probs = self.probabilities(records)
+        """Label, probabilities, the modalities the model actually used, and the routing
+        (prediction_set, decision, review_reason, disagreement: mmcore.selective), per record."""
+        if not records:
+            return []
+        probs, batch = self._forward(records)
+        routed = self.router.route(probs, batch, self.labels)
         allowed = set(self.bundle.model.cfg.modalities)
         out = []
-        for rec, p in zip(records, probs):
+        for rec, p, r in zip(records, probs, routed):
             present = {"image": rec.get("image") is not None, "text": prepare_note(rec.get("note")) is not None,
                        "sensor": rec.get("sensor") is not None}
             out.append({"label": self.labels[int(p.argmax())],
                         "probabilities": {c: float(v) for c, v in zip(self.labels, p)},
-                        "modalities": [m for m in MODALITIES if present[m] and m in allowed]})
+                        "modalities": [m for m in MODALITIES if present[m] and m in allowed], **r})
         return out
 
 
 def load_model(path: str | Path, cache_dir: Path | None = None) -> Predictor:
     """Load a model directory (safetensors + JSON, no pickle) with its frozen encoders."""
     bundle = ModelBundle.load(Path(path))
-    return Predictor(bundle, Featurizer.for_bundle(bundle, cache_dir=cache_dir))
+    return Predictor(bundle, Featurizer.for_bundle(bundle, cache_dir=cache_dir), Router.load(Path(path), bundle))

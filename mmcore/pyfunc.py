@@ -1,8 +1,8 @@
 """MLflow pyfunc wrapper around mmcore, logged as "models from code" (no pickled model object).
 
 Input: a DataFrame with columns `note` (str|null), `image` (base64 str|null) and
-`sensor` (JSON object of channel arrays | null). Output: label and one
-probability column per class.
+`sensor` (JSON object of channel arrays | null). Output: label, one probability column per
+class, and the routing (decision; prediction_set and review_reason comma-joined).
 """
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ class ParcelConditionModel(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         preds = self.predictor.predict(frame_to_records(model_input))
-        return pd.DataFrame([{"label": p["label"], **p["probabilities"]} for p in preds])
+        return pd.DataFrame([{"label": p["label"], **p["probabilities"], "decision": p["decision"],
+                              "prediction_set": ",".join(p["prediction_set"]),
+                              "review_reason": ",".join(p["review_reason"])} for p in preds])
 
 
 mlflow.models.set_model(ParcelConditionModel())

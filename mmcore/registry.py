@@ -139,7 +139,9 @@ def signature() -> Any:
 
     inputs = Schema([ColSpec("string", "note", required=False), ColSpec("string", "image", required=False),
                      ColSpec("string", "sensor", required=False)])
-    outputs = Schema([ColSpec("string", "label"), *(ColSpec("double", c) for c in CLASSES)])
+    outputs = Schema([ColSpec("string", "label"), *(ColSpec("double", c) for c in CLASSES),
+                      ColSpec("string", "decision"), ColSpec("string", "prediction_set"),
+                      ColSpec("string", "review_reason")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

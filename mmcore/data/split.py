@@ -1,5 +1,9 @@
 """split: deterministic assignment by shipment, so no shipment is in two splits.
 
+By the shipment's hash: test (the gate set), val (every choice), calib (abstention's calibration,
+mmcore.selective), train. Each split's range is fixed by its fraction alone, so adding calib took
+records from train only: the gate set and val kept every record they had.
+
 A shipment's split depends only on its id and the salt, never on what else is in
 the data: the test split (the gate set) only grows as data arrives, so champion
 and challenger are always scored on the same records. Content seen before keeps
@@ -13,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmcore.config import SplitConfig, load_params
@@ -23,9 +28,8 @@ from mmcore.leak import CONTENT_KEYS, identity
 
 def assign(shipment_id: str, cfg: SplitConfig) -> str:
     h = int(hashlib.sha256(f"{cfg.salt}:{shipment_id}".encode()).hexdigest()[:12], 16) / 16**12
-    if h < cfg.test_fraction:
-        return "test"
-    return "val" if h < cfg.test_fraction + cfg.val_fraction else "train"
+    bounds = np.cumsum([cfg.test_fraction, cfg.val_fraction, cfg.calib_fraction])
+    return ("test", "val", "calib", "train")[int(np.searchsorted(bounds, h, side="right"))]
 
 
 def split(profile: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:

@@ -319,6 +319,9 @@ class Capture:
                 ("label", ans["label"], "prediction", "categorical"),
                 *[(f"p_{c}", p, "prediction", "numerical") for c, p in ans["probabilities"].items()],
                 ("modalities", ",".join(ans["modalities"]), "prediction", "categorical"),
+                ("prediction_set", ",".join(ans.get("prediction_set") or []), "prediction", "categorical"),
+                ("decision", ans.get("decision"), "prediction", "categorical"),
+                ("review_reason", ",".join(ans.get("review_reason") or []), "prediction", "categorical"),
                 ("model_version", ans["model_version"], "prediction", "categorical"),
                 ("latency_ms", item.latency_ms, "prediction", "numerical")]
         return cols, new_bytes

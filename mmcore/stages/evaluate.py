@@ -29,6 +29,9 @@ from mmcore.features import Featurizer
 from mmcore.leak import fit_rows, leak_message, overlap
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
+from mmcore.selective.evaluate import goals as selective_goals
+from mmcore.selective.evaluate import selective_section
+from mmcore.selective.router import Router
 from mmcore.stages.common import read_json, write_json
 
 CURVE_SUFFIXES = ("_train_loss", "_val_macro_f1")
@@ -75,10 +78,12 @@ def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
 
 
 def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: EvaluateConfig,
-                    cases: behaviour.Cases) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+                    cases: behaviour.Cases, router: Router, seed: int = 0
+                    ) -> tuple[dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
     """All gate-set numbers of one fused model except latency, its probabilities and the slices it was scored on.
 
-    `cases` are the behavioural suites' records, built once per run so both models meet the same ones."""
+    `cases` are the behavioural suites' records, built once per run so both models meet the same ones;
+    `router` is the model's own calibration and unimodal opinions (its abstention is scored too)."""
     if list(bundle.labels) != list(CLASSES):
         raise ValueError(f"model labels {bundle.labels} differ from {list(CLASSES)}")
     feat = featurizer_for(bundle, feat)
@@ -92,6 +97,7 @@ def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: E
     metrics["slices"] = slice_scores(gate.y, probs.argmax(1), slices, n)
     metrics["behaviour"] = behaviour.score_cases(
         lambda recs: model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), cases)
+    metrics["selective"] = selective_section(router, probs, batch, gate.y, list(CLASSES), seed)
     return metrics, probs, slices
 
 
@@ -102,14 +108,14 @@ def unimodal_macro_f1(model_dir: Path, feat: Featurizer, records: list[dict[str,
 
 
 def latency(bundle: ModelBundle, records: list[dict[str, Any]], cfg: EvaluateConfig,
-            feat: Featurizer | None = None) -> dict[str, float]:
+            feat: Featurizer | None = None, router: Router | None = None) -> dict[str, float]:
     """p50/p95 ms of `Predictor.predict([record])` on CPU: decode, encoders, sensor path, head.
 
     The featurizer has no disk cache and its in-memory cache is emptied before every call,
     so each timed call embeds its image and note as serving does. Each record counts with the
     best of `latency_repeats` calls: p50/p95 then spread over records, not over a neighbour's load."""
     feat = feat or Featurizer.for_bundle(bundle, cache_dir=None, device="cpu")
-    pred = Predictor(bundle, feat)
+    pred = Predictor(bundle, feat, router)
     sample = records[:cfg.latency_records]
 
     def once(rec: dict[str, Any]) -> float:
@@ -125,14 +131,16 @@ def latency(bundle: ModelBundle, records: list[dict[str, Any]], cfg: EvaluateCon
             "repeats": cfg.latency_repeats, "threads": torch.get_num_threads()}
 
 
-def champion_bundle(model_name: str, challenger: str) -> tuple[str, ModelBundle] | None:
-    """The production model; None before the first promotion (or when the challenger is it)."""
+def champion_bundle(model_name: str, challenger: str) -> tuple[str, ModelBundle, Router] | None:
+    """The production model and its routing; None before the first promotion (or when the challenger is it)."""
     from mmcore import registry
 
     version = registry.alias_version(model_name, registry.CHAMPION)
     if version is None or version == str(challenger):
         return None
-    return version, ModelBundle.load(registry.download_model_dir(model_name, version))
+    path = registry.download_model_dir(model_name, version)
+    bundle = ModelBundle.load(path)
+    return version, bundle, Router.load(path, bundle)
 
 
 def training_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plots", type=Path, default=Path("reports/plots"))
     ap.add_argument("--ablation", type=Path, default=Path("reports/ablation.json"))
+    ap.add_argument("--selective", type=Path, default=Path("reports/selective.json"))
     args = ap.parse_args(argv)
     from mmcore import registry
 
@@ -218,6 +227,19 @@ def leak_checks(model_name: str, champion: str | None, raw: Path, splits: Path, 
     return out
 
 
+def write_selective(path: Path, metrics: dict[str, Any]) -> None:
+    """reports/selective.json: each model's abstention on the gate set and the goals, challenger first."""
+    chal = metrics["selective"]
+    champ = (metrics.get("champion") or {}).get("selective")
+    write_json(path, {"model_version": metrics["model_version"], "challenger": chal, "champion": champ,
+                      "champion_version": (metrics.get("champion") or {}).get("version"),
+                      "goals": {"challenger": selective_goals(chal), "champion": selective_goals(champ)}})
+    print("evaluate: abstention " + "; ".join(
+        f"{who} automation {s['automation_rate']:.3f}, coverage {s['coverage']['overall']:.3f}, mean set size "
+        f"{s['mean_set_size']:.2f}, contradiction AUROC {(s['contradictions'].get('auroc') or float('nan')):.3f}"
+        for who, s in (("challenger", chal), ("champion", champ)) if s))
+
+
 def run(args: argparse.Namespace) -> int:
     p = load_params(args.params)
     cfg = p.evaluate
@@ -229,10 +251,12 @@ def run(args: argparse.Namespace) -> int:
     gate = gate_set(args.raw, args.splits)
 
     challenger = ModelBundle.load(args.model)
+    chal_router = Router.load(args.model, challenger)
     cases = behaviour.build_cases(gate.records, gate.y, cfg.behaviour_records, cfg.seed)
-    metrics, chal_probs, slices = evaluate_bundle(challenger, feat, gate, cfg, cases)
+    seed = p.selective.contradiction_seed
+    metrics, chal_probs, slices = evaluate_bundle(challenger, feat, gate, cfg, cases, chal_router, seed)
     lat_feat = Featurizer.for_bundle(challenger, cache_dir=None, device="cpu")
-    metrics["latency_ms"] = latency(challenger, gate.records, cfg, lat_feat)
+    metrics["latency_ms"] = latency(challenger, gate.records, cfg, lat_feat, chal_router)
     metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, gate.records, gate.y)
                                     for m in MODALITIES}
     metrics["model_version"] = int(trained["model_version"])
@@ -241,9 +265,10 @@ def run(args: argparse.Namespace) -> int:
     metrics["champion"], metrics["comparison"] = None, None
     champ = champion_bundle(p.registry.model_name, trained["model_version"])
     if champ is not None:
-        version, bundle = champ
-        champ_metrics, probs["champion"], _ = evaluate_bundle(bundle, feat, gate, cfg, cases)
-        champ_metrics["latency_ms"] = latency(bundle, gate.records, cfg, featurizer_for(bundle, lat_feat))
+        version, bundle, champ_router = champ
+        champ_metrics, probs["champion"], _ = evaluate_bundle(bundle, feat, gate, cfg, cases, champ_router, seed)
+        champ_metrics["latency_ms"] = latency(bundle, gate.records, cfg, featurizer_for(bundle, lat_feat),
+                                              champ_router)
         metrics["champion"] = scored["champion"] = {"version": int(version), **champ_metrics}
         metrics["comparison"] = paired_bootstrap(gate.y, chal_probs.argmax(1), probs["champion"].argmax(1),
                                                  gate.shipments, list(CLASSES), slices, cfg.n_boot, cfg.seed, cfg.ci)
@@ -252,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
     abl = ablation_report(metrics, cfg)
     write_json(args.ablation, {"model_version": metrics["model_version"], "strategy": p.train.strategy,
                                "fusion": p.model.fusion, **abl})
+    write_selective(args.selective, metrics)
     pngs = write_plots(args.plots, gate.y, probs, scored, training_history(trained["run_id"]), cfg.ece_bins)
     log_to_run(trained["run_id"], metrics, args.out, pngs)
     comp = metrics["comparison"]

@@ -11,17 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmcore.config import GateConfig, load_params
+from mmcore.config import GateConfig, SelectiveConfig, load_params
 from mmcore.gate import champion_rule, decide, reasons
 from mmcore.stages.common import read_json, write_json
 
 
-def run_gate(metrics: dict[str, Any], cfg: GateConfig, model_name: str) -> dict[str, Any]:
+def run_gate(metrics: dict[str, Any], cfg: GateConfig, model_name: str,
+             sel: SelectiveConfig | None = None) -> dict[str, Any]:
     """Decide, re-check the champion, switch the alias (the commit point), tag the verdict; the report."""
     from mmcore import registry
 
     version = str(metrics["model_version"])
-    _, rules = decide(metrics, cfg)
+    _, rules = decide(metrics, cfg, sel)
     with registry.promotion_lock():
         with registry.reachable("The champion alias was not changed"):
             before = registry.alias_version(model_name, registry.CHAMPION)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = read_json(args.metrics)
     try:
         registry.setup(p.registry.experiment)
-        report = run_gate(metrics, p.gate, p.registry.model_name)
+        report = run_gate(metrics, p.gate, p.registry.model_name, p.selective)
     except registry.TrackingUnavailable as e:
         print(f"gate: error: {e}", file=sys.stderr)
         return 3

@@ -12,13 +12,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mmcore.config import load_params
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from mmcore.config import CLASSES, Params, load_params
 from mmcore.data.raw import load_profile
 from mmcore.features import Featurizer
 from mmcore.leak import fit_rows
-from mmcore.model import MODALITIES
+from mmcore.evaluate import model_probs
+from mmcore.model import MODALITIES, ModelBundle
+from mmcore.selective.calibrate import calibrate
+from mmcore.selective.decide import disagreement
+from mmcore.selective.router import Router
 from mmcore.stages.common import data_version, split_records, write_json
 from mmcore.train import History, checkpoint_path, train_bundle
+
+MIN_CALIB_RECORDS = 20
 
 
 def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_name: str,
@@ -56,6 +67,36 @@ def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_
     return run.info.run_id, version
 
 
+def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
+                      bundles: dict[str, ModelBundle]) -> dict[str, Any]:
+    """The unimodal models into the fused model's directory, and abstention calibrated on the calib split
+    (mmcore.selective): both travel with the registered version to the service."""
+    fused = bundles["fused"]
+    Router.save_opinions(args.out, {m: bundles[m] for m in MODALITIES})
+    recs, labels = split_records(args.raw, args.splits, "calib")
+    if len(recs) < MIN_CALIB_RECORDS:
+        print(f"train: WARNING only {len(recs)} calib records (need {MIN_CALIB_RECORDS}): the model is not "
+              "calibrated and every answer goes to review; raise split.calib_fraction or add labelled data",
+              file=sys.stderr)
+        return {"records": len(recs), "calibrated": False}
+    router = Router.load(args.out, fused)
+    batch = feat.batch(recs, fused.sensor_mean, fused.sensor_std)
+    probs = model_probs(fused.model, batch)
+    opinions, present = router.opinion_probs(batch)
+    y = np.array([CLASSES.index(lbl) for lbl in labels])
+    cal = calibrate(probs, y, disagreement(opinions, present), present.sum(1) >= 2, p.selective)
+    cal.save(args.out)
+    print(f"train: calibrated on {len(y)} calib records: set quantile {cal.set_quantile:.4f}, confidence "
+          f"threshold {cal.confidence_threshold}, disagreement threshold {cal.disagreement_threshold}")
+    if cal.confidence_threshold is None:
+        print(f"train: WARNING no confidence threshold certifies per-class precision {cal.min_auto_precision} "
+              f"with confidence {1 - cal.delta:.2f} on {len(y)} calib records (a class needs about "
+              f"{cal.info['needed_per_class']} error-free decisions): every answer goes to review until the "
+              "calib split grows (review labels feed it) or selective.min_auto_precision / delta change",
+              file=sys.stderr)
+    return {"records": len(y), "calibrated": True, **{k: v for k, v in asdict(cal).items() if k != "info"}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the fused model and the unimodal baselines.")
     ap.add_argument("--params", default="params.yaml")
@@ -86,23 +127,25 @@ def run(args: argparse.Namespace) -> int:
     feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
     train_recs, train_y = split_records(args.raw, args.splits, "train")
     val_recs, val_y = split_records(args.raw, args.splits, "val")
-    hists, ckpts = {}, []
+    hists, ckpts, bundles = {}, [], {}
     for name, mods in [("fused", MODALITIES)] + [(m, (m,)) for m in MODALITIES]:
         mcfg = dataclasses.replace(p.model, modalities=tuple(mods))
         ckpt = checkpoint_path(args.cache / "checkpoints", name, mcfg, p.train, [r["record_id"] for r in train_recs])
         bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
                                            progress=True)
         ckpts.append(ckpt)
+        bundles[name] = bundle
         bundle.save(args.out if name == "fused" else args.unimodal / name)
         print(f"train[{name}]: best val macro-F1 {hists[name].best_val_macro_f1:.3f} "
               f"at epoch {hists[name].best_epoch}")
+    calibration = calibrate_routing(args, p, feat, bundles)
     profile = load_profile(args.raw)
     reference = profile[profile["record_id"].isin({r["record_id"] for r in train_recs})]
     fitted = fit_rows(profile, pd.read_parquet(args.splits))
     run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
                               data_version(args.raw), reference, fitted)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
-                             "val_records": len(val_y), "embedded_now": feat.embedded,
+                             "val_records": len(val_y), "embedded_now": feat.embedded, "calibration": calibration,
                              "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()}})
     for ckpt in ckpts:  # the stage is complete: a rerun must train afresh, not resume
         ckpt.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+"""From probabilities to an answer a hub can act on: the prediction set and `auto` or `review`.
+
+Pure numpy/scipy over the calibrated numbers (mmcore.selective.calibrate), so serving, evaluation
+and the MLflow pyfunc route records the same way, and serving imports no MAPIE.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+
+from mmcore.selective.calibrate import Calibration
+
+EPSILON = 1e-8      # MAPIE's LAC set rule: 1 - p <= quantile + EPSILON (mapie._machine_precision)
+REASONS = ("set_size", "low_confidence", "modalities_disagree", "uncalibrated")
+
+
+def prediction_sets(probs: np.ndarray, set_quantile: float) -> np.ndarray:
+    """(N, C) membership: class c is in the set when 1 - p_c <= set_quantile (LAC)."""
+    return (1.0 - probs) - set_quantile <= EPSILON
+
+
+def disagreement(opinions: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Largest Jensen-Shannon divergence (bits, 0..1) between the unimodal models' probabilities.
+
+    opinions (N, M, C): each modality's own model; present (N, M): which modalities the record has.
+    Only present modalities have an opinion; a record with fewer than two scores 0."""
+    n, m, _ = opinions.shape
+    out = np.zeros(n)
+    for a, b in combinations(range(m), 2):
+        both = present[:, a] & present[:, b]
+        if both.any():
+            js = jensenshannon(opinions[both, a], opinions[both, b], axis=1, base=2) ** 2
+            out[both] = np.maximum(out[both], np.nan_to_num(js))
+    return out
+
+
+def review_reasons(probs: np.ndarray, dis: np.ndarray, cal: Calibration | None) -> tuple[np.ndarray, list[list[str]]]:
+    """Prediction sets and, per record, why it goes to review ([] = decided automatically)."""
+    if cal is None:
+        return np.eye(probs.shape[1], dtype=bool)[probs.argmax(1)], [["uncalibrated"] for _ in probs]
+    sets = prediction_sets(probs, cal.set_quantile)
+    top = probs.max(1)
+    out = []
+    for i in range(len(probs)):
+        why = []
+        if sets[i].sum() != 1:
+            why.append("set_size")
+        if cal.confidence_threshold is None or top[i] < cal.confidence_threshold:
+            why.append("low_confidence")
+        if cal.disagreement_threshold is not None and dis[i] > cal.disagreement_threshold:
+            why.append("modalities_disagree")
+        out.append(why)
+    return sets, out
+
+
+def answers(probs: np.ndarray, dis: np.ndarray, cal: Calibration | None, labels: list[str]) -> list[dict[str, Any]]:
+    """The fields every served answer gains: prediction_set, decision, review_reason, disagreement."""
+    sets, why = review_reasons(probs, dis, cal)
+    return [{"prediction_set": [c for c, keep in zip(labels, s) if keep],
+             "decision": "review" if w else "auto", "review_reason": w, "disagreement": float(d)}
+            for s, w, d in zip(sets, why, dis)]

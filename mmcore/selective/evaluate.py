@@ -1,0 +1,119 @@
+"""How a model's routing does on the gate set: what evaluate reports and the gate reads.
+
+Coverage (overall, per class), mean set size, automation rate, precision of automatic decisions
+per class, and the modality-disagreement detector on synthetic contradictions: each record that
+has a note (or a trace) and another modality gets the note (trace) of a record of another class,
+swapped in the embedded batch, so no record is encoded twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmcore.model import MODALITIES, Batch
+from mmcore.selective.calibrate import Calibration
+from mmcore.selective.decide import review_reasons
+from mmcore.selective.router import Router
+
+SWAPPED = ("text", "sensor")
+GOALS = {"automation_rate": 0.80, "auto_precision": 0.98, "coverage": 0.89, "contradiction_auroc": 0.90,
+         "clean_flag_rate": 0.05}
+
+
+def routing_metrics(probs: np.ndarray, y: np.ndarray, dis: np.ndarray, cal: Calibration | None,
+                    labels: list[str]) -> dict[str, Any]:
+    sets, why = review_reasons(probs, dis, cal)
+    auto = np.array([not w for w in why])
+    pred = probs.argmax(1)
+    covered = sets[np.arange(len(y)), y]
+    per_class = {c: float(covered[y == i].mean()) if (y == i).any() else None for i, c in enumerate(labels)}
+    precision = {}
+    for i, c in enumerate(labels):
+        decided = auto & (pred == i)
+        precision[c] = {"precision": float((y[decided] == i).mean()) if decided.any() else None,
+                        "n": int(decided.sum())}
+    reasons = {r: int(sum(r in w for w in why)) for r in sorted({r for w in why for r in w})}
+    return {"calibrated": cal is not None, "n": int(len(y)), "alpha": None if cal is None else cal.alpha,
+            "coverage": {"overall": float(covered.mean()) if len(y) else None, "per_class": per_class},
+            "mean_set_size": float(sets.sum(1).mean()) if len(y) else None,
+            "automation_rate": float(auto.mean()) if len(y) else None, "auto_precision": precision,
+            "auto_accuracy": float((pred[auto] == y[auto]).mean()) if auto.any() else None,
+            "review_reasons": reasons,
+            "confidence_threshold": None if cal is None else cal.confidence_threshold}
+
+
+def contradicted(batch: Batch, y: np.ndarray, modality: str, seed: int) -> tuple[Batch, np.ndarray]:
+    """`batch` with `modality` of each eligible record replaced by another class's; and which were."""
+    j = MODALITIES.index(modality)
+    mask = batch.mask.numpy() > 0
+    eligible = np.flatnonzero(mask[:, j] & (mask.sum(1) >= 2))
+    rng = np.random.default_rng(seed)
+    donors = np.flatnonzero(mask[:, j])
+    out = {k: v.clone() for k, v in dataclasses.asdict(batch).items()}
+    chosen = []
+    for i in eligible:
+        other = donors[y[donors] != y[i]]
+        if other.size == 0:
+            continue
+        d = int(rng.choice(other))
+        fields = ("text", "ngrams") if modality == "text" else (modality,)
+        for f in fields:
+            out[f][i] = getattr(batch, f)[d]
+        chosen.append(i)
+    return Batch(**out), np.asarray(chosen, dtype=np.int64)
+
+
+def contradiction_metrics(router: Router, batch: Batch, y: np.ndarray, seed: int) -> dict[str, Any]:
+    """AUROC of the disagreement score, clean multimodal records against contradicted ones, and the
+    shares over the calibrated threshold (clean: false alarms; contradicted: detected)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not router.opinions:
+        return {"available": False, "note": "the model directory has no unimodal opinions"}
+    multimodal = (batch.mask.numpy() > 0).sum(1) >= 2
+    clean = router.disagreement(batch)[multimodal]
+    thr = router.calibration.disagreement_threshold if router.calibration else None
+    out: dict[str, Any] = {"available": True, "threshold": thr, "clean_n": int(clean.size),
+                           "clean_flag_rate": float((clean > thr).mean()) if thr is not None and clean.size else None}
+    scores = []
+    for k, modality in enumerate(SWAPPED):
+        swapped, idx = contradicted(batch, y, modality, seed + k)
+        s = router.disagreement(swapped)[idx]
+        scores.append(s)
+        out[modality] = {"n": int(idx.size), "detected": float((s > thr).mean()) if thr is not None and idx.size else None,
+                         "auroc": _auroc(clean, s, roc_auc_score)}
+    out["auroc"] = _auroc(clean, np.concatenate(scores), roc_auc_score)
+    return out
+
+
+def _auroc(clean: np.ndarray, bad: np.ndarray, roc_auc_score: Any) -> float | None:
+    if not clean.size or not bad.size:
+        return None
+    labels = np.r_[np.zeros(clean.size), np.ones(bad.size)]
+    return float(roc_auc_score(labels, np.r_[clean, bad]))
+
+
+def selective_section(router: Router, probs: np.ndarray, batch: Batch, y: np.ndarray, labels: list[str],
+                      seed: int) -> dict[str, Any]:
+    with torch.inference_mode():
+        out = routing_metrics(probs, y, router.disagreement(batch), router.calibration, labels)
+        out["contradictions"] = contradiction_metrics(router, batch, y, seed)
+    return out
+
+
+def goals(section: dict[str, Any] | None) -> dict[str, Any]:
+    """The issue's goals on the default data, each with its value and whether it is met."""
+    if not section:
+        return {}
+    prec = [v["precision"] for v in section["auto_precision"].values()]
+    worst = None if not prec or None in prec else min(prec)
+    con = section.get("contradictions") or {}
+    values = {"automation_rate": (section["automation_rate"], ">="), "auto_precision": (worst, ">="),
+              "coverage": (section["coverage"]["overall"], ">="), "contradiction_auroc": (con.get("auroc"), ">="),
+              "clean_flag_rate": (con.get("clean_flag_rate"), "<=")}
+    return {k: {"value": v, "op": op, "goal": GOALS[k],
+                "met": v is not None and (v >= GOALS[k] if op == ">=" else v <= GOALS[k])}
+            for k, (v, op) in values.items()}

@@ -1,0 +1,70 @@
+"""A model version's routing: its calibration and its unimodal models' opinions, from its model directory.
+
+The train stage saves the unimodal baselines next to the fused model (`opinions/<modality>/`), so
+the registered version, the bento and the service all carry them. An opinion reuses the fused
+model's batch (same frozen encoders, same inputs); a baseline trained with encoders of its own
+(fine-tuned strategies) cannot, and gives no opinion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmcore.evaluate import model_probs
+from mmcore.model import MODALITIES, Batch, ModelBundle
+from mmcore.selective.calibrate import Calibration
+from mmcore.selective.decide import answers, disagreement
+
+OPINIONS = "opinions"
+INPUT_KEYS = ("image_size", "text_max_tokens", "sensor_length", "text_ngram_buckets")
+
+
+def shares_inputs(opinion: ModelBundle, fused: ModelBundle) -> bool:
+    same = all(getattr(opinion.model.cfg, k) == getattr(fused.model.cfg, k) for k in INPUT_KEYS)
+    return same and opinion.encoders == fused.encoders and opinion.encoder_state is None \
+        and fused.encoder_state is None and np.allclose(opinion.sensor_mean, fused.sensor_mean)
+
+
+@dataclass
+class Router:
+    calibration: Calibration | None
+    opinions: dict[str, ModelBundle] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, model_dir: Path, fused: ModelBundle) -> "Router":
+        found = {m: ModelBundle.load(Path(model_dir) / OPINIONS / m) for m in MODALITIES
+                 if (Path(model_dir) / OPINIONS / m / "config.json").is_file()}
+        return cls(Calibration.load(model_dir), {m: b for m, b in found.items() if shares_inputs(b, fused)})
+
+    @staticmethod
+    def save_opinions(model_dir: Path, bundles: dict[str, ModelBundle]) -> None:
+        for m, bundle in bundles.items():
+            bundle.save(Path(model_dir) / OPINIONS / m)
+
+    def opinion_probs(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """(N, M, C) each unimodal model's probabilities and (N, M) whether it had its modality."""
+        n, mask = len(batch.mask), batch.mask.numpy() > 0
+        probs = np.zeros((n, len(MODALITIES), 0), np.float32)
+        present = np.zeros((n, len(MODALITIES)), bool)
+        cols = []
+        for i, m in enumerate(MODALITIES):
+            bundle = self.opinions.get(m)
+            if bundle is None:
+                cols.append(None)
+                continue
+            cols.append(model_probs(bundle.model, batch))
+            present[:, i] = mask[:, i]
+        k = next((c.shape[1] for c in cols if c is not None), 0)
+        probs = np.stack([c if c is not None else np.zeros((n, k), np.float32) for c in cols], 1) if k else probs
+        return probs, present
+
+    def disagreement(self, batch: Batch) -> np.ndarray:
+        if not self.opinions:
+            return np.zeros(len(batch.mask))
+        return disagreement(*self.opinion_probs(batch))
+
+    def route(self, probs: np.ndarray, batch: Batch, labels: list[str]) -> list[dict[str, Any]]:
+        return answers(probs, self.disagreement(batch), self.calibration, labels)

@@ -1,0 +1,142 @@
+"""Abstention (mmcore.selective): the sets served are MAPIE's sets, their coverage holds on fresh records,
+the certified threshold keeps automatic decisions precise, disagreement flags contradicting modalities,
+and the gate enforces coverage, per-class precision and the automation drop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmcore.config import CLASSES, SelectiveConfig
+from mmcore.gate import decide, selective_rules
+from mmcore.model import Batch
+from mmcore.selective.calibrate import Calibration, calibrate, conformal_sets, precision_threshold
+from mmcore.selective.decide import answers, disagreement, prediction_sets
+from mmcore.selective.evaluate import contradicted, goals, routing_metrics
+from tests.unit.test_gate import CFG, scores
+
+SEL = SelectiveConfig()
+K = len(CLASSES)
+
+
+def problem(n: int, seed: int, strength: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of a fair but imperfect classifier: the true class's logit gets a gamma-sized push."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, K, n)
+    logits = rng.normal(0, 1, (n, K))
+    logits[np.arange(n), y] += rng.gamma(2.0, strength / 2, n)
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True), y
+
+
+def test_served_sets_are_mapies_sets() -> None:
+    probs, y = problem(400, 0)
+    fresh, _ = problem(300, 1)
+    scc = conformal_sets(probs, y, 0.1)
+    cal = calibrate(probs, y, np.zeros(len(y)), np.zeros(len(y), bool), SEL)
+    _, mapie_sets = scc.predict_set(fresh)
+    assert np.array_equal(prediction_sets(fresh, cal.set_quantile), mapie_sets[:, :, 0])
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.2])
+def test_coverage_holds_on_fresh_records(alpha: float) -> None:
+    covered = []
+    for seed in range(20):
+        probs, y = problem(300, seed)
+        test, yt = problem(500, 100 + seed)
+        q = calibrate(probs, y, np.zeros(len(y)), np.zeros(len(y), bool),
+                      SelectiveConfig(alpha=alpha)).set_quantile
+        covered.append(prediction_sets(test, q)[np.arange(len(yt)), yt].mean())
+    assert np.mean(covered) >= 1 - alpha - 0.01
+    assert np.mean(covered) <= 1 - alpha + 0.05      # not vacuous: the sets are not every class
+
+
+def test_certified_threshold_keeps_automatic_precision() -> None:
+    probs, y = problem(6000, 3, strength=6.0)
+    thr = precision_threshold(probs, y, target=0.95, delta=0.1)
+    assert thr is not None
+    test, yt = problem(6000, 4, strength=6.0)
+    auto = test.max(1) >= thr
+    pred = test.argmax(1)
+    assert 0.2 < auto.mean() < 1.0
+    for c in range(K):
+        decided = auto & (pred == c)
+        assert (yt[decided] == c).mean() >= 0.95
+
+
+def test_too_few_records_certify_nothing_and_everything_goes_to_review() -> None:
+    probs, y = problem(60, 5)
+    cal = calibrate(probs, y, np.zeros(len(y)), np.zeros(len(y), bool), SEL)
+    assert cal.confidence_threshold is None and cal.info["certified"] is False
+    out = answers(probs, np.zeros(len(y)), cal, list(CLASSES))
+    assert {a["decision"] for a in out} == {"review"}
+    assert all("low_confidence" in a["review_reason"] for a in out)
+
+
+def test_answer_reasons() -> None:
+    cal = Calibration(alpha=0.1, set_quantile=0.6, confidence_threshold=0.9, disagreement_threshold=0.3,
+                      min_auto_precision=0.98, delta=0.1)
+    probs = np.array([[0.95, 0.02, 0.01, 0.01, 0.01],     # sure, modalities agree: auto
+                      [0.5, 0.45, 0.02, 0.02, 0.01],      # two classes over 0.4: set of two, low confidence
+                      [0.95, 0.02, 0.01, 0.01, 0.01]])    # sure, but the modalities disagree
+    out = answers(probs, np.array([0.1, 0.1, 0.5]), cal, list(CLASSES))
+    assert [a["decision"] for a in out] == ["auto", "review", "review"]
+    assert out[0] == {"prediction_set": ["normal"], "decision": "auto", "review_reason": [], "disagreement": 0.1}
+    assert out[1]["prediction_set"] == ["normal", "damaged"]
+    assert out[1]["review_reason"] == ["set_size", "low_confidence"]
+    assert out[2]["review_reason"] == ["modalities_disagree"]
+    assert answers(probs[:1], np.zeros(1), None, list(CLASSES))[0]["review_reason"] == ["uncalibrated"]
+
+
+def test_disagreement_counts_only_present_modalities() -> None:
+    sure = np.eye(K)
+    opinions = np.stack([np.stack([sure[0], sure[0], sure[1]]), np.stack([sure[0], sure[1], sure[2]])])
+    both = disagreement(opinions, np.array([[True, True, False], [True, True, True]]))
+    assert both[0] == pytest.approx(0.0) and both[1] == pytest.approx(1.0)
+    assert disagreement(opinions, np.array([[True, False, False], [False, False, False]])).tolist() == [0.0, 0.0]
+
+
+def test_contradictions_swap_in_another_class() -> None:
+    n = 12
+    y = np.arange(n) % K
+    batch = Batch(image=torch.randn(n, 4), text=torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3),
+                  sensor=torch.randn(n, 4, 8), mask=torch.ones(n, 3), ngrams=torch.zeros(n, 2))
+    batch.mask[0, 0] = batch.mask[0, 2] = 0            # record 0 has a note alone: nothing to contradict
+    swapped, idx = contradicted(batch, y, "text", seed=0)
+    assert 0 not in idx.tolist() and len(idx) == n - 1
+    donors = swapped.text[idx, 0].long().numpy()
+    assert (y[donors] != y[idx]).all()
+    assert torch.equal(swapped.sensor, batch.sensor)
+
+
+def test_routing_metrics_and_goals() -> None:
+    probs, y = problem(2000, 7, strength=8.0)
+    cal = calibrate(probs[:1000], y[:1000], np.zeros(1000), np.zeros(1000, bool), SelectiveConfig(min_auto_precision=0.95))
+    m = routing_metrics(probs[1000:], y[1000:], np.zeros(1000), cal, list(CLASSES))
+    assert m["coverage"]["overall"] >= 0.87 and set(m["coverage"]["per_class"]) == set(CLASSES)
+    assert 0 < m["automation_rate"] < 1 and m["mean_set_size"] >= 0.8
+    assert sum(v["n"] for v in m["auto_precision"].values()) == round(m["automation_rate"] * 1000)
+    g = goals({**m, "contradictions": {"auroc": 0.95, "clean_flag_rate": 0.04}})
+    assert g["contradiction_auroc"]["met"] and g["clean_flag_rate"]["met"]
+    assert g["coverage"]["value"] == m["coverage"]["overall"]
+
+
+def selective(coverage: float, precision: float | None, rate: float, n: int = 50) -> dict:
+    return {"calibrated": True, "coverage": {"overall": coverage},
+            "auto_precision": {c: {"precision": precision, "n": n if precision is not None else 0} for c in CLASSES},
+            "automation_rate": rate}
+
+
+def failed(metrics: dict) -> list[str]:
+    return [r["rule"] for r in selective_rules(metrics, SEL) if not r["passed"]]
+
+
+def test_gate_enforces_coverage_precision_and_automation_drop() -> None:
+    assert failed({"selective": selective(0.9, 0.99, 0.8)}) == []
+    assert failed({"selective": selective(0.85, 0.99, 0.8)}) == ["selective_coverage"]
+    assert failed({"selective": selective(0.9, 0.97, 0.8)}) == [f"auto_precision:{c}" for c in CLASSES]
+    assert failed({"selective": selective(0.9, None, 0.0)}) == []          # nothing automatic: nothing to check
+    old = {"selective": selective(0.9, 0.99, 0.85)}
+    assert failed({"selective": selective(0.9, 0.99, 0.81), "champion": old}) == []
+    assert failed({"selective": selective(0.9, 0.99, 0.75), "champion": old}) == ["automation_drop"]
+    assert "selective_coverage" in [r["rule"] for r in decide(scores(), CFG, SEL)[1] if not r["passed"]]
