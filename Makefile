@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a first start migrates a fresh Prefect database: slower than the default 20 s on 2 cores
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install run test bench sweep serve lock clean
+.PHONY: install run test bench sweep serve review lock clean
 
 install: $(VENV)/.installed
 	@# headless Chromium (Debian package) for the HTML run report's browser test; skipped when present
@@ -54,6 +54,10 @@ sweep: install
 
 serve:
 	bentoml serve parcel-condition:latest --port 3000
+
+# Label the answers the service routed to human review (README: review queue); PARCEL_API_KEY as for serve.
+review:
+	$(PY) -m mmcore.selective.review
 
 # Regenerate requirements.lock from requirements.in (needs uv: pip install uv).
 lock:

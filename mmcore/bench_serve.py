@@ -9,7 +9,8 @@ what service.py is configured with); latency of one-record requests at concurren
 (`p50_ms_c1`, `p95_ms_c1`) and at concurrency 32 (`p99_ms_c32`); throughput at concurrency 32
 with adaptive batching and without it (`batched_rps_c32`, `unbatched_rps_c32`: the same service
 started with PARCEL_BATCHING=0). Goals, as ratios: p50 at concurrency 1 within
-1.3 x in-process + 5 ms, batched throughput at least 3 x unbatched.
+1.3 x in-process + 5 ms, batched throughput at least 3 x unbatched, and the routing's cost (`routing`:
+prediction sets, threshold and unimodal opinions) within 1.10 x the same weights served without it.
 
 The model is the parameters' architecture with random weights (seeded): inference cost does
 not depend on the weights, and the benchmark needs no trained champion. Every request carries a
@@ -46,17 +47,33 @@ NOTES = ("corner crushed, box dented", "wet patch on the side, label smeared", "
          "parcel fine, no marks", "warm to the touch at pickup", "外箱破损", "seal broken, contents loose")
 
 
-def random_bundle(path: Path, cfg: ModelConfig, seed: int = 0) -> Path:
-    """A model directory of the configured architecture with seeded random weights."""
+# A random model's probabilities sit near 1/5: these make its answers take every routing path.
+RANDOM_CALIBRATION = {"alpha": 0.1, "set_quantile": 0.7905, "confidence_threshold": 0.209,
+                      "disagreement_threshold": 0.0005, "min_auto_precision": 0.98, "delta": 0.1}
+
+
+def random_bundle(path: Path, cfg: ModelConfig, seed: int = 0, routing: bool = True) -> Path:
+    """A model directory of the configured architecture with seeded random weights; with `routing`,
+    random unimodal opinions and a fixed calibration too, so answers carry real sets and decisions."""
+    import dataclasses
+
     import torch
 
     from mmcore.features import Featurizer
-    from mmcore.model import FusionModel, ModelBundle
+    from mmcore.model import MODALITIES, FusionModel, ModelBundle
+    from mmcore.selective.calibrate import Calibration
+    from mmcore.selective.router import Router
 
     torch.manual_seed(seed)
-    model = FusionModel(cfg, num_classes=len(CLASSES)).eval()
-    ModelBundle(model, list(CLASSES), np.zeros(4, np.float32), np.ones(4, np.float32),
-                Featurizer(cfg).versions()).save(path)
+
+    def bundle(mcfg: ModelConfig) -> ModelBundle:
+        return ModelBundle(FusionModel(mcfg, num_classes=len(CLASSES)).eval(), list(CLASSES),
+                           np.zeros(4, np.float32), np.ones(4, np.float32), Featurizer(cfg).versions())
+
+    bundle(cfg).save(path)
+    if routing:
+        Router.save_opinions(path, {m: bundle(dataclasses.replace(cfg, modalities=(m,))) for m in MODALITIES})
+        Calibration(**RANDOM_CALIBRATION).save(path)
     return path
 
 
@@ -237,6 +254,7 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
     torch.set_num_threads(service.TORCH_THREADS)
     cfg = load_params(params_path).model
     model_dir = random_bundle(work / "model", cfg)
+    plain_dir = random_bundle(work / "plain", cfg, routing=False)     # the same weights, no routing
     records = synthetic_records(max(2 + sum(sizes) * repeats, 4 * c1_requests, 96), seed=1)
 
     # the batch-size sweep first, with no server competing for the CPU
@@ -257,6 +275,7 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     env["PARCEL_MODEL_TAG"] = str(import_model(model_dir, MODEL_NAME, "0").tag)
+    plain_tag = str(import_model(plain_dir, MODEL_NAME, "1").tag)
     env.pop("PARCEL_API_KEY", None)
     bodies = [json.dumps({"records": [r]}).encode() for r in records]
     warm = max(4, int(seconds / 5))
@@ -268,6 +287,10 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
         c1 = closed_loop(url, bodies, 1, requests=c1_requests)
         b1 += inproc_b1(records[c1_requests // 2:c1_requests])
         inproc_b1_ms = float(np.median(b1))
+        with serving("service:ParcelCondition", ROOT, {**env, "PARCEL_MODEL_TAG": plain_tag},
+                     work / "logs" / "plain.log") as plain_url:
+            routing = routing_cost(url, plain_url, bodies, c1_requests, load_model(model_dir),
+                                   load_model(plain_dir), records)
         closed_loop(url, bodies, 32, seconds=warm)
         batched = closed_loop(url, bodies, 32, seconds=seconds)
         mean_batch = batch_size_metric(url)
@@ -285,6 +308,7 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
         "batched_rps_c32": round(rps_b, 2), "unbatched_rps_c32": round(rps_u, 2),
         "p50_c1_limit_ms": round(limit, 1), "p50_c1_ratio": round(p50_c1 / limit, 3), "goal_p50_c1_ratio_max": 1.0,
         "batching_speedup": round(rps_b / rps_u, 2) if rps_u else None, "goal_batching_speedup_min": 3.0,
+        "routing": routing,
         "errors": {"c1": c1["errors"], "batched_c32": batched["errors"], "unbatched_c32": unbatched["errors"]},
         "requests": {"c1": len(c1["latencies"]), "batched_c32": len(batched["latencies"]),
                      "unbatched_c32": len(unbatched["latencies"])},
@@ -297,6 +321,32 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
                     "torch_threads": _torch_threads()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def routing_cost(url: str, plain_url: str, bodies: list[bytes], requests: int, routed: Any, plain: Any,
+                 records: list[dict[str, Any]], rounds: int = 4) -> dict[str, Any]:
+    """p50 at concurrency 1 with the sets, threshold and unimodal opinions (mmcore.selective) against the
+    same weights without them, served side by side and in process, in alternating rounds (goal: <= 1.10)."""
+    served: dict[str, list[float]] = {"routed": [], "plain": []}
+    inproc: dict[str, list[float]] = {"routed": [], "plain": []}
+    per = max(2, requests // rounds)
+    for k in range(rounds):
+        part = bodies[k * per:(k + 1) * per]
+        served["routed"] += closed_loop(url, part, 1, requests=per)["latencies"]
+        served["plain"] += closed_loop(plain_url, part, 1, requests=per)["latencies"]
+        for name, pred in (("routed", routed), ("plain", plain)):
+            for rec in records[k * per:(k + 1) * per]:
+                pred.featurizer.image_cache.mem.clear()
+                pred.featurizer.text_cache.mem.clear()
+                start = time.perf_counter()
+                pred.predict([to_mmcore(rec)])
+                inproc[name].append((time.perf_counter() - start) * 1000)
+    p50 = {k: pct(v, 50) for k, v in served.items()}
+    ip50 = {k: float(np.median(v)) for k, v in inproc.items()}
+    return {"p50_ms_c1": p50, "p50_c1_routing_ratio": round(p50["routed"] / p50["plain"], 3),
+            "inproc_ms_b1": {k: round(v, 2) for k, v in ip50.items()},
+            "inproc_routing_ratio": round(ip50["routed"] / ip50["plain"], 3), "goal_ratio_max": 1.10,
+            "requests_each": len(served["routed"])}
 
 
 def _torch_threads() -> int:
@@ -325,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
             ("p99 c32 ms", result["p99_ms_c32"]), ("batched rps c32", result["batched_rps_c32"]),
             ("unbatched rps c32", result["unbatched_rps_c32"]),
             ("batched / unbatched (goal >= 3)", result["batching_speedup"]),
-            ("mean merged batch c32", result["mean_merged_batch_c32"])]
+            ("mean merged batch c32", result["mean_merged_batch_c32"]),
+            ("p50 c1 routed / plain (goal <= 1.10)", result["routing"]["p50_c1_routing_ratio"]),
+            ("in-process b1 routed / plain", result["routing"]["inproc_routing_ratio"])]
     print(f"serve bench: {result['machine']['cpus']} cpus -> {args.out}")
     for name, value in rows:
         print(f"  {name:<42}{value:>10}")

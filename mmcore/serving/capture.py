@@ -225,7 +225,8 @@ class Capture:
             item = CapturedRecord(
                 prediction_id=answer["prediction_id"], request_id=request.request_id, answered_at=now,
                 latency_ms=round((time.monotonic() - request.received) * 1000, 3),
-                answer={k: answer[k] for k in ("label", "probabilities", "modalities", "model_version")},
+                answer={k: answer.get(k) for k in ("label", "probabilities", "modalities", "model_version",
+                                                   "prediction_set", "decision", "review_reason")},
                 note=inputs.get("note"), image=inputs.get("image"), sensor=inputs.get("sensor"), **client)
         except Exception as exc:  # a bug here must not fail the request: count it as answered and dropped
             self.counts.add(second_of(now), "answered")

@@ -90,6 +90,10 @@ def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path,
     assert (capture / "blobs" / "sha256" / first["image"][:2] / first["image"]).read_bytes() \
         == base64.b64decode(recs[0]["image"])
     assert lines[pids[3]]["x_request_id"] == one.headers["x-request-id"] and lines[pids[3]]["note"] == "wet corner"
+    for p in preds:   # the routing is captured as answered: the review queue reads it from here
+        line = lines[p["prediction_id"]]
+        assert line["decision"] == p["decision"] and line["prediction_set"] == ",".join(p["prediction_set"])
+        assert line["review_reason"] == ",".join(p["review_reason"])
     ready = httpx.get(f"{server}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.headers["x-capture"] == "ok"
 

@@ -1,5 +1,6 @@
 """Parity: what the service answers equals `mmcore.predict` on the same records (1e-5), also when
-adaptive batching merges concurrent requests into one model call."""
+adaptive batching merges concurrent requests into one model call; so do the routing fields (prediction
+set, decision, review reasons) wherever a 1e-5 wobble cannot move a value across a calibrated threshold."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -8,8 +9,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mmcore.bench_serve import synthetic_records, to_mmcore
+from mmcore.bench_serve import RANDOM_CALIBRATION, synthetic_records, to_mmcore
 from mmcore.config import CLASSES
+
+ROUTING = ("prediction_set", "decision", "review_reason")
+
+
+def clear_of_thresholds(answer: dict, margin: float = 1e-4) -> bool:
+    """No probability near the set boundary or the confidence threshold, no disagreement near its threshold."""
+    cal = RANDOM_CALIBRATION
+    edges = [(p, 1 - cal["set_quantile"]) for p in answer["probabilities"].values()]
+    edges += [(max(answer["probabilities"].values()), cal["confidence_threshold"]),
+              (answer["disagreement"], cal["disagreement_threshold"])]
+    return all(abs(v - t) > margin for v, t in edges)
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +51,8 @@ def test_served_probabilities_equal_mmcore_predict_under_batching(serve_ws: Path
         elif i % 4 == 3:
             rec.pop("sensor")
     local = load_model(serve_ws / "models" / "v1").predict([to_mmcore(r) for r in records])
+    routed = [clear_of_thresholds(a) for a in local]
+    assert sum(routed) >= 12 and len({(a["decision"], len(a["prediction_set"])) for a in local}) >= 2
     bodies = [{"records": [r]} for r in records] + [{"records": records[:5]}]
 
     def post(body: dict) -> list[dict]:
@@ -52,8 +66,11 @@ def test_served_probabilities_equal_mmcore_predict_under_batching(serve_ws: Path
             answers = list(pool.map(post, bodies))
         served = [a[0] for a in answers[:-1]] + answers[-1]
         expected = local + local[:5]
-        for got, want in zip(served, expected, strict=True):
+        for got, want, clear in zip(served, expected, routed + routed[:5], strict=True):
             assert got["label"] == want["label"] and got["modalities"] == want["modalities"]
+            assert got["decision"] in ("auto", "review") and set(got["prediction_set"]) <= set(CLASSES)
+            if clear:
+                assert {k: got[k] for k in ROUTING} == {k: want[k] for k in ROUTING}, (got, want)
             for c in CLASSES:
                 assert abs(got["probabilities"][c] - want["probabilities"][c]) < 1e-5, (c, got, want)
         if merged_batches(server)[1] > before[1]:
