@@ -48,7 +48,7 @@ NOTES = ("corner crushed, box dented", "wet patch on the side, label smeared", "
 
 
 # A random model's probabilities sit near 1/5: these make its answers take every routing path.
-RANDOM_CALIBRATION = {"alpha": 0.1, "set_quantile": 0.7905, "confidence_threshold": 0.209,
+RANDOM_CALIBRATION = {"alpha": 0.1, "set_quantile": 0.7905, "confidence_thresholds": dict.fromkeys(CLASSES, 0.209),
                       "disagreement_threshold": 0.0005, "min_auto_precision": 0.98, "delta": 0.1}
 
 

@@ -180,7 +180,8 @@ class SelectiveConfig:
     alpha: float = 0.1                  # prediction sets miss the true class at most this often
     min_auto_precision: float = 0.98    # per class, automatic decisions are right at least this often ...
     delta: float = 0.1                  # ... with confidence 1 - delta (Learn then Test)
-    max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean calib records sent to review
+    detector: str = "leave_one_out"     # modality disagreement: leave_one_out | pairwise (`mmcore.selective.sweep`)
+    max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean records it may send to review
     coverage_slack: float = 0.02        # gate: gate-set coverage >= 1 - alpha - coverage_slack
     max_automation_drop: float = 0.05   # gate: the challenger automates at most this much less than the champion
     contradiction_seed: int = 0         # evaluate: which records lend a note or trace to the synthetic contradictions
@@ -188,6 +189,8 @@ class SelectiveConfig:
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 1 and 0 < self.delta < 1 and 0 < self.min_auto_precision < 1):
             raise ValueError("selective.alpha, delta and min_auto_precision must lie strictly between 0 and 1")
+        if self.detector not in ("leave_one_out", "pairwise"):
+            raise ValueError(f"selective.detector: {self.detector!r}; allowed: leave_one_out, pairwise")
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,15 @@ Three numbers travel with a model version in `selective.json` (JSON, no pickle):
   probabilities, no refit) at `alpha`. A class is in an answer's prediction set when
   1 - p_class <= set_quantile; over exchangeable records the set holds the true class with
   probability >= 1 - alpha.
-- `confidence_threshold`: MAPIE's `MultiClassificationLTTController` (Learn then Test) with one
-  one-vs-rest precision risk per class: the smallest top-class probability at which the precision
-  of automatic decisions of every class is >= `min_auto_precision` with confidence 1 - delta.
-  None when no threshold on the grid can be certified with the calibration records at hand: then
-  no answer is decided automatically (the review queue's labels grow the calibration split).
-- `disagreement_threshold`: the (1 - max_clean_flag_rate) quantile of the unimodal models'
-  disagreement on calibration records, so about that share of clean records is flagged.
+- `confidence_thresholds`, per class: MAPIE's `MultiClassificationLTTController` (Learn then Test)
+  with that class's one-vs-rest precision risk and fixed-sequence testing over GRID: the smallest
+  top-class probability at which automatic decisions of the class are right at least
+  `min_auto_precision` of the time, with confidence 1 - delta for all classes at once (delta / K
+  each). None for a class when no threshold can be certified with the calibration records at hand:
+  then that class is never decided automatically (the review queue's labels grow the calib split).
+- `disagreement_threshold`: the conformal (1 - max_clean_flag_rate) quantile of the modalities'
+  disagreement (`selective.detector`) on calibration records with two or more modalities: a clean
+  record from the same distribution is flagged with probability at most max_clean_flag_rate.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcore.config import SelectiveConfig
+from mmcore.config import CLASSES, SelectiveConfig
 
 FILE = "selective.json"
 GRID = np.round(np.linspace(0.5, 0.99, 50), 4)   # top-class probabilities the threshold is chosen among
@@ -36,10 +38,11 @@ class Calibration:
 
     alpha: float
     set_quantile: float
-    confidence_threshold: float | None
+    confidence_thresholds: dict[str, float | None]
     disagreement_threshold: float | None
     min_auto_precision: float
     delta: float
+    detector: str = "leave_one_out"
     info: dict[str, Any] = field(default_factory=dict)
 
     def save(self, model_dir: Path) -> None:
@@ -81,33 +84,33 @@ def conformal_sets(probs: np.ndarray, y: np.ndarray, alpha: float) -> Any:
         return scc.conformalize(probs, y)
 
 
-def precision_threshold(probs: np.ndarray, y: np.ndarray, target: float, delta: float) -> float | None:
-    """Learn then Test over GRID: the threshold MAPIE certifies for every class's precision, or None."""
+def precision_thresholds(probs: np.ndarray, y: np.ndarray, target: float, delta: float) -> list[float | None]:
+    """Learn then Test over GRID, per class: the threshold MAPIE certifies for its precision, or None."""
     from mapie.risk_control import MultiClassificationLTTController
     from mapie.risk_control.risks import build_precision_ovr
 
-    k = probs.shape[1]
-    ctrl = MultiClassificationLTTController(
-        predict_function=lambda x: np.asarray(x, dtype=np.float64), risks=build_precision_ovr(list(range(k))),
-        target_level=[target] * k, confidence_level=1 - delta, list_predict_params=GRID, classes=np.arange(k))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ctrl.calibrate(probs, y)
-    valid = np.asarray(ctrl.valid_predict_params, dtype=np.float64).ravel()
-    return float(valid.min()) if valid.size else None
+    k, out = probs.shape[1], []
+    for c in range(k):
+        ctrl = MultiClassificationLTTController(
+            predict_function=lambda x: np.asarray(x, dtype=np.float64), risks=build_precision_ovr([c]),
+            target_level=[target], confidence_level=1 - delta / k, list_predict_params=GRID,
+            classes=np.arange(k), fwer_method="fixed_sequence")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ctrl.calibrate(probs, y)
+        valid = np.asarray(ctrl.valid_predict_params, dtype=np.float64).ravel()
+        out.append(float(valid.min()) if valid.size else None)
+    return out
 
 
-def needed_records(target: float, delta: float) -> int:
-    """Error-free automatic decisions a class needs before any threshold can be certified for it.
-
-    Hoeffding-Bentkus (MAPIE's p-value) at its best: e * target**n <= delta / tests (Bonferroni-Holm
-    over the classes and the grid's first threshold)."""
-    tests = 5 * len(GRID)
-    return int(np.ceil(np.log(delta / (tests * np.e)) / np.log(target)))
+def needed_records(target: float, delta: float, k: int = 5) -> int:
+    """Error-free automatic decisions a class needs before any threshold can be certified for it:
+    Hoeffding-Bentkus (MAPIE's p-value) at its best, e * target**n <= delta / k."""
+    return int(np.ceil(np.log(delta / (k * np.e)) / np.log(target)))
 
 
 def calibrate(probs: np.ndarray, y: np.ndarray, disagreement: np.ndarray, multimodal: np.ndarray,
-              cfg: SelectiveConfig) -> Calibration:
+              cfg: SelectiveConfig, labels: tuple[str, ...] = CLASSES) -> Calibration:
     """Fit the three numbers on the calib split; `disagreement` is scored on records with two or more
     modalities present (`multimodal`)."""
     scc = conformal_sets(probs, y, cfg.alpha)
@@ -115,15 +118,17 @@ def calibrate(probs: np.ndarray, y: np.ndarray, disagreement: np.ndarray, multim
     quantile = float(np.asarray(score_fn.get_conformity_score_quantiles(
         scc.conformity_scores, np.array([cfg.alpha]), cv="prefit")).ravel()[0])
     quantile = min(quantile, 1.0)     # too few records for the level: every class is in every set
-    threshold = precision_threshold(probs, y, cfg.min_auto_precision, cfg.delta)
-    clean = disagreement[multimodal]
-    dis = float(np.quantile(clean, 1 - cfg.max_clean_flag_rate, method="higher")) if clean.size >= 20 else None
+    thresholds = dict(zip(labels, precision_thresholds(probs, y, cfg.min_auto_precision, cfg.delta)))
+    clean = np.sort(disagreement[multimodal])
+    rank = int(np.ceil((clean.size + 1) * (1 - cfg.max_clean_flag_rate)))      # split-conformal order statistic
+    dis = float(clean[rank - 1]) if 20 <= clean.size and rank <= clean.size else None
     pred = probs.argmax(1)
     per_class = {int(c): int((pred == c).sum()) for c in range(probs.shape[1])}
     info = {"records": int(len(y)), "predicted_per_class": per_class,
-            "certified": threshold is not None, "needed_per_class": needed_records(cfg.min_auto_precision, cfg.delta),
+            "certified": [c for c, t in thresholds.items() if t is not None],
+            "needed_per_class": needed_records(cfg.min_auto_precision, cfg.delta, len(labels)),
             "multimodal_records": int(multimodal.sum()), "library": _mapie_version()}
-    return Calibration(cfg.alpha, quantile, threshold, dis, cfg.min_auto_precision, cfg.delta, info)
+    return Calibration(cfg.alpha, quantile, thresholds, dis, cfg.min_auto_precision, cfg.delta, cfg.detector, info)
 
 
 def _mapie_version() -> str:

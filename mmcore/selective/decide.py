@@ -22,19 +22,40 @@ def prediction_sets(probs: np.ndarray, set_quantile: float) -> np.ndarray:
     return (1.0 - probs) - set_quantile <= EPSILON
 
 
-def disagreement(opinions: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Largest Jensen-Shannon divergence (bits, 0..1) between the unimodal models' probabilities.
+def _js(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence per row, in bits (0..1)."""
+    return np.nan_to_num(jensenshannon(p, q, axis=1, base=2) ** 2)
+
+
+def pairwise_disagreement(opinions: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Largest Jensen-Shannon divergence between two unimodal models' probabilities.
 
     opinions (N, M, C): each modality's own model; present (N, M): which modalities the record has.
     Only present modalities have an opinion; a record with fewer than two scores 0."""
-    n, m, _ = opinions.shape
-    out = np.zeros(n)
-    for a, b in combinations(range(m), 2):
+    out = np.zeros(len(opinions))
+    for a, b in combinations(range(opinions.shape[1]), 2):
         both = present[:, a] & present[:, b]
         if both.any():
-            js = jensenshannon(opinions[both, a], opinions[both, b], axis=1, base=2) ** 2
-            out[both] = np.maximum(out[both], np.nan_to_num(js))
+            out[both] = np.maximum(out[both], _js(opinions[both, a], opinions[both, b]))
     return out
+
+
+def leave_one_out_disagreement(opinions: np.ndarray, others: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Largest Jensen-Shannon divergence between a modality's own model and the fused model without it.
+
+    others (N, M, C): the fused model with modality m masked, i.e. what the rest of the record says.
+    Chosen over `pairwise_disagreement` on the validation split (mmcore.selective.sweep): the rest of
+    the record is a stronger witness than any single other modality."""
+    out = np.zeros(len(opinions))
+    enough = present.sum(1) >= 2
+    for j in range(opinions.shape[1]):
+        rows = present[:, j] & enough
+        if rows.any():
+            out[rows] = np.maximum(out[rows], _js(opinions[rows, j], others[rows, j]))
+    return out
+
+
+DETECTORS = ("leave_one_out", "pairwise")
 
 
 def review_reasons(probs: np.ndarray, dis: np.ndarray, cal: Calibration | None) -> tuple[np.ndarray, list[list[str]]]:
@@ -42,13 +63,14 @@ def review_reasons(probs: np.ndarray, dis: np.ndarray, cal: Calibration | None) 
     if cal is None:
         return np.eye(probs.shape[1], dtype=bool)[probs.argmax(1)], [["uncalibrated"] for _ in probs]
     sets = prediction_sets(probs, cal.set_quantile)
-    top = probs.max(1)
+    top, pred = probs.max(1), probs.argmax(1)
+    thresholds = list(cal.confidence_thresholds.values())
     out = []
     for i in range(len(probs)):
         why = []
         if sets[i].sum() != 1:
             why.append("set_size")
-        if cal.confidence_threshold is None or top[i] < cal.confidence_threshold:
+        if thresholds[pred[i]] is None or top[i] < thresholds[pred[i]]:
             why.append("low_confidence")
         if cal.disagreement_threshold is not None and dis[i] > cal.disagreement_threshold:
             why.append("modalities_disagree")

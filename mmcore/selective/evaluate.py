@@ -42,7 +42,7 @@ def routing_metrics(probs: np.ndarray, y: np.ndarray, dis: np.ndarray, cal: Cali
             "automation_rate": float(auto.mean()) if len(y) else None, "auto_precision": precision,
             "auto_accuracy": float((pred[auto] == y[auto]).mean()) if auto.any() else None,
             "review_reasons": reasons,
-            "confidence_threshold": None if cal is None else cal.confidence_threshold}
+            "confidence_thresholds": None if cal is None else cal.confidence_thresholds}
 
 
 def contradicted(batch: Batch, y: np.ndarray, modality: str, seed: int) -> tuple[Batch, np.ndarray]:
@@ -66,22 +66,24 @@ def contradicted(batch: Batch, y: np.ndarray, modality: str, seed: int) -> tuple
     return Batch(**out), np.asarray(chosen, dtype=np.int64)
 
 
-def contradiction_metrics(router: Router, batch: Batch, y: np.ndarray, seed: int) -> dict[str, Any]:
+def contradiction_metrics(router: Router, batch: Batch, y: np.ndarray, seed: int, detector: str | None = None,
+                          thr: float | None = None) -> dict[str, Any]:
     """AUROC of the disagreement score, clean multimodal records against contradicted ones, and the
-    shares over the calibrated threshold (clean: false alarms; contradicted: detected)."""
+    shares over the threshold (the calibrated one unless `thr`; clean: false alarms; contradicted: detected)."""
     from sklearn.metrics import roc_auc_score
 
     if not router.opinions:
         return {"available": False, "note": "the model directory has no unimodal opinions"}
     multimodal = (batch.mask.numpy() > 0).sum(1) >= 2
-    clean = router.disagreement(batch)[multimodal]
-    thr = router.calibration.disagreement_threshold if router.calibration else None
-    out: dict[str, Any] = {"available": True, "threshold": thr, "clean_n": int(clean.size),
+    clean = router.disagreement(batch, detector)[multimodal]
+    if thr is None and detector is None:
+        thr = router.calibration.disagreement_threshold if router.calibration else None
+    out: dict[str, Any] = {"available": True, "detector": detector or router.detector, "threshold": thr, "clean_n": int(clean.size),
                            "clean_flag_rate": float((clean > thr).mean()) if thr is not None and clean.size else None}
     scores = []
     for k, modality in enumerate(SWAPPED):
         swapped, idx = contradicted(batch, y, modality, seed + k)
-        s = router.disagreement(swapped)[idx]
+        s = router.disagreement(swapped, detector)[idx]
         scores.append(s)
         out[modality] = {"n": int(idx.size), "detected": float((s > thr).mean()) if thr is not None and idx.size else None,
                          "auroc": _auroc(clean, s, roc_auc_score)}

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from mmcore.evaluate import model_probs
+from mmcore.evaluate import mask_modality, model_probs
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.selective.calibrate import Calibration
-from mmcore.selective.decide import answers, disagreement
+from mmcore.selective.decide import answers, leave_one_out_disagreement, pairwise_disagreement
 
 OPINIONS = "opinions"
 INPUT_KEYS = ("image_size", "text_max_tokens", "sensor_length", "text_ngram_buckets")
@@ -32,12 +32,18 @@ def shares_inputs(opinion: ModelBundle, fused: ModelBundle) -> bool:
 class Router:
     calibration: Calibration | None
     opinions: dict[str, ModelBundle] = field(default_factory=dict)
+    fused: ModelBundle | None = None
+    detector: str = "leave_one_out"     # mmcore.selective.decide.DETECTORS; the calibration names its own
+
+    def __post_init__(self) -> None:
+        if self.calibration is not None:
+            self.detector = self.calibration.detector
 
     @classmethod
     def load(cls, model_dir: Path, fused: ModelBundle) -> "Router":
         found = {m: ModelBundle.load(Path(model_dir) / OPINIONS / m) for m in MODALITIES
                  if (Path(model_dir) / OPINIONS / m / "config.json").is_file()}
-        return cls(Calibration.load(model_dir), {m: b for m, b in found.items() if shares_inputs(b, fused)})
+        return cls(Calibration.load(model_dir), {m: b for m, b in found.items() if shares_inputs(b, fused)}, fused)
 
     @staticmethod
     def save_opinions(model_dir: Path, bundles: dict[str, ModelBundle]) -> None:
@@ -61,10 +67,15 @@ class Router:
         probs = np.stack([c if c is not None else np.zeros((n, k), np.float32) for c in cols], 1) if k else probs
         return probs, present
 
-    def disagreement(self, batch: Batch) -> np.ndarray:
+    def disagreement(self, batch: Batch, detector: str | None = None) -> np.ndarray:
+        """How much the record's modalities contradict each other (0 = no opinions to compare)."""
         if not self.opinions:
             return np.zeros(len(batch.mask))
-        return disagreement(*self.opinion_probs(batch))
+        opinions, present = self.opinion_probs(batch)
+        if (detector or self.detector) == "pairwise" or self.fused is None:
+            return pairwise_disagreement(opinions, present)
+        others = np.stack([model_probs(self.fused.model, mask_modality(batch, m)) for m in MODALITIES], 1)
+        return leave_one_out_disagreement(opinions, others, present)
 
     def route(self, probs: np.ndarray, batch: Batch, labels: list[str]) -> list[dict[str, Any]]:
         return answers(probs, self.disagreement(batch), self.calibration, labels)

@@ -24,7 +24,6 @@ from mmcore.leak import fit_rows
 from mmcore.evaluate import model_probs
 from mmcore.model import MODALITIES, ModelBundle
 from mmcore.selective.calibrate import calibrate
-from mmcore.selective.decide import disagreement
 from mmcore.selective.router import Router
 from mmcore.stages.common import data_version, split_records, write_json
 from mmcore.train import History, checkpoint_path, train_bundle
@@ -80,19 +79,21 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
               file=sys.stderr)
         return {"records": len(recs), "calibrated": False}
     router = Router.load(args.out, fused)
+    router.detector = p.selective.detector
     batch = feat.batch(recs, fused.sensor_mean, fused.sensor_std)
     probs = model_probs(fused.model, batch)
-    opinions, present = router.opinion_probs(batch)
+    present = router.opinion_probs(batch)[1]
     y = np.array([CLASSES.index(lbl) for lbl in labels])
-    cal = calibrate(probs, y, disagreement(opinions, present), present.sum(1) >= 2, p.selective)
+    cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective)
     cal.save(args.out)
     print(f"train: calibrated on {len(y)} calib records: set quantile {cal.set_quantile:.4f}, confidence "
-          f"threshold {cal.confidence_threshold}, disagreement threshold {cal.disagreement_threshold}")
-    if cal.confidence_threshold is None:
-        print(f"train: WARNING no confidence threshold certifies per-class precision {cal.min_auto_precision} "
-              f"with confidence {1 - cal.delta:.2f} on {len(y)} calib records (a class needs about "
-              f"{cal.info['needed_per_class']} error-free decisions): every answer goes to review until the "
-              "calib split grows (review labels feed it) or selective.min_auto_precision / delta change",
+          f"thresholds {cal.confidence_thresholds}, disagreement threshold {cal.disagreement_threshold}")
+    uncertified = [c for c, t in cal.confidence_thresholds.items() if t is None]
+    if uncertified:
+        print(f"train: WARNING no confidence threshold certifies precision {cal.min_auto_precision} with "
+              f"confidence {1 - cal.delta:.2f} for {', '.join(uncertified)} on {len(y)} calib records (a class "
+              f"needs about {cal.info['needed_per_class']} error-free decisions): those answers all go to review "
+              "until the calib split grows (review labels feed it) or selective.min_auto_precision / delta change",
               file=sys.stderr)
     return {"records": len(y), "calibrated": True, **{k: v for k, v in asdict(cal).items() if k != "info"}}
 

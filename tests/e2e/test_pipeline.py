@@ -28,7 +28,9 @@ TINY = {"synth": {"batches": 3, "records_per_batch": 50},
         "validate": {"min_rows": 20},
         # ~30 gate-set records: a class may be missed entirely; latency is not this test's business
         "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
-                 "max_latency_p95_ms": 60000}}
+                 "max_latency_p95_ms": 60000},
+        # ~20 calib and ~30 gate-set records: the sets' coverage is checked, with room for that noise
+        "selective": {"coverage_slack": 0.3}}
 
 
 def env_for(ws: Path) -> dict[str, str]:
@@ -112,10 +114,11 @@ def test_evaluation_report_plots_and_gate_rules(workspace: Path) -> None:
     assert {"missing=image", "missing=text", "missing=sensor"} <= set(metrics["slices"])
     assert {k.split("=")[0] for k in metrics["slices"]} == {"hub", "note_lang", "missing"}
     assert metrics["champion"] is None and metrics["comparison"] is None
-    # first model: floors, the latency budget and its held-out proof only, each with value, limit and verdict
+    # first model: floors, the latency budget, its held-out proof and abstention, each with value, limit, verdict
     assert [r["rule"] for r in gate["rules"]] == ["min_macro_f1", "min_accuracy", "min_class_f1", "max_ece",
-                                                  "max_latency_p95_ms", "gate_set_held_out:challenger"]
-    held_out = gate["rules"][-1]
+                                                  "max_latency_p95_ms", "gate_set_held_out:challenger",
+                                                  "selective_coverage", *(f"auto_precision:{c}" for c in CLASSES)]
+    held_out = gate["rules"][5]
     assert held_out["value"] == 0 and held_out["passed"] and set(held_out["by"]) == {"record_id", "content_sha256",
                                                                                      "image_sha256"}
     assert all({"value", "limit", "passed"} <= set(r) for r in gate["rules"])
@@ -132,6 +135,24 @@ def test_evaluation_report_plots_and_gate_rules(workspace: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
     logged = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
     assert {"confusion.png", "reliability.png", "per_class_f1.png", "training_curves.png"} <= logged
+
+
+def test_abstention_is_calibrated_reported_and_gated(workspace: Path) -> None:
+    sel = json.loads((workspace / "reports" / "selective.json").read_text())
+    chal = sel["challenger"]
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    assert sel["champion"] is None and chal["calibrated"] is True and chal["n"] == metrics["n"]
+    assert 0.0 <= chal["automation_rate"] <= 1.0 and 0.0 <= chal["coverage"]["overall"] <= 1.0
+    assert set(chal["coverage"]["per_class"]) == set(CLASSES) == set(chal["auto_precision"])
+    assert chal["mean_set_size"] >= 0.0 and chal["contradictions"]["available"] is True
+    assert set(sel["goals"]["challenger"]) == {"automation_rate", "auto_precision", "coverage",
+                                               "contradiction_auroc", "clean_flag_rate"}
+    model = workspace / "artifacts" / "model"
+    cal = json.loads((model / "selective.json").read_text())
+    assert cal["alpha"] == 0.1 and 0.0 < cal["set_quantile"] <= 1.0 and cal["info"]["records"] >= 20
+    assert {p.name for p in (model / "opinions").iterdir()} == {"image", "text", "sensor"}
+    split = json.loads((workspace / "reports" / "train.json").read_text())["calibration"]
+    assert split["calibrated"] is True and split["records"] == cal["info"]["records"]
 
 
 def test_second_repro_runs_nothing(workspace: Path) -> None:
@@ -214,6 +235,9 @@ def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
     for p, q in zip(preds, local):
         for c in CLASSES:
             assert abs(p["probabilities"][c] - q["probabilities"][c]) < 1e-5
+        assert p["decision"] in ("auto", "review") and (p["decision"] == "review") == bool(p["review_reason"])
+        assert (p["prediction_set"], p["decision"], p["review_reason"]) == \
+            (q["prediction_set"], q["decision"], q["review_reason"])
 
 
 @pytest.mark.parametrize("body, field", [

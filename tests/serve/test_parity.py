@@ -19,7 +19,7 @@ def clear_of_thresholds(answer: dict, margin: float = 1e-4) -> bool:
     """No probability near the set boundary or the confidence threshold, no disagreement near its threshold."""
     cal = RANDOM_CALIBRATION
     edges = [(p, 1 - cal["set_quantile"]) for p in answer["probabilities"].values()]
-    edges += [(max(answer["probabilities"].values()), cal["confidence_threshold"]),
+    edges += [(max(answer["probabilities"].values()), cal["confidence_thresholds"][answer["label"]]),
               (answer["disagreement"], cal["disagreement_threshold"])]
     return all(abs(v - t) > margin for v, t in edges)
 

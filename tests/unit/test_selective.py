@@ -10,8 +10,9 @@ import torch
 from mmcore.config import CLASSES, SelectiveConfig
 from mmcore.gate import decide, selective_rules
 from mmcore.model import Batch
-from mmcore.selective.calibrate import Calibration, calibrate, conformal_sets, precision_threshold
-from mmcore.selective.decide import answers, disagreement, prediction_sets
+from mmcore.selective.calibrate import Calibration, calibrate, conformal_sets, precision_thresholds
+from mmcore.selective.decide import (answers, leave_one_out_disagreement, pairwise_disagreement,
+                                     prediction_sets)
 from mmcore.selective.evaluate import contradicted, goals, routing_metrics
 from tests.unit.test_gate import CFG, scores
 
@@ -53,11 +54,11 @@ def test_coverage_holds_on_fresh_records(alpha: float) -> None:
 
 def test_certified_threshold_keeps_automatic_precision() -> None:
     probs, y = problem(6000, 3, strength=6.0)
-    thr = precision_threshold(probs, y, target=0.95, delta=0.1)
-    assert thr is not None
+    thr = precision_thresholds(probs, y, target=0.95, delta=0.1)
+    assert None not in thr
     test, yt = problem(6000, 4, strength=6.0)
-    auto = test.max(1) >= thr
     pred = test.argmax(1)
+    auto = test.max(1) >= np.array(thr)[pred]
     assert 0.2 < auto.mean() < 1.0
     for c in range(K):
         decided = auto & (pred == c)
@@ -67,14 +68,15 @@ def test_certified_threshold_keeps_automatic_precision() -> None:
 def test_too_few_records_certify_nothing_and_everything_goes_to_review() -> None:
     probs, y = problem(60, 5)
     cal = calibrate(probs, y, np.zeros(len(y)), np.zeros(len(y), bool), SEL)
-    assert cal.confidence_threshold is None and cal.info["certified"] is False
+    assert set(cal.confidence_thresholds.values()) == {None} and cal.info["certified"] == []
     out = answers(probs, np.zeros(len(y)), cal, list(CLASSES))
     assert {a["decision"] for a in out} == {"review"}
     assert all("low_confidence" in a["review_reason"] for a in out)
 
 
 def test_answer_reasons() -> None:
-    cal = Calibration(alpha=0.1, set_quantile=0.6, confidence_threshold=0.9, disagreement_threshold=0.3,
+    cal = Calibration(alpha=0.1, set_quantile=0.6, confidence_thresholds=dict.fromkeys(CLASSES, 0.9),
+                      disagreement_threshold=0.3,
                       min_auto_precision=0.98, delta=0.1)
     probs = np.array([[0.95, 0.02, 0.01, 0.01, 0.01],     # sure, modalities agree: auto
                       [0.5, 0.45, 0.02, 0.02, 0.01],      # two classes over 0.4: set of two, low confidence
@@ -91,9 +93,15 @@ def test_answer_reasons() -> None:
 def test_disagreement_counts_only_present_modalities() -> None:
     sure = np.eye(K)
     opinions = np.stack([np.stack([sure[0], sure[0], sure[1]]), np.stack([sure[0], sure[1], sure[2]])])
-    both = disagreement(opinions, np.array([[True, True, False], [True, True, True]]))
+    both = pairwise_disagreement(opinions, np.array([[True, True, False], [True, True, True]]))
     assert both[0] == pytest.approx(0.0) and both[1] == pytest.approx(1.0)
-    assert disagreement(opinions, np.array([[True, False, False], [False, False, False]])).tolist() == [0.0, 0.0]
+    alone = np.array([[True, False, False], [False, False, False]])
+    assert pairwise_disagreement(opinions, alone).tolist() == [0.0, 0.0]
+    # leave one out: each modality against what the fused model says without it
+    others = np.stack([np.stack([sure[0]] * 3), np.stack([sure[0], sure[0], sure[0]])])
+    loo = leave_one_out_disagreement(opinions, others, np.array([[True, True, False], [True, True, True]]))
+    assert loo[0] == pytest.approx(0.0) and loo[1] == pytest.approx(1.0)    # record 1's note and trace say otherwise
+    assert leave_one_out_disagreement(opinions, others, alone).tolist() == [0.0, 0.0]
 
 
 def test_contradictions_swap_in_another_class() -> None:

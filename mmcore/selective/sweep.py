@@ -1,0 +1,88 @@
+"""Abstention's choices, made on the validation split (never the gate set) and kept as a report.
+
+    python -m mmcore.selective.sweep [--model artifacts/model] [--out reports/selective_sweep.json]
+
+Needs the data and model of a `make run`. For each modality-disagreement detector: AUROC on synthetic
+contradictions (a note or a trace swapped in from a record of another class) and the shares flagged at
+the threshold calibrated on the calib split (`selective.detector` takes the best AUROC). For several
+precision targets: the threshold Learn then Test certifies on the calib split, and the automation and
+per-class precision it gives on val (what `selective.min_auto_precision` and `delta` trade).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmcore.config import CLASSES, load_params
+from mmcore.evaluate import model_probs
+from mmcore.features import Featurizer
+from mmcore.model import ModelBundle
+from mmcore.selective.calibrate import calibrate
+from mmcore.selective.decide import DETECTORS
+from mmcore.selective.evaluate import contradiction_metrics, routing_metrics
+from mmcore.selective.router import Router
+from mmcore.stages.common import split_records, write_json
+
+TARGETS = (0.90, 0.95, 0.98)
+
+
+def _split(raw: Path, splits: Path, name: str, feat: Featurizer, fused: ModelBundle) -> tuple[Any, np.ndarray]:
+    recs, labels = split_records(raw, splits, name)
+    return feat.batch(recs, fused.sensor_mean, fused.sensor_std), np.array([CLASSES.index(x) for x in labels])
+
+
+def sweep(params: Path, model: Path, raw: Path, splits: Path, cache: Path) -> dict[str, Any]:
+    p = load_params(params)
+    fused = ModelBundle.load(model)
+    router = Router.load(model, fused)
+    feat = Featurizer(fused.model.cfg, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True)
+    calib, yc = _split(raw, splits, "calib", feat, fused)
+    val, yv = _split(raw, splits, "val", feat, fused)
+    multimodal = (calib.mask.numpy() > 0).sum(1) >= 2
+    pc, pv = model_probs(fused.model, calib), model_probs(fused.model, val)
+    detectors = {}
+    for det in DETECTORS:
+        cal = calibrate(pc, yc, router.disagreement(calib, det), multimodal, dataclasses.replace(p.selective, detector=det))
+        detectors[det] = contradiction_metrics(router, val, yv, p.selective.contradiction_seed, det,
+                                               cal.disagreement_threshold)
+    targets = {}
+    for target in TARGETS:
+        cfg = dataclasses.replace(p.selective, min_auto_precision=target)
+        cal = calibrate(pc, yc, np.zeros(len(yc)), multimodal, cfg)
+        m = routing_metrics(pv, yv, np.zeros(len(yv)), cal, list(CLASSES))
+        targets[str(target)] = {"confidence_thresholds": cal.confidence_thresholds,
+                                "needed_per_class": cal.info["needed_per_class"],
+                                "val_automation_rate": m["automation_rate"], "val_auto_precision": m["auto_precision"]}
+    best = max(detectors, key=lambda d: detectors[d]["auroc"] or 0.0)
+    return {"split": "val", "calibrated_on": "calib", "calib_records": int(len(yc)), "val_records": int(len(yv)),
+            "detectors": detectors, "best_detector": best, "configured_detector": p.selective.detector,
+            "precision_targets": targets, "delta": p.selective.delta}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Abstention's settings on the validation split.")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--model", type=Path, default=Path("artifacts/model"))
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--splits", type=Path, default=Path("data/split/splits.parquet"))
+    ap.add_argument("--cache", type=Path, default=Path("data/cache"))
+    ap.add_argument("--out", type=Path, default=Path("reports/selective_sweep.json"))
+    args = ap.parse_args(argv)
+    report = sweep(args.params, args.model, args.raw, args.splits, args.cache)
+    write_json(args.out, report)
+    for det, m in report["detectors"].items():
+        print(f"detector {det:<14} AUROC {m['auroc']:.3f}  flagged clean {m['clean_flag_rate']:.3f}  "
+              f"detected text {m['text']['detected']:.3f} sensor {m['sensor']['detected']:.3f}")
+    for target, t in report["precision_targets"].items():
+        print(f"precision {target}: thresholds {t['confidence_thresholds']} (a class needs ~{t['needed_per_class']} "
+              f"error-free calib decisions), val automation {t['val_automation_rate']:.3f}")
+    print(f"best detector on val: {report['best_detector']} (configured: {report['configured_detector']}) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
