@@ -120,6 +120,11 @@ def metrics_section(metrics: dict[str, Any] | None, plots: dict[str, bytes]) -> 
     rows = [[k, metrics.get(k), champ.get(k)] for k in ("macro_f1", "accuracy", "ece")]
     lat = metrics.get("latency_ms") or {}
     rows.append(["latency p95 (ms)", lat.get("p95"), (champ.get("latency_ms") or {}).get("p95")])
+    sel, old = metrics.get("selective") or {}, champ.get("selective") or {}
+    rows += [["automation rate (decided alone)", sel.get("automation_rate"), old.get("automation_rate")],
+             ["prediction-set coverage", (sel.get("coverage") or {}).get("overall"),
+              (old.get("coverage") or {}).get("overall")],
+             ["mean prediction-set size", sel.get("mean_set_size"), old.get("mean_set_size")]]
     out = ["<h2 id='metrics'>Metrics on the gate set</h2>",
            table(["metric", f"challenger v{metrics.get('model_version')}",
                   f"champion v{champ.get('version')}" if champ else "champion (none)"], rows)]

@@ -6,7 +6,8 @@ Needs the data and model of a `make run`. For each modality-disagreement detecto
 contradictions (a note or a trace swapped in from a record of another class) and the shares flagged at
 the threshold calibrated on the calib split (`selective.detector` takes the best AUROC). For several
 precision targets: the threshold Learn then Test certifies on the calib split, and the automation and
-per-class precision it gives on val (what `selective.min_auto_precision` and `delta` trade).
+per-class precision it gives on val (what `selective.min_auto_precision` and `delta` trade), and each
+class's precision among its most confident val predictions (the most any threshold could reach).
 """
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ def _split(raw: Path, splits: Path, name: str, feat: Featurizer, fused: ModelBun
     return feat.batch(recs, fused.sensor_mean, fused.sensor_std), np.array([CLASSES.index(x) for x in labels])
 
 
+def precision_ceiling(probs: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float | int | None]]:
+    """Per class, the precision on val of its most confident predictions (top 25 %, 50 %, all): what any
+    threshold could reach. Labels that are wrong (synth.label_noise on the default data) cap it."""
+    pred, top = probs.argmax(1), probs.max(1)
+    out = {}
+    for i, c in enumerate(CLASSES):
+        conf = np.sort(top[pred == i])[::-1]
+        right = (y[pred == i][np.argsort(-top[pred == i], kind="stable")] == i)
+        out[c] = {"n": int(conf.size), **{f"top_{q}": float(right[:max(1, int(conf.size * q / 100))].mean())
+                                          if conf.size else None for q in (25, 50, 100)}}
+    return out
+
+
 def sweep(params: Path, model: Path, raw: Path, splits: Path, cache: Path) -> dict[str, Any]:
     p = load_params(params)
     fused = ModelBundle.load(model)
@@ -57,10 +71,11 @@ def sweep(params: Path, model: Path, raw: Path, splits: Path, cache: Path) -> di
         targets[str(target)] = {"confidence_thresholds": cal.confidence_thresholds,
                                 "needed_per_class": cal.info["needed_per_class"],
                                 "val_automation_rate": m["automation_rate"], "val_auto_precision": m["auto_precision"]}
-    best = max(detectors, key=lambda d: detectors[d]["auroc"] or 0.0)
+    ceiling = precision_ceiling(pv, yv)
+    best = max(detectors, key=lambda d: detectors[d].get("auroc") or 0.0)
     return {"split": "val", "calibrated_on": "calib", "calib_records": int(len(yc)), "val_records": int(len(yv)),
             "detectors": detectors, "best_detector": best, "configured_detector": p.selective.detector,
-            "precision_targets": targets, "delta": p.selective.delta}
+            "precision_targets": targets, "delta": p.selective.delta, "val_precision_of_most_confident": ceiling}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,12 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     report = sweep(args.params, args.model, args.raw, args.splits, args.cache)
     write_json(args.out, report)
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
     for det, m in report["detectors"].items():
-        print(f"detector {det:<14} AUROC {m['auroc']:.3f}  flagged clean {m['clean_flag_rate']:.3f}  "
-              f"detected text {m['text']['detected']:.3f} sensor {m['sensor']['detected']:.3f}")
+        print(f"detector {det:<14} AUROC {f(m.get('auroc'))}  flagged clean {f(m.get('clean_flag_rate'))}  "
+              f"detected text {f((m.get('text') or {}).get('detected'))} "
+              f"sensor {f((m.get('sensor') or {}).get('detected'))}")
     for target, t in report["precision_targets"].items():
         print(f"precision {target}: thresholds {t['confidence_thresholds']} (a class needs ~{t['needed_per_class']} "
-              f"error-free calib decisions), val automation {t['val_automation_rate']:.3f}")
+              f"error-free calib decisions), val automation {f(t['val_automation_rate'])}")
+    for c, v in report["val_precision_of_most_confident"].items():
+        print(f"val precision of {c}'s most confident quarter {f(v['top_25'])}, half {f(v['top_50'])}, "
+              f"all {f(v['top_100'])} (n={v['n']})")
     print(f"best detector on val: {report['best_detector']} (configured: {report['configured_detector']}) -> {args.out}")
     return 0
 

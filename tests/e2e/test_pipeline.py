@@ -153,6 +153,11 @@ def test_abstention_is_calibrated_reported_and_gated(workspace: Path) -> None:
     assert {p.name for p in (model / "opinions").iterdir()} == {"image", "text", "sensor"}
     split = json.loads((workspace / "reports" / "train.json").read_text())["calibration"]
     assert split["calibrated"] is True and split["records"] == cal["info"]["records"]
+    # the settings' sweep reads val and calib only, never the gate set
+    run([sys.executable, "-m", "mmcore.selective.sweep", "--out", "reports/selective_sweep.json"], workspace)
+    sweep = json.loads((workspace / "reports" / "selective_sweep.json").read_text())
+    assert sweep["split"] == "val" and set(sweep["detectors"]) == {"leave_one_out", "pairwise"}
+    assert sweep["calib_records"] == cal["info"]["records"] and set(sweep["precision_targets"]) == {"0.9", "0.95", "0.98"}
 
 
 def test_second_repro_runs_nothing(workspace: Path) -> None:

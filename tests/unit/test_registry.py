@@ -85,7 +85,7 @@ def test_model_is_logged_with_signature_json_example_and_lineage_tags(store: Pat
 
     info = mlflow.models.get_model_info(f"models:/{NAME}/1")
     assert [c.name for c in info.signature.inputs] == ["note", "image", "sensor"]
-    assert [c.name for c in info.signature.outputs] == ["label", *CLASSES]
+    assert [c.name for c in info.signature.outputs] == ["label", *CLASSES, "decision", "prediction_set", "review_reason"]
     assert info.saved_input_example_info["type"] == "dataframe"
     files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(store / "dl")))
              .rglob("*")}
