@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import logging
 import os
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mmcore.config import CLASSES
+from mmcore.serving.auth import ApiKeyMiddleware, configured_key
 from mmcore.serving.capture import Capture, CaptureSettings, RequestInfo, new_id
 from mmcore.serving.middleware import CaptureMiddleware, current_request
 
@@ -166,26 +166,9 @@ def to_mmcore(rec: Record) -> dict[str, Any]:
 OPEN_PATHS = ("/healthz", "/readyz", "/livez", "/metrics", "/capturez", "/docs.json", "/static_content")
 
 
-class ApiKeyMiddleware:
-    """With PARCEL_API_KEY set, every call but health, metrics and the OpenAPI page (`/`, `/docs.json`)
-    needs header `x-api-key`, or `Authorization: Bearer <key>`, which `bentoml.SyncHTTPClient(token=)` sends."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.key = (os.environ.get("PARCEL_API_KEY") or "").encode("latin-1") or None
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if self.key and scope["type"] == "http" and path != "/" and not path.startswith(OPEN_PATHS):
-            headers = dict(scope.get("headers") or [])
-            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
-            if not hmac.compare_digest(given, self.key):
-                from starlette.responses import JSONResponse
-
-                error = "missing or wrong API key: send header x-api-key or Authorization: Bearer"
-                await JSONResponse({"error": error}, status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def guarded(path: str) -> bool:
+    """With PARCEL_API_KEY set, every call but health, metrics and the OpenAPI page needs the key."""
+    return path != "/" and not path.startswith(OPEN_PATHS)
 
 
 async def _answer(send: Any, receive: Any, scope: dict, status: int, error: str) -> None:
@@ -361,5 +344,6 @@ class ParcelCondition:
 
 
 ParcelCondition.add_asgi_middleware(CaptureMiddleware)  # outermost: every answer, a 401 too, has x-request-id
-ParcelCondition.add_asgi_middleware(ApiKeyMiddleware)  # before BodyGuard: no body is read before the key is checked
+# before BodyGuard: no body is read before the key is checked
+ParcelCondition.add_asgi_middleware(ApiKeyMiddleware, key=configured_key(), guarded=guarded)
 ParcelCondition.add_asgi_middleware(BodyGuard)

@@ -8,7 +8,7 @@ an answer becomes are mmcore/selective/review_queue.py's.
 
 The page (`GET /`, static/review.html: plain HTML, CSS and JS) loads without a key, because it holds
 no data; every `/api` call needs the service's key, PARCEL_API_KEY, as header `x-api-key` or
-`Authorization: Bearer`, checked the way service.py's ApiKeyMiddleware checks it. The page keeps the
+`Authorization: Bearer`, checked by the service's own middleware (mmcore/serving/auth.py). The page keeps the
 key in sessionStorage and asks again on a 401, which is what a reviewer sees after the key rotated.
 With no key set the app says so at start and is open.
 
@@ -20,10 +20,8 @@ With no key set the app says so at start and is open.
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import logging
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,32 +36,17 @@ from starlette.routing import Route
 from mmcore.config import CLASSES
 from mmcore.selective.review_queue import (NotFound, ReviewError, ReviewQueue, check_label, image_bytes,
                                            record_view)
+from mmcore.serving.auth import KEY_ENV, ApiKeyMiddleware, configured_key
 from mmcore.serving.capture import MONITOR_NAME, CaptureSettings
 
 logger = logging.getLogger("mmcore.review")
-KEY_ENV = "PARCEL_API_KEY"
 PAGE = "static/review.html"
 PROTECTED = "/api"
 
 
-class ApiKeyMiddleware:
-    """service.py's check, for every path under /api: the page itself is static and holds no data."""
-
-    def __init__(self, app: Any, key: str | None) -> None:
-        self.app = app
-        self.key = (key or "").encode("latin-1") or None
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        if self.key and scope["type"] == "http" and (path == PROTECTED or path.startswith(PROTECTED + "/")):
-            headers = dict(scope.get("headers") or [])
-            given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ")
-            if not hmac.compare_digest(given, self.key):
-                error = (f"missing or wrong API key: send header x-api-key or Authorization: Bearer with the "
-                         f"service's current {KEY_ENV}")
-                await JSONResponse({"error": error}, status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def guarded(path: str) -> bool:
+    """Every path under /api: the page itself is static and holds no data."""
+    return path == PROTECTED or path.startswith(PROTECTED + "/")
 
 
 def image_type(data: bytes) -> str:
@@ -137,7 +120,8 @@ def create_app(queue: ReviewQueue, api_key: str | None) -> Starlette:
               Route("/api/records/{prediction_id}/label", label, methods=["POST"]),
               Route("/api/records/{prediction_id}/skip", skip, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={ReviewError: refused, HTTPException: http_error})
-    app.add_middleware(ApiKeyMiddleware, key=api_key)
+    app.add_middleware(ApiKeyMiddleware, key=api_key, guarded=guarded,
+                       hint=f" with the service's current {KEY_ENV}")
     return app
 
 
@@ -168,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     for root in roots:
         if not (root / "log" / args.monitor).is_dir():
             logger.warning("capture folder %s has no log/%s yet: nothing from it is in the queue", root, args.monitor)
-    key = os.environ.get(KEY_ENV) or None
+    key = configured_key()
     if key is None:
         logger.warning("%s is not set: the review queue is open to anyone who can reach %s:%s; set it to the "
                        "service's key", KEY_ENV, args.host, args.port)
