@@ -60,8 +60,8 @@ DETECTORS = ("leave_one_out", "pairwise")
 
 def review_reasons(probs: np.ndarray, dis: np.ndarray, cal: Calibration | None) -> tuple[np.ndarray, list[list[str]]]:
     """Prediction sets and, per record, why it goes to review ([] = decided automatically)."""
-    if cal is None:
-        return np.eye(probs.shape[1], dtype=bool)[probs.argmax(1)], [["uncalibrated"] for _ in probs]
+    if cal is None:   # nothing calibrated, nothing excluded: every class in the set, a person decides
+        return np.ones(probs.shape, dtype=bool), [["uncalibrated"] for _ in probs]
     sets = prediction_sets(probs, cal.set_quantile)
     top, pred = probs.max(1), probs.argmax(1)
     thresholds = list(cal.confidence_thresholds.values())

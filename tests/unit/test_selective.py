@@ -87,7 +87,8 @@ def test_answer_reasons() -> None:
     assert out[1]["prediction_set"] == ["normal", "damaged"]
     assert out[1]["review_reason"] == ["set_size", "low_confidence"]
     assert out[2]["review_reason"] == ["modalities_disagree"]
-    assert answers(probs[:1], np.zeros(1), None, list(CLASSES))[0]["review_reason"] == ["uncalibrated"]
+    uncalibrated = answers(probs[:1], np.zeros(1), None, list(CLASSES))[0]
+    assert uncalibrated["review_reason"] == ["uncalibrated"] and uncalibrated["prediction_set"] == list(CLASSES)
 
 
 def test_disagreement_counts_only_present_modalities() -> None:
