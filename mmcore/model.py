@@ -118,13 +118,29 @@ class FusionModel(nn.Module):
         return mask
 
     def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected modality tokens (B, 3, w), missing ones replaced, and the mask used (B, 3)."""
+        """Projected modality tokens (B, 3, w), missing ones replaced, and the mask used (B, 3).
+
+        In eval mode a modality the model may not see is not projected at all (its token is the missing
+        embedding either way): a unimodal baseline's opinion then costs one projection, not three."""
         mask = self.effective_mask(batch.mask)
-        tokens = torch.stack([self.proj["image"](batch.image),
-                              self.proj["text"](torch.cat([batch.text, batch.ngrams], dim=1)),
-                              self.sensor(batch.sensor)], dim=1)
+        parts = {"image": lambda: self.proj["image"](batch.image),
+                 "text": lambda: self.proj["text"](torch.cat([batch.text, batch.ngrams], dim=1)),
+                 "sensor": lambda: self.sensor(batch.sensor)}
+        skip = not self.training
+        tokens = torch.stack([self.missing.new_zeros(len(mask), self.missing.shape[1])
+                              if skip and m not in self.cfg.modalities else parts[m]() for m in MODALITIES], dim=1)
         m = mask.unsqueeze(-1)
         return tokens * m + self.missing.unsqueeze(0) * (1 - m), mask
+
+    def without_each(self, batch: Batch) -> torch.Tensor:
+        """(M, B, C) logits with each modality in turn marked absent, from one pass through the encoders'
+        projections: what the rest of the record says about it (mmcore.selective's disagreement)."""
+        tokens, mask = self.tokens(batch)
+        m, n = len(MODALITIES), len(mask)
+        t, k = tokens.repeat(m, 1, 1), mask.repeat(m, 1)            # (M*B, 3, w): one classify call
+        for j in range(m):
+            t[j * n:(j + 1) * n, j], k[j * n:(j + 1) * n, j] = self.missing[j], 0
+        return self.classify(t, k).view(m, n, -1)
 
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.fusion(tokens, mask))                     # (B, C)

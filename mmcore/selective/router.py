@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mmcore.evaluate import mask_modality, model_probs
+from mmcore.evaluate import model_probs
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.selective.calibrate import Calibration
 from mmcore.selective.decide import answers, leave_one_out_disagreement, pairwise_disagreement
@@ -74,7 +75,11 @@ class Router:
         opinions, present = self.opinion_probs(batch)
         if (detector or self.detector) == "pairwise" or self.fused is None:
             return pairwise_disagreement(opinions, present)
-        others = np.stack([model_probs(self.fused.model, mask_modality(batch, m)) for m in MODALITIES], 1)
+        if self.fused.model.training:
+            self.fused.model.eval()
+        with torch.inference_mode():
+            logits = self.fused.model.without_each(batch)
+        others = torch.softmax(logits.float(), -1).permute(1, 0, 2).numpy()
         return leave_one_out_disagreement(opinions, others, present)
 
     def route(self, probs: np.ndarray, batch: Batch, labels: list[str]) -> list[dict[str, Any]]:
