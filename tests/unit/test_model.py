@@ -1,6 +1,7 @@
 """Model contract: shapes, missing modalities, save/load without pickle, and that training learns."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -47,6 +48,26 @@ def test_unimodal_model_only_sees_its_modality() -> None:
     assert torch.allclose(model(a), model(b))
     c = dataclasses.replace(a, sensor=torch.randn(3, 4, MCFG.sensor_length))
     assert not torch.allclose(model(a), model(c))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "attention"])
+def test_without_each_equals_masking_each_modality(fusion: str) -> None:
+    """The one-pass leave-one-out logits (abstention's disagreement) equal three masked forward passes,
+    and a unimodal model skips the other projections in eval mode without changing its answer."""
+    from mmcore.evaluate import mask_modality
+    from mmcore.model import MODALITIES
+
+    model = FusionModel(dataclasses.replace(MCFG, fusion=fusion)).eval()
+    batch = random_batch(5, seed=5, mask=torch.tensor([[1.0, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 1, 1]]))
+    with torch.no_grad():
+        each = model.without_each(batch)
+        for j, m in enumerate(MODALITIES):
+            assert torch.allclose(each[j], model(mask_modality(batch, m)), atol=1e-6)
+    uni = FusionModel(dataclasses.replace(MCFG, fusion=fusion, modalities=("text",))).eval()
+    projects_all = copy.deepcopy(uni)              # same weights and mask, every modality projected
+    projects_all.cfg = dataclasses.replace(uni.cfg, modalities=MODALITIES)
+    with torch.no_grad():
+        assert torch.allclose(uni(batch), projects_all(batch), atol=1e-6)
 
 
 def test_training_learns_a_separable_signal() -> None:
