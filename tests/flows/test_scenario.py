@@ -22,7 +22,8 @@ MLflow (SQLite), real gate, real bento builds:
          half of what v2 lost on the new hub
 
 Overrides that keep it small (SCENARIO below): small images, the concat head, few epochs, a short latency
-probe, and gate floors low enough for a first model judged on ~30 gate-set records. The
+probe, 40 records for the behavioural suites, a 5 % calib split, and gate floors low enough for a first
+model judged on ~30 gate-set records. The
 comparative rules (bootstrap lower bound > min_delta 0.0, class and slice F1 drops) are the
 project's own, so day 1 must genuinely win and day 2 genuinely fail to.
 """
@@ -51,8 +52,12 @@ SCENARIO = {
     # day 0 is a few dozen shipments: the concat head (params.yaml's attention needs more data)
     "model": {"image_size": 96, "fusion": "concat"},
     "train": {"epochs": 8, "patience": 8, "lr": 0.002},
+    # a few hundred records in all: 5 % of shipments calibrate abstention (15 % would take a fifth of the
+    # little training data the loop's v4 has to win with)
+    "split": {"calib_fraction": 0.05},
     "validate": {"min_rows": 20},
-    "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1},
+    "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1,
+                 "behaviour_records": 40},
     "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
              "max_latency_p95_ms": 60000},
     # a few dozen calib and gate-set records: abstention is checked, with room for that noise
