@@ -132,10 +132,11 @@ class FusionModel(nn.Module):
         m = mask.unsqueeze(-1)
         return tokens * m + self.missing.unsqueeze(0) * (1 - m), mask
 
-    def without_each(self, batch: Batch) -> torch.Tensor:
+    def without_each(self, batch: Batch, tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """(M, B, C) logits with each modality in turn marked absent, from one pass through the encoders'
-        projections: what the rest of the record says about it (mmcore.selective's disagreement)."""
-        tokens, mask = self.tokens(batch)
+        projections (or `tokens`, this batch's `self.tokens(batch)` when the caller has them): what the rest
+        of the record says about each modality (mmcore.selective's disagreement)."""
+        tokens, mask = tokens or self.tokens(batch)
         m, n = len(MODALITIES), len(mask)
         t, k = tokens.repeat(m, 1, 1), mask.repeat(m, 1)            # (M*B, 3, w): one classify call
         for j in range(m):

@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mmcore.evaluate import model_probs
 from mmcore.features import Featurizer
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.preprocess import prepare_note
@@ -28,9 +28,16 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle.labels
 
-    def _forward(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, Batch]:
+    def _forward(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, Batch, tuple[torch.Tensor, ...]]:
+        """Probabilities, the batch, and the fused model's tokens (the routing reuses them)."""
         batch = self.featurizer.batch(records, self.bundle.sensor_mean, self.bundle.sensor_std)
-        return model_probs(self.bundle.model, batch), batch
+        model = self.bundle.model
+        if model.training:
+            model.eval()
+        with torch.inference_mode():
+            tokens = model.tokens(batch)
+            probs = torch.softmax(model.classify(*tokens).float(), dim=-1).numpy()
+        return probs, batch, tokens
 
     def probabilities(self, records: list[dict[str, Any]]) -> np.ndarray:
         """(N, C) class probabilities."""
@@ -43,8 +50,8 @@ class Predictor:
         (prediction_set, decision, review_reason, disagreement: mmcore.selective), per record."""
         if not records:
             return []
-        probs, batch = self._forward(records)
-        routed = self.router.route(probs, batch, self.labels)
+        probs, batch, tokens = self._forward(records)
+        routed = self.router.route(probs, batch, self.labels, tokens)
         allowed = set(self.bundle.model.cfg.modalities)
         out = []
         for rec, p, r in zip(records, probs, routed):

@@ -68,8 +68,10 @@ class Router:
         probs = np.stack([c if c is not None else np.zeros((n, k), np.float32) for c in cols], 1) if k else probs
         return probs, present
 
-    def disagreement(self, batch: Batch, detector: str | None = None) -> np.ndarray:
-        """How much the record's modalities contradict each other (0 = no opinions to compare)."""
+    def disagreement(self, batch: Batch, detector: str | None = None,
+                     tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+        """How much the record's modalities contradict each other (0 = no opinions to compare);
+        `tokens`: the fused model's tokens of this batch, when the caller computed them already."""
         if not self.opinions:
             return np.zeros(len(batch.mask))
         opinions, present = self.opinion_probs(batch)
@@ -78,9 +80,10 @@ class Router:
         if self.fused.model.training:
             self.fused.model.eval()
         with torch.inference_mode():
-            logits = self.fused.model.without_each(batch)
+            logits = self.fused.model.without_each(batch, tokens)
         others = torch.softmax(logits.float(), -1).permute(1, 0, 2).numpy()
         return leave_one_out_disagreement(opinions, others, present)
 
-    def route(self, probs: np.ndarray, batch: Batch, labels: list[str]) -> list[dict[str, Any]]:
-        return answers(probs, self.disagreement(batch), self.calibration, labels)
+    def route(self, probs: np.ndarray, batch: Batch, labels: list[str],
+              tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+        return answers(probs, self.disagreement(batch, tokens=tokens), self.calibration, labels)
