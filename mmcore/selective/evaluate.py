@@ -78,14 +78,16 @@ def contradiction_metrics(router: Router, batch: Batch, y: np.ndarray, seed: int
     clean = router.disagreement(batch, detector)[multimodal]
     if thr is None and detector is None:
         thr = router.calibration.disagreement_threshold if router.calibration else None
-    out: dict[str, Any] = {"available": True, "detector": detector or router.detector, "threshold": thr, "clean_n": int(clean.size),
+    out: dict[str, Any] = {"available": True, "detector": detector or router.detector, "threshold": thr,
+                           "clean_n": int(clean.size),
                            "clean_flag_rate": float((clean > thr).mean()) if thr is not None and clean.size else None}
     scores = []
     for k, modality in enumerate(SWAPPED):
         swapped, idx = contradicted(batch, y, modality, seed + k)
         s = router.disagreement(swapped, detector)[idx]
         scores.append(s)
-        out[modality] = {"n": int(idx.size), "detected": float((s > thr).mean()) if thr is not None and idx.size else None,
+        detected = float((s > thr).mean()) if thr is not None and idx.size else None
+        out[modality] = {"n": int(idx.size), "detected": detected,
                          "auroc": _auroc(clean, s, roc_auc_score)}
     out["auroc"] = _auroc(clean, np.concatenate(scores), roc_auc_score)
     return out

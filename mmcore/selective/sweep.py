@@ -60,7 +60,8 @@ def sweep(params: Path, model: Path, raw: Path, splits: Path, cache: Path) -> di
     pc, pv = model_probs(fused.model, calib), model_probs(fused.model, val)
     detectors = {}
     for det in DETECTORS:
-        cal = calibrate(pc, yc, router.disagreement(calib, det), multimodal, dataclasses.replace(p.selective, detector=det))
+        cal = calibrate(pc, yc, router.disagreement(calib, det), multimodal,
+                        dataclasses.replace(p.selective, detector=det))
         detectors[det] = contradiction_metrics(router, val, yv, p.selective.contradiction_seed, det,
                                                cal.disagreement_threshold)
     targets = {}
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for c, v in report["val_precision_of_most_confident"].items():
         print(f"val precision of {c}'s most confident quarter {f(v['top_25'])}, half {f(v['top_50'])}, "
               f"all {f(v['top_100'])} (n={v['n']})")
-    print(f"best detector on val: {report['best_detector']} (configured: {report['configured_detector']}) -> {args.out}")
+    print(f"best detector on val: {report['best_detector']} "
+          f"(configured: {report['configured_detector']}) -> {args.out}")
     return 0
 
 

@@ -120,7 +120,8 @@ def test_contradictions_swap_in_another_class() -> None:
 
 def test_routing_metrics_and_goals() -> None:
     probs, y = problem(2000, 7, strength=8.0)
-    cal = calibrate(probs[:1000], y[:1000], np.zeros(1000), np.zeros(1000, bool), SelectiveConfig(min_auto_precision=0.95))
+    cal = calibrate(probs[:1000], y[:1000], np.zeros(1000), np.zeros(1000, bool),
+                    SelectiveConfig(min_auto_precision=0.95))
     m = routing_metrics(probs[1000:], y[1000:], np.zeros(1000), cal, list(CLASSES))
     assert m["coverage"]["overall"] >= 0.87 and set(m["coverage"]["per_class"]) == set(CLASSES)
     assert 0 < m["automation_rate"] < 1 and m["mean_set_size"] >= 0.8
