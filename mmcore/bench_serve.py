@@ -262,16 +262,6 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
     predictor = load_model(model_dir)
     predictor.predict([to_mmcore(r) for r in records[-3:]])
 
-    def inproc_b1(recs: list[dict[str, Any]]) -> list[float]:
-        out = []
-        for rec in recs:
-            start = time.perf_counter()
-            predictor.predict([to_mmcore(rec)])
-            out.append((time.perf_counter() - start) * 1000)
-            predictor.featurizer.image_cache.mem.clear()
-            predictor.featurizer.text_cache.mem.clear()
-        return out
-
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     env["PARCEL_MODEL_TAG"] = str(import_model(model_dir, MODEL_NAME, "0").tag)
@@ -283,9 +273,9 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
         closed_loop(url, bodies, 1, requests=5)
         # in-process batch 1 right before and after the concurrency-1 run (server idle meanwhile),
         # so both see the same machine; the figure is the median of all those calls
-        b1 = inproc_b1(records[:c1_requests // 2])
+        b1 = inproc_b1_ms(predictor, records[:c1_requests // 2])
         c1 = closed_loop(url, bodies, 1, requests=c1_requests)
-        b1 += inproc_b1(records[c1_requests // 2:c1_requests])
+        b1 += inproc_b1_ms(predictor, records[c1_requests // 2:c1_requests])
         inproc_b1_ms = float(np.median(b1))
         with serving("service:ParcelCondition", ROOT, {**env, "PARCEL_MODEL_TAG": plain_tag},
                      work / "logs" / "plain.log") as plain_url:
@@ -323,6 +313,18 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
     }
 
 
+def inproc_b1_ms(predictor: Any, records: list[dict[str, Any]]) -> list[float]:
+    """ms of each record's `predict` at batch 1, its embeddings computed afresh as serving does."""
+    out = []
+    for rec in records:
+        predictor.featurizer.image_cache.mem.clear()
+        predictor.featurizer.text_cache.mem.clear()
+        start = time.perf_counter()
+        predictor.predict([to_mmcore(rec)])
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
 def routing_cost(url: str, plain_url: str, bodies: list[bytes], requests: int, routed: Any, plain: Any,
                  records: list[dict[str, Any]], rounds: int = 4) -> dict[str, Any]:
     """p50 at concurrency 1 with the sets, threshold and unimodal opinions (mmcore.selective) against the
@@ -335,12 +337,7 @@ def routing_cost(url: str, plain_url: str, bodies: list[bytes], requests: int, r
         served["routed"] += closed_loop(url, part, 1, requests=per)["latencies"]
         served["plain"] += closed_loop(plain_url, part, 1, requests=per)["latencies"]
         for name, pred in (("routed", routed), ("plain", plain)):
-            for rec in records[k * per:(k + 1) * per]:
-                pred.featurizer.image_cache.mem.clear()
-                pred.featurizer.text_cache.mem.clear()
-                start = time.perf_counter()
-                pred.predict([to_mmcore(rec)])
-                inproc[name].append((time.perf_counter() - start) * 1000)
+            inproc[name] += inproc_b1_ms(pred, records[k * per:(k + 1) * per])
     p50 = {k: pct(v, 50) for k, v in served.items()}
     ip50 = {k: float(np.median(v)) for k, v in inproc.items()}
     return {"p50_ms_c1": p50, "p50_c1_routing_ratio": round(p50["routed"] / p50["plain"], 3),

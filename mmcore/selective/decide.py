@@ -14,7 +14,6 @@ from scipy.spatial.distance import jensenshannon
 from mmcore.selective.calibrate import Calibration
 
 EPSILON = 1e-8      # MAPIE's LAC set rule: 1 - p <= quantile + EPSILON (mapie._machine_precision)
-REASONS = ("set_size", "low_confidence", "modalities_disagree", "uncalibrated")
 
 
 def prediction_sets(probs: np.ndarray, set_quantile: float) -> np.ndarray:

@@ -67,15 +67,16 @@ def contradicted(batch: Batch, y: np.ndarray, modality: str, seed: int) -> tuple
 
 
 def contradiction_metrics(router: Router, batch: Batch, y: np.ndarray, seed: int, detector: str | None = None,
-                          thr: float | None = None) -> dict[str, Any]:
+                          thr: float | None = None, scores: np.ndarray | None = None) -> dict[str, Any]:
     """AUROC of the disagreement score, clean multimodal records against contradicted ones, and the
-    shares over the threshold (the calibrated one unless `thr`; clean: false alarms; contradicted: detected)."""
+    shares over the threshold (the calibrated one unless `thr`; clean: false alarms; contradicted: detected).
+    `scores`: the batch's disagreement, when the caller has it already."""
     from sklearn.metrics import roc_auc_score
 
     if not router.opinions:
         return {"available": False, "note": "the model directory has no unimodal opinions"}
     multimodal = (batch.mask.numpy() > 0).sum(1) >= 2
-    clean = router.disagreement(batch, detector)[multimodal]
+    clean = (router.disagreement(batch, detector) if scores is None else scores)[multimodal]
     if thr is None and detector is None:
         thr = router.calibration.disagreement_threshold if router.calibration else None
     out: dict[str, Any] = {"available": True, "detector": detector or router.detector, "threshold": thr,
@@ -103,8 +104,9 @@ def _auroc(clean: np.ndarray, bad: np.ndarray, roc_auc_score: Any) -> float | No
 def selective_section(router: Router, probs: np.ndarray, batch: Batch, y: np.ndarray, labels: list[str],
                       seed: int) -> dict[str, Any]:
     with torch.inference_mode():
-        out = routing_metrics(probs, y, router.disagreement(batch), router.calibration, labels)
-        out["contradictions"] = contradiction_metrics(router, batch, y, seed)
+        dis = router.disagreement(batch)
+        out = routing_metrics(probs, y, dis, router.calibration, labels)
+        out["contradictions"] = contradiction_metrics(router, batch, y, seed, scores=dis)
     return out
 
 

@@ -54,18 +54,13 @@ class Router:
     def opinion_probs(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(N, M, C) each unimodal model's probabilities and (N, M) whether it had its modality."""
         n, mask = len(batch.mask), batch.mask.numpy() > 0
-        probs = np.zeros((n, len(MODALITIES), 0), np.float32)
+        k = len(next(iter(self.opinions.values())).labels) if self.opinions else 0
+        probs = np.zeros((n, len(MODALITIES), k), np.float32)
         present = np.zeros((n, len(MODALITIES)), bool)
-        cols = []
         for i, m in enumerate(MODALITIES):
-            bundle = self.opinions.get(m)
-            if bundle is None:
-                cols.append(None)
-                continue
-            cols.append(model_probs(bundle.model, batch))
-            present[:, i] = mask[:, i]
-        k = next((c.shape[1] for c in cols if c is not None), 0)
-        probs = np.stack([c if c is not None else np.zeros((n, k), np.float32) for c in cols], 1) if k else probs
+            if m in self.opinions:
+                probs[:, i] = model_probs(self.opinions[m].model, batch)
+                present[:, i] = mask[:, i]
         return probs, present
 
     def disagreement(self, batch: Batch, detector: str | None = None,
