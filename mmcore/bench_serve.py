@@ -273,9 +273,9 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
         closed_loop(url, bodies, 1, requests=5)
         # in-process batch 1 right before and after the concurrency-1 run (server idle meanwhile),
         # so both see the same machine; the figure is the median of all those calls
-        b1 = inproc_b1_ms(predictor, records[:c1_requests // 2])
+        b1 = time_b1_ms(predictor, records[:c1_requests // 2])
         c1 = closed_loop(url, bodies, 1, requests=c1_requests)
-        b1 += inproc_b1_ms(predictor, records[c1_requests // 2:c1_requests])
+        b1 += time_b1_ms(predictor, records[c1_requests // 2:c1_requests])
         inproc_b1_ms = float(np.median(b1))
         with serving("service:ParcelCondition", ROOT, {**env, "PARCEL_MODEL_TAG": plain_tag},
                      work / "logs" / "plain.log") as plain_url:
@@ -313,7 +313,7 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
     }
 
 
-def inproc_b1_ms(predictor: Any, records: list[dict[str, Any]]) -> list[float]:
+def time_b1_ms(predictor: Any, records: list[dict[str, Any]]) -> list[float]:
     """ms of each record's `predict` at batch 1, its embeddings computed afresh as serving does."""
     out = []
     for rec in records:
@@ -337,7 +337,7 @@ def routing_cost(url: str, plain_url: str, bodies: list[bytes], requests: int, r
         served["routed"] += closed_loop(url, part, 1, requests=per)["latencies"]
         served["plain"] += closed_loop(plain_url, part, 1, requests=per)["latencies"]
         for name, pred in (("routed", routed), ("plain", plain)):
-            inproc[name] += inproc_b1_ms(pred, records[k * per:(k + 1) * per])
+            inproc[name] += time_b1_ms(pred, records[k * per:(k + 1) * per])
     p50 = {k: pct(v, 50) for k, v in served.items()}
     ip50 = {k: float(np.median(v)) for k, v in inproc.items()}
     return {"p50_ms_c1": p50, "p50_c1_routing_ratio": round(p50["routed"] / p50["plain"], 3),
