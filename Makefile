@@ -59,11 +59,13 @@ serve:
 review:
 	$(PY) -m mmcore.selective.review
 
-# Regenerate requirements.lock from requirements.in (needs uv: pip install uv).
+# Regenerate requirements.lock from requirements.in, then the bento's serving subset from the lock
+# (needs uv: pip install uv).
 lock:
 	uv pip compile requirements.in -o requirements.lock.tmp --python-version 3.11 --no-header
 	grep -vE '^(torch|triton|nvidia-(cu|nccl|nvjitlink|nvshmem|nvtx)|cuda-)' requirements.lock.tmp > requirements.lock
 	rm requirements.lock.tmp
+	uv pip compile requirements-serve.in -c requirements.lock -o requirements-serve.txt --python-version 3.11
 
 clean:
 	rm -rf data/raw data/quarantine data/split data/cache artifacts reports/*.json reports/runs mlflow.db mlartifacts .bentoml gx/uncommitted

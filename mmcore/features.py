@@ -26,8 +26,8 @@ from mmcore.config import SENSOR_CHANNELS, ModelConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.finetune import weights_tag
 from mmcore.model import Batch, ModelBundle
-from mmcore.preprocess import (image_pixels, normalise_sensor, note_ngrams, prepare_image, prepare_note,
-                              sensor_features)
+from mmcore.preprocess import (image_pixels, ngram_block, prepare_image, prepare_note, sensor_block,
+                              sensor_input)
 
 
 class EmbeddingCache:
@@ -199,13 +199,7 @@ class Featurizer:
 
     def sensors(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """(raw features (N,4,L), presence (N,)) before normalisation."""
-        out = np.zeros((len(records), len(SENSOR_CHANNELS), self.cfg.sensor_length), np.float32)
-        present = np.zeros(len(records), np.float32)
-        for i, r in enumerate(records):
-            if (s := r.get("sensor")) is not None:
-                out[i] = sensor_features(*sensor_arrays(s), self.cfg.sensor_length)
-                present[i] = 1
-        return out, present
+        return sensor_block(records, self.cfg.sensor_length)
 
     def pixels(self, records: list[dict[str, Any]]) -> np.ndarray:
         """(N, 3, S, S) uint8 at training resolution, zeros where the image is missing.
@@ -236,14 +230,12 @@ class Featurizer:
 
     def ngrams(self, records: list[dict[str, Any]]) -> torch.Tensor:
         """(N, text_ngram_buckets) character n-gram features of the notes; zeros where the note is missing."""
-        k = self.cfg.text_ngram_buckets
-        return torch.from_numpy(np.stack([note_ngrams(prepare_note(r.get("note")), k) for r in records])
-                                if records else np.zeros((0, k), np.float32))
+        return torch.from_numpy(ngram_block(records, self.cfg.text_ngram_buckets))
 
     def _sensor_batch(self, records: list[dict[str, Any]], mean: np.ndarray,
                       std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        sens, present = self.sensors(records)
-        return torch.from_numpy(normalise_sensor(sens, mean, std) * present[:, None, None]), torch.from_numpy(present)
+        sens, present = sensor_input(records, self.cfg.sensor_length, mean, std)
+        return torch.from_numpy(sens), torch.from_numpy(present)
 
     def batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray) -> Batch:
         """Frozen-encoder embeddings: the input of a FusionModel."""
@@ -260,14 +252,6 @@ class Featurizer:
         mask = torch.cat([torch.from_numpy(present.astype(np.float32)), s_present[:, None]], dim=1)
         return Batch(torch.from_numpy(self.pixels(records)), torch.from_numpy(tokens), sens, mask,
                      self.ngrams(records))
-
-
-def sensor_arrays(sensor: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """A sensor dict to (t_s (rows,), channels (rows,4)); without t_s the rate is taken as fixed."""
-    channels = np.stack([np.asarray(sensor[c], dtype=np.float64) for c in SENSOR_CHANNELS], axis=1)
-    t = sensor.get("t_s")
-    t_s = np.asarray(t, dtype=np.float64) if t is not None else np.arange(len(channels), dtype=np.float64)
-    return t_s, channels
 
 
 def sensor_stats(raw_feats: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,7 @@ class AttentionFusion(nn.Module):
         self.out_dim = w
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens + self.type_emb], dim=1)  # (B, 4, w)
+        x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens + self.type_emb], dim=1)  # (B, 4, w)
         return self.layer(x)[:, 0]                                                           # (B, w)
 
 
@@ -127,7 +127,7 @@ class FusionModel(nn.Module):
                  "text": lambda: self.proj["text"](torch.cat([batch.text, batch.ngrams], dim=1)),
                  "sensor": lambda: self.sensor(batch.sensor)}
         skip = not self.training
-        tokens = torch.stack([self.missing.new_zeros(len(mask), self.missing.shape[1])
+        tokens = torch.stack([mask.new_zeros(mask.shape[0], self.missing.shape[1])
                               if skip and m not in self.cfg.modalities else parts[m]() for m in MODALITIES], dim=1)
         m = mask.unsqueeze(-1)
         return tokens * m + self.missing.unsqueeze(0) * (1 - m), mask
@@ -135,13 +135,13 @@ class FusionModel(nn.Module):
     def without_each(self, batch: Batch, tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """(M, B, C) logits with each modality in turn marked absent, from one pass through the encoders'
         projections (or `tokens`, this batch's `self.tokens(batch)` when the caller has them): what the rest
-        of the record says about each modality (mmcore.selective's disagreement)."""
+        of the record says about each modality (mmcore.selective's disagreement). Written without in-place
+        writes so that it exports to ONNX with a dynamic batch."""
         tokens, mask = tokens or self.tokens(batch)
-        m, n = len(MODALITIES), len(mask)
-        t, k = tokens.repeat(m, 1, 1), mask.repeat(m, 1)            # (M*B, 3, w): one classify call
-        for j in range(m):
-            t[j * n:(j + 1) * n, j], k[j * n:(j + 1) * n, j] = self.missing[j], 0
-        return self.classify(t, k).view(m, n, -1)
+        drop = torch.eye(len(MODALITIES), dtype=tokens.dtype, device=tokens.device)     # (M, 3): row j drops j
+        t = tokens.unsqueeze(0) * (1 - drop)[:, None, :, None] + (drop[:, :, None] * self.missing)[:, None]
+        k = mask.unsqueeze(0) * (1 - drop)[:, None, :]                                 # (M, B, 3)
+        return self.classify(t.flatten(0, 1), k.flatten(0, 1)).unflatten(0, (len(MODALITIES), -1))
 
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.fusion(tokens, mask))                     # (B, C)

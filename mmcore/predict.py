@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from mmcore.features import Featurizer
-from mmcore.model import MODALITIES, Batch, ModelBundle
-from mmcore.preprocess import prepare_note
+from mmcore.model import Batch, ModelBundle
 from mmcore.selective.router import Router
+from mmcore.serving.runtime import answer_dicts
 
 
 class Predictor:
@@ -52,15 +52,7 @@ class Predictor:
             return []
         probs, batch, tokens = self._forward(records)
         routed = self.router.route(probs, batch, self.labels, tokens)
-        allowed = set(self.bundle.model.cfg.modalities)
-        out = []
-        for rec, p, r in zip(records, probs, routed):
-            present = {"image": rec.get("image") is not None, "text": prepare_note(rec.get("note")) is not None,
-                       "sensor": rec.get("sensor") is not None}
-            out.append({"label": self.labels[int(p.argmax())],
-                        "probabilities": {c: float(v) for c, v in zip(self.labels, p)},
-                        "modalities": [m for m in MODALITIES if present[m] and m in allowed], **r})
-        return out
+        return answer_dicts(records, probs, routed, self.labels, set(self.bundle.model.cfg.modalities))
 
 
 def load_model(path: str | Path, cache_dir: Path | None = None) -> Predictor:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import io
 import unicodedata
 import zlib
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from mmcore.config import SENSOR_CHANNELS
+
+if TYPE_CHECKING:  # serving runs without torch (mmcore.serving.runtime)
+    import torch
 
 # ImageNet-style EfficientNet-Lite input: RGB scaled to [-1, 1].
 IMAGE_MEAN = 0.5
@@ -94,3 +97,36 @@ def sensor_features(t_s: np.ndarray, channels: np.ndarray, length: int) -> np.nd
 def normalise_sensor(feats: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Per-channel standardisation with statistics stored in the model artifact."""
     return ((feats - mean[:, None]) / std[:, None]).astype(np.float32)
+
+
+def sensor_arrays(sensor: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A sensor dict to (t_s (rows,), channels (rows,4)); without t_s the rate is taken as fixed."""
+    channels = np.stack([np.asarray(sensor[c], dtype=np.float64) for c in SENSOR_CHANNELS], axis=1)
+    t = sensor.get("t_s")
+    t_s = np.asarray(t, dtype=np.float64) if t is not None else np.arange(len(channels), dtype=np.float64)
+    return t_s, channels
+
+
+def sensor_block(records: list[dict[str, Any]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(raw features (N,4,L), presence (N,)) of the records' traces, before normalisation."""
+    out = np.zeros((len(records), len(SENSOR_CHANNELS), length), np.float32)
+    present = np.zeros(len(records), np.float32)
+    for i, r in enumerate(records):
+        if (s := r.get("sensor")) is not None:
+            out[i] = sensor_features(*sensor_arrays(s), length)
+            present[i] = 1
+    return out, present
+
+
+def sensor_input(records: list[dict[str, Any]], length: int, mean: np.ndarray,
+                 std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised traces (N,4,L), zero where absent; presence (N,)): the model's sensor input."""
+    sens, present = sensor_block(records, length)
+    return normalise_sensor(sens, mean, std) * present[:, None, None], present
+
+
+def ngram_block(records: list[dict[str, Any]], buckets: int) -> np.ndarray:
+    """(N, buckets) character n-gram features of the records' notes; zeros where the note is missing."""
+    if not records:
+        return np.zeros((0, buckets), np.float32)
+    return np.stack([note_ngrams(prepare_note(r.get("note")), buckets) for r in records])

@@ -29,18 +29,46 @@ def import_model(model_dir: Path, name: str, version: str) -> Any:
     return bentoml.models.get(tag)
 
 
-def smoke_test(model_path: str) -> dict[str, Any]:
-    """The packaged files load and predict with every modality missing but one."""
-    from mmcore.predict import load_model
+def smoke_test(model_path: str, backend: str) -> dict[str, Any]:
+    """The packaged files load and predict with every modality missing but one, on the backend served."""
+    from mmcore.serving.runtime import load_predictor
 
-    out = load_model(model_path).predict([{"note": "corner crushed, box dented", "image": None, "sensor": None}])
+    out = load_predictor(model_path, backend).predict([{"note": "corner crushed, box dented", "image": None,
+                                                        "sensor": None}])
     return {"label": out[0]["label"], "ok": abs(sum(out[0]["probabilities"].values()) - 1) < 1e-4}
+
+
+def shipping_data(raw: Path, splits: Path, n_images: int) -> tuple[list[bytes], tuple[list, Any] | None]:
+    """Training-split images for int8 calibration and the gate set to check int8 on; none without data."""
+    if not (raw.is_dir() and splits.is_file()):
+        return [], None
+    import numpy as np
+
+    from mmcore.config import CLASSES
+    from mmcore.stages.common import split_records
+    from mmcore.stages.evaluate import gate_set
+
+    train, _ = split_records(raw, splits, "train")
+    images = [r["image"] for r in train if r.get("image") is not None]
+    pick = np.random.default_rng(0).permutation(len(images))[:n_images]
+    gate = gate_set(raw, splits)
+    return [images[i] for i in sorted(pick)], (gate.records, np.asarray(gate.y)) if len(gate.y) else None
+
+
+def ship_model(model_dir: Path, serve: Any, raw: Path, splits: Path) -> dict[str, Any]:
+    """Export the champion to ONNX, with int8 only where the gate set allows (mmcore.serving.shipping)."""
+    from mmcore.serving.shipping import prepare
+
+    calibration, gate = shipping_data(raw, splits, serve.calibration_images)
+    return prepare(model_dir, serve, calibration, gate)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Build the bento of the current champion.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--bentofile", default="bentofile.yaml")
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--splits", type=Path, default=Path("data/split/splits.parquet"))
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / ".bentoml"))
@@ -55,9 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import bentoml
 
-    model = import_model(registry.download_model_dir(p.registry.model_name, version),
-                         p.registry.model_name, version)
-    smoke = smoke_test(model.path)
+    try:
+        model = bentoml.models.get(f"{p.registry.model_name}:v{version}")
+    except bentoml.exceptions.NotFound:
+        model_dir = registry.download_model_dir(p.registry.model_name, version)
+        ship_model(model_dir, p.serve, args.raw, args.splits)
+        model = import_model(model_dir, p.registry.model_name, version)
+    from mmcore.serving.runtime import exported, resolve_backend
+
+    runtime = exported(Path(model.path))
+    backend = resolve_backend(Path(model.path), p.serve.backend)
+    smoke = smoke_test(model.path, backend)
     os.environ["PARCEL_MODEL_TAG"] = str(model.tag)
     try:
         bento = bentoml.bentos.get(f"{p.registry.model_name}:v{version}")
@@ -65,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         # args: the bento records its model tag, so it never serves whatever model is latest in the store
         bento = bentoml.bentos.build_bentofile(args.bentofile, build_ctx=".", name=p.registry.model_name,
                                                version=f"v{version}", labels={"model_version": version},
-                                               args={"model_tag": str(model.tag)})
+                                               args={"model_tag": str(model.tag), "backend": p.serve.backend})
     write_json(args.out, {"bento": str(bento.tag), "model": str(model.tag), "model_version": int(version),
-                          "bentoml_home": os.environ["BENTOML_HOME"], "smoke_test": smoke})
-    print(f"package: built bento {bento.tag} from champion version {version}")
+                          "bentoml_home": os.environ["BENTOML_HOME"], "smoke_test": smoke,
+                          "backend": backend, "runtime": runtime})
+    int8 = runtime.get("int8_decision") or {}
+    print(f"package: built bento {bento.tag} from champion version {version}, serving {backend}"
+          f" (int8 {'kept' if int8.get('kept') else 'not kept'}: {int8.get('reason', 'no decision recorded')})")
     return 0
 
 

@@ -43,7 +43,7 @@ def env_for(ws: Path) -> dict[str, str]:
 
 
 def make_workspace(ws: Path) -> None:
-    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements.lock"):
+    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements-serve.txt"):
         shutil.copy(ROOT / name, ws / name)
     shutil.copytree(ROOT / "mmcore", ws / "mmcore", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

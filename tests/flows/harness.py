@@ -23,7 +23,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 def make_workspace(ws: Path, overrides: dict[str, dict[str, Any]]) -> None:
     """A copy of the project (code, dvc.yaml, prefect.yaml) with params.yaml overridden."""
-    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements.lock", "prefect.yaml"):
+    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements-serve.txt", "prefect.yaml"):
         shutil.copy(ROOT / name, ws / name)
     for pkg in ("mmcore", "flows"):
         shutil.copytree(ROOT / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))

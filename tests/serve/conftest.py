@@ -61,7 +61,7 @@ def release(ws: Path, model_dir: Path) -> str:
 @pytest.fixture(scope="session")
 def serve_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = tmp_path_factory.mktemp("serve-ws")
-    for name in ("service.py", "bentofile.yaml", "requirements.lock", "params.yaml"):
+    for name in ("service.py", "bentofile.yaml", "requirements-serve.txt", "params.yaml"):
         shutil.copy(ROOT / name, ws / name)
     shutil.copytree(ROOT / "mmcore", ws / "mmcore", ignore=shutil.ignore_patterns("__pycache__"))
     random_bundle(ws / "models" / "v1", load_params(ROOT / "params.yaml").model, seed=1)

@@ -1,0 +1,117 @@
+"""The ONNX export and runtime: same answers as torch, same tokens as transformers, int8 kept only
+within its limits, clear errors for a backend a model directory does not have."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmcore.bench_serve import random_bundle, synthetic_records
+from mmcore.config import ServeConfig, load_params
+from mmcore.serving import runtime
+from mmcore.serving.export import export_model
+from mmcore.serving.runtime import OnnxPredictor, load_predictor, resolve_backend
+from mmcore.serving.shipping import int8_decision, prepare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def records(n: int, seed: int) -> list[dict]:
+    out = []
+    for i, r in enumerate(synthetic_records(n, seed=seed, rows=50, image_side=64)):
+        rec = {"image": base64.b64decode(r["image"]), "note": r["note"], "sensor": r["sensor"]}
+        if missing := ("image", "note", "sensor", None)[i % 4]:    # every pattern of a missing modality
+            rec[missing] = None
+        out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = random_bundle(tmp_path_factory.mktemp("onnx") / "model", load_params(ROOT / "params.yaml").model, seed=4)
+    export_model(d)
+    return d
+
+
+def probs(answers: list[dict]) -> np.ndarray:
+    return np.array([list(a["probabilities"].values()) for a in answers])
+
+
+def test_fp32_onnx_answers_as_torch(exported_dir: Path) -> None:
+    recs = records(12, seed=1)
+    recs[5]["note"] = "écrasé " * 80 + "数据"          # truncated at text_max_tokens, non-Latin script
+    torch_ans = load_predictor(exported_dir, "torch").predict(recs)
+    onnx_ans = load_predictor(exported_dir, "onnx_fp32").predict(recs)
+    assert np.abs(probs(torch_ans) - probs(onnx_ans)).max() < 1e-4
+    assert max(abs(a["disagreement"] - b["disagreement"]) for a, b in zip(torch_ans, onnx_ans)) < 1e-4
+    for a, b in zip(torch_ans, onnx_ans):
+        assert (a["label"], a["modalities"], a["prediction_set"]) == (b["label"], b["modalities"], b["prediction_set"])
+    # batch of one and an empty batch take the same path
+    one = load_predictor(exported_dir, "onnx_fp32").predict(recs[:1])
+    assert np.abs(probs(one) - probs(torch_ans[:1])).max() < 1e-4
+    assert load_predictor(exported_dir, "onnx_fp32").predict([]) == []
+
+
+def test_tokenizer_json_gives_the_transformers_ids(exported_dir: Path) -> None:
+    from mmcore.encoders import TextEncoder
+
+    notes = ["box dented", "  wet  corner, water-stained label ", "écrasé " * 80, "数据 损坏"]
+    ids, attention = TextEncoder(max_tokens=48).tokenize(notes)
+    enc = OnnxPredictor(exported_dir).tokenizer.encode_batch(notes)
+    assert [e.ids for e in enc] == ids.tolist()
+    assert [e.attention_mask for e in enc] == attention.tolist()
+
+
+def test_runtime_file_and_backend_choice(exported_dir: Path) -> None:
+    meta = json.loads((exported_dir / "runtime.json").read_text())
+    assert meta["onnx_fp32"]["opinions"] == {m: f"opinion-{m}.onnx" for m in ("image", "text", "sensor")}
+    assert meta["onnx_int8"] is None
+    assert resolve_backend(exported_dir, "auto") == "onnx_fp32"
+    with pytest.raises(ValueError, match="no such export"):
+        resolve_backend(exported_dir, "onnx_int8")
+    plain = exported_dir.parent / "plain"
+    random_bundle(plain, load_params(ROOT / "params.yaml").model, seed=5, routing=False)
+    assert resolve_backend(plain, "auto") == "torch"      # a directory never packaged still serves
+
+
+def test_onnx_runtime_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor m in ('torch', 'transformers'): sys.modules[m] = None\n"
+            "import mmcore.serving.runtime, mmcore.preprocess, mmcore.selective.decide, mmcore.data.checks")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_int8_kept_only_within_limits(exported_dir: Path, tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    shutil.copytree(exported_dir, d)
+    recs = records(16, seed=2)
+    images = [r["image"] for r in records(8, seed=3) if r["image"] is not None]
+    y = OnnxPredictor(d).probabilities(recs).argmax(1)            # fp32 is right on every record
+    kept = int8_decision(d, ServeConfig(max_quantised_drop=1.0, min_quantised_agreement=0.0), images, (recs, y))
+    assert kept["kept"] and kept["gate_records"] == 16 and 0 <= kept["label_agreement"] <= 1
+    int8 = load_predictor(d, "onnx_int8").predict(recs)
+    assert np.allclose(probs(int8).sum(1), 1, atol=1e-5)
+    strict = ServeConfig(max_quantised_drop=-1.0)                  # no int8 can pass: fp32 is shipped
+    runtime_meta = prepare(d, strict, images, (recs, y))
+    assert runtime_meta["onnx_int8"] is None and "max_quantised_drop" in runtime_meta["int8_decision"]["reason"]
+    assert not (d / "onnx" / "int8").exists() and resolve_backend(d, "auto") == "onnx_fp32"
+    assert runtime_meta["fp32_parity_max_abs"] < 1e-4
+    off = prepare(d, dataclasses.replace(strict, quantise=False), images, (recs, y))
+    assert off["int8_decision"] == {"kept": False, "reason": "serve.quantise is false"}
+    assert prepare(d, ServeConfig(), [], None)["int8_decision"]["kept"] is False
+
+
+def test_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PARCEL_THREADS", raising=False)
+    monkeypatch.setenv("PARCEL_TORCH_THREADS", "3")
+    assert runtime.threads_setting() == 3
+    monkeypatch.setenv("PARCEL_THREADS", "2")
+    assert runtime.threads_setting() == 2
