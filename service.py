@@ -21,10 +21,11 @@ from typing import Annotated, Any, Literal
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from mmcore.config import CLASSES
+from mmcore.config import CLASSES, IMAGE_MIN_SIDE
 from mmcore.serving.auth import ApiKeyMiddleware, configured_key
 from mmcore.serving.capture import Capture, CaptureSettings, RequestInfo, new_id
 from mmcore.serving.middleware import CaptureMiddleware, current_request
+from mmcore.serving.runtime import threads_setting
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
@@ -39,9 +40,12 @@ class BentoArgs(BaseModel):
     v1 serves model v1 even after v2 joined the model store; from source, PARCEL_MODEL_TAG or latest."""
 
     model_tag: str = os.environ.get("PARCEL_MODEL_TAG", "parcel-condition:latest")
+    backend: str = "auto"   # params.yaml serve.backend, as packaged; PARCEL_BACKEND overrides it when serving
 
 
-MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
+ARGS = bentoml.use_arguments(BentoArgs)
+MODEL_TAG = ARGS.model_tag
+BACKEND = os.environ.get("PARCEL_BACKEND") or ARGS.backend
 
 # Adaptive batching, from `python -m mmcore.bench_serve` (reports/bench/serve.json, "batching"):
 # in-process predict time against batch size on this project's 2-core machine, 2026-12-01 with
@@ -58,7 +62,7 @@ MODEL_TAG = bentoml.use_arguments(BentoArgs).model_tag
 # Torch intra-op threads of the one inference thread. Measured on the shared 2-core machine (other
 # jobs running), batch 1 in process: 44-61 ms with 1 thread, 338-369 ms with 2 (OpenMP threads
 # waiting on each other when the cores are busy); the serve bench runs in process with this too.
-TORCH_THREADS = int(os.environ.get("PARCEL_TORCH_THREADS", "1"))
+THREADS = threads_setting()
 BATCHING = os.environ.get("PARCEL_BATCHING", "1") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "4"))
 MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "33800"))
@@ -73,10 +77,12 @@ LandingId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """The two fields of IngestConfig that `mmcore.data.checks.check_image` reads."""
+    """The fields of IngestConfig that `mmcore.data.checks.check_image` reads: the ingest rules
+    (JPEG or PNG, size, pixels, at least `image_min_side` px a side) hold for served images too."""
 
     max_image_bytes: int = MAX_IMAGE_BYTES
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    image_min_side: int = IMAGE_MIN_SIDE   # params `ingest.image_min_side` (the bento has no params.yaml)
 
 
 def check_image_bytes(data: bytes) -> None:
@@ -281,14 +287,11 @@ class ParcelCondition:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        import torch
+        from mmcore.serving.runtime import load_predictor
 
-        from mmcore.predict import load_model
-
-        torch.set_num_threads(TORCH_THREADS)
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsWithoutPayload())
         self.ready = False
-        self.predictor = load_model(self.model_ref.path)
+        self.predictor = load_predictor(self.model_ref.path, BACKEND, THREADS)
         self.version = str(self.model_ref.info.metadata.get("model_version", self.model_ref.tag.version))
         self.predictor.predict([warm_up_record()])
         self.capture = Capture(CAPTURE).start()
@@ -312,9 +315,10 @@ class ParcelCondition:
     def _predict(self, records: list[Record]) -> list[Prediction]:
         inputs = [to_mmcore(r) for r in records]
         preds = self.predictor.predict(inputs)
-        # The featurizer's embedding cache serves training; here it would grow with every request.
-        self.predictor.featurizer.image_cache.mem.clear()
-        self.predictor.featurizer.text_cache.mem.clear()
+        if featurizer := getattr(self.predictor, "featurizer", None):
+            # the torch featurizer's embedding cache serves training; here it would grow with every request
+            featurizer.image_cache.mem.clear()
+            featurizer.text_cache.mem.clear()
         out = [Prediction(record_id=r.record_id, prediction_id=new_id(), model_version=self.version,
                           **{k: v for k, v in p.items() if k != "disagreement"}) for r, p in zip(records, preds)]
         for r, x, p in zip(records, inputs, out):  # O(1) each: a bounded queue, written in the background

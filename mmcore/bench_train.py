@@ -29,6 +29,7 @@ from mmcore.encoders import default_device
 from mmcore.features import Featurizer, sensor_stats
 from mmcore.model import ModelBundle
 from mmcore.predict import Predictor
+from mmcore.serving.runtime import threads_setting
 from mmcore.train import encode_labels, fit, train_bundle
 
 
@@ -79,9 +80,9 @@ def training(recs: list[dict[str, Any]], labels: list[str], p: Params, tcfg: Tra
 
 def inference(bundle: ModelBundle, recs: list[dict[str, Any]], n_single: int = 16) -> dict[str, float]:
     """Records/s through the whole request path (no embedding cache) at batch 1 and batch 64,
-    on the service's torch thread count (PARCEL_TORCH_THREADS, default 1)."""
+    on the service's thread count (PARCEL_THREADS, default 1)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("PARCEL_TORCH_THREADS", "1")))
+    torch.set_num_threads(threads_setting())
     try:
         return {**_inference(bundle, recs, n_single), "torch_threads": torch.get_num_threads()}
     finally:

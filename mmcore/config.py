@@ -16,6 +16,11 @@ import yaml
 
 CLASSES: tuple[str, ...] = ("normal", "damaged", "wet", "temperature_excursion", "tampered")
 SENSOR_CHANNELS: tuple[str, ...] = ("temperature_c", "humidity_pct", "shock_g", "light_lux")
+# The smallest photo the landing contract takes, in pixels a side (DESIGN §2): params.yaml
+# `ingest.image_min_side` sets it for ingest (smaller photos are quarantined, image_too_small) and
+# validation (which then expects none); the bento has no params.yaml, so the service refuses
+# smaller photos by this default (tests/unit/test_preprocess.py checks the two agree).
+IMAGE_MIN_SIDE = 32
 
 
 SHIFT_SENSOR_OFFSET: dict[str, tuple[float, float]] = {   # calibration offset bounds per channel
@@ -89,7 +94,8 @@ def _shift_problems(s: ShiftConfig) -> list[str]:
     if (s.image_width == 0) != (s.image_height == 0):
         checks.append("image_width and image_height are set together (0 and 0: synth.image_size)")
     elif s.image_width:
-        checks += [outside("image_width", s.image_width, 32, 4096), outside("image_height", s.image_height, 32, 4096)]
+        checks += [outside("image_width", s.image_width, IMAGE_MIN_SIDE, 4096),
+                   outside("image_height", s.image_height, IMAGE_MIN_SIDE, 4096)]
     if s.hub is not None and not (isinstance(s.hub, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s.hub)):
         checks.append(f"hub {s.hub!r} must be 1-32 characters of [A-Za-z0-9_-]")
     if s.share > 0 and s.hub is None:
@@ -139,6 +145,7 @@ class IngestConfig:
     max_image_bytes: int
     max_image_pixels: int
     shard_size: int
+    image_min_side: int = IMAGE_MIN_SIDE  # px a side: smaller photos are quarantined; validation and the service use it
     landing: str = "data/landing"     # landing area the ingest stage reads (dvc.yaml: ${ingest.landing})
     labels: str = "data/labels"       # label feed the ingest stage joins (dvc.yaml: ${ingest.labels}; DESIGN §2b)
     executor: str = "process"         # process: a local process pool; dask: a Dask cluster (dask_address)
@@ -147,6 +154,9 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.executor not in ("process", "dask"):
             raise ValueError(f"ingest.executor must be process or dask, got {self.executor!r}")
+        side = self.image_min_side
+        if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+            raise ValueError(f"ingest.image_min_side must be a whole number of pixels >= 1, got {side!r}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,6 @@ class ValidateConfig:
     min_rows: int
     max_missing_share: float
     min_class_share: float
-    image_min_side: int
     brightness_range: list[float]
     sensor_temperature_range: list[float]
     sensor_humidity_range: list[float]
@@ -291,6 +300,24 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """How the package stage prepares the served model (mmcore/serving/export.py) and which runtime serves it."""
+
+    backend: str = "auto"               # auto (best exported: onnx_int8, else onnx_fp32) | onnx_fp32 | onnx_int8 | torch
+    quantise: bool = True               # try int8 (ONNX Runtime quantisation); kept only within the two limits below
+    max_quantised_drop: float = 0.005   # gate-set macro-F1 of int8 at most this far below fp32 ...
+    min_quantised_agreement: float = 0.99   # ... and at least this share of labels the same as fp32
+    calibration_images: int = 64        # training-split images for int8 activation ranges (static quantisation)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"serve.backend: {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+
+
+BACKENDS = ("auto", "onnx_int8", "onnx_fp32", "torch")
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     experiment: str
     model_name: str
@@ -322,6 +349,7 @@ class Params:
     registry: RegistryConfig
     monitor: MonitorConfig
     selective: SelectiveConfig
+    serve: ServeConfig = field(default_factory=ServeConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -331,11 +359,25 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     hints = {"synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig,
              "split": SplitConfig, "model": ModelConfig, "train": TrainConfig,
              "evaluate": EvaluateConfig, "gate": GateConfig, "registry": RegistryConfig,
-             "monitor": MonitorConfig, "selective": SelectiveConfig}
+             "monitor": MonitorConfig, "selective": SelectiveConfig, "serve": ServeConfig}
+    raw.setdefault("serve", {})   # optional: a params.yaml from before the serve section still loads
     if set(raw) != set(hints):
         raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
     built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}
+    _check_photo_sides(built["synth"], built["ingest"])
     return Params(**built, raw=raw)
+
+
+def _check_photo_sides(synth: SynthConfig, ingest: IngestConfig) -> None:
+    """The generator's photos must pass ingest: one below ingest.image_min_side would be quarantined."""
+    sides = {"synth.image_size": synth.image_size}
+    if synth.shift.image_width:
+        sides |= {"synth.shift.image_width": synth.shift.image_width,
+                  "synth.shift.image_height": synth.shift.image_height}
+    small = [f"{name} = {side}" for name, side in sides.items() if side < ingest.image_min_side]
+    if small:
+        raise ValueError(f"{', '.join(small)} below ingest.image_min_side = {ingest.image_min_side}: "
+                         "ingest would quarantine those photos (image_too_small)")
 
 
 def apply_overrides(path: Path, overrides: dict[str, dict[str, Any]]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from mmcore import drift
-from mmcore.config import CLASSES, ValidateConfig
+from mmcore.config import CLASSES, IMAGE_MIN_SIDE, ValidateConfig
 from mmcore.schema import NOTE_LANGS, PROFILE_COLUMNS, RECORD_ID_RE
 from mmcore.stages.common import jsonable
 
@@ -80,15 +80,17 @@ def _record_expectations(gxe: Any) -> list[Any]:
     ]
 
 
-def _image_expectations(gxe: Any, cfg: ValidateConfig) -> list[Any]:
-    """A few tiny or black photos happen; many mean a broken scanner."""
+def _image_expectations(gxe: Any, cfg: ValidateConfig, image_min_side: int) -> list[Any]:
+    """A few black photos happen; many mean a broken scanner. The smallest side is params
+    `ingest.image_min_side`, the one ingest quarantines below (and the service refuses), so a
+    smaller photo here is a record that bypassed ingest's rule."""
     from great_expectations.expectations.row_conditions import Column
 
     has_image = Column("has_image") == True  # noqa: E712  (builds a GX condition)
     out: list[Any] = []
     for col in ("image_width", "image_height"):
         out += _tiered(gxe.ExpectColumnValuesToBeBetween, column=col,
-                       min_value=cfg.image_min_side, row_condition=has_image)
+                       min_value=image_min_side, row_condition=has_image)
     lo, hi = cfg.brightness_range
     out += _tiered(gxe.ExpectColumnValuesToBeBetween, column="image_brightness",
                    min_value=lo, max_value=hi)
@@ -174,20 +176,22 @@ def reference_source(reference: pd.DataFrame | None) -> dict[str, Any] | None:
 
 
 def build_suite(cfg: ValidateConfig, reference: pd.DataFrame | None = None,
-                n_new: int = 0) -> Any:
+                n_new: int = 0, image_min_side: int = IMAGE_MIN_SIDE) -> Any:
     """The `parcel_profile` suite, rebuilt from params every run so code is the source.
 
     With a reference (champion's training rows) it also holds the drift expectations.
+    `image_min_side` is params `ingest.image_min_side` (one setting for ingest, validation, service).
     """
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    expectations = (_record_expectations(gxe) + _image_expectations(gxe, cfg)
+    expectations = (_record_expectations(gxe) + _image_expectations(gxe, cfg, image_min_side)
                     + _sensor_expectations(gxe, cfg) + _batch_expectations(gxe, cfg))
     if reference is not None:
         expectations += _drift_expectations(gxe, cfg, reference, n_new)
     return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations,
                                meta={"built_by": "mmcore.stages.validate",
                                      "validate_params": asdict(cfg),
+                                     "ingest_params": {"image_min_side": image_min_side},
                                      "drift_reference": jsonable(reference_source(reference))})
 

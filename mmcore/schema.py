@@ -18,6 +18,9 @@ RECORD_FIELDS: tuple[str, ...] = ("record_id", "shipment_id", "captured_at", "hu
 # service returned, so a late label can name the prediction (DESIGN §2b); old batches stay valid.
 OPTIONAL_RECORD_FIELDS: tuple[str, ...] = ("prediction_id",)
 LABELS: frozenset[str] = frozenset(CLASSES)
+# Photos are JPEG or PNG (DESIGN §2), told by content, not by file name: Pillow's names for them. MPO
+# is a JPEG with extra frames (phones' multi-picture files), which every JPEG decoder reads as its first.
+IMAGE_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG"})
 
 # The label feed (DESIGN §2b): labels/<batch>/labels.jsonl, one object per line with exactly one
 # of record_id / prediction_id, and these fields. `landing` is the label_source of a label that
@@ -42,6 +45,8 @@ class Reason(str, Enum):
     MISSING_FILE = "missing_file"
     BAD_IMAGE = "bad_image"
     IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_FORMAT = "image_format"          # decodes, but not as JPEG or PNG (GIF, WEBP, BMP, ...)
+    IMAGE_TOO_SMALL = "image_too_small"    # a side below ingest.image_min_side px
     BAD_NOTE = "bad_note"
     BAD_SENSOR = "bad_sensor"
     NO_MODALITY = "no_modality"

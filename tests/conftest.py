@@ -26,6 +26,26 @@ def jpeg_bytes(size: int = 64, color: tuple[int, int, int] = (180, 140, 90), fmt
     return buf.getvalue()
 
 
+def photo(fmt: str, width: int, height: int, color: tuple[int, int, int] = (180, 140, 90)) -> bytes:
+    """A plain photo of any size in any format Pillow writes (MPO: a JPEG with a second frame)."""
+    img = Image.new("RGB", (width, height), color)
+    buf = io.BytesIO()
+    extra = {"save_all": True, "append_images": [img.copy()]} if fmt == "MPO" else {}
+    img.save(buf, format=fmt, **extra)
+    return buf.getvalue()
+
+
+# Photos outside the landing contract (DESIGN §2: JPEG or PNG, at least ingest.image_min_side = 32 px a
+# side): the reason ingest quarantines each with, and the detail it writes, which the service's 400 quotes.
+BAD_PHOTOS: dict[str, tuple[bytes, str, str]] = {
+    "gif_1x1": (photo("GIF", 1, 1), "image_format", "image format GIF: JPEG or PNG only"),
+    "webp": (photo("WEBP", 64, 64), "image_format", "image format WEBP: JPEG or PNG only"),
+    "bmp": (photo("BMP", 64, 64), "image_format", "image format BMP: JPEG or PNG only"),
+    "png_31x40": (photo("PNG", 31, 40), "image_too_small", "image 31x40 px: at least 32 px a side"),
+    "jpeg_40x31": (photo("JPEG", 40, 31), "image_too_small", "image 40x31 px: at least 32 px a side"),
+}
+
+
 def sensor_csv(rows: int = 60, nan: bool = False, header: str = "t_s,temperature_c,humidity_pct,shock_g,light_lux",
                shuffle_time: bool = False, frozen_temperature: bool = False) -> str:
     t = np.arange(rows) * 60.0

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageStat
 
 from mmcore.config import IngestConfig
-from mmcore.schema import LABELS, RECORD_FIELDS, RECORD_ID_RE, SENSOR_HEADER, Reason
+from mmcore.schema import IMAGE_FORMATS, LABELS, RECORD_FIELDS, RECORD_ID_RE, SENSOR_HEADER, Reason
 
 
 class Rejected(Exception):
@@ -126,7 +126,10 @@ def safe_path(batch_dir: Path, rel: str) -> Path:
 
 
 def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
-    """Decode fully (not just the header) so truncated files are caught at ingest, not in training."""
+    """The photo rules, for ingest and the service alike (service.py calls this with its own limits):
+    JPEG or PNG by content, not by file name; within the byte and pixel limits; at least
+    `cfg.image_min_side` px a side. Format and size come from the header, before any pixel is
+    decoded; then the image is decoded fully, so truncated files are caught here, not in training."""
     if not data:
         raise Rejected(Reason.BAD_IMAGE, "image file is empty")
     if len(data) > cfg.max_image_bytes:
@@ -135,9 +138,14 @@ def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            if img.format not in IMAGE_FORMATS:
+                raise Rejected(Reason.IMAGE_FORMAT, f"image format {img.format or 'unknown'}: JPEG or PNG only")
             if img.width * img.height > cfg.max_image_pixels:
                 raise Rejected(Reason.IMAGE_TOO_LARGE,
                                f"image is {img.width}x{img.height}, limit {cfg.max_image_pixels} pixels")
+            if min(img.width, img.height) < cfg.image_min_side:
+                raise Rejected(Reason.IMAGE_TOO_SMALL,
+                               f"image {img.width}x{img.height} px: at least {cfg.image_min_side} px a side")
             img.load()
     except Rejected:
         raise

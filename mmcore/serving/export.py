@@ -1,9 +1,8 @@
 """A model directory to ONNX files for ONNX Runtime, at packaging time (the package stage).
 
 Written next to the safetensors weights, in `onnx/`: the image encoder (`image.onnx`), the text
-encoder with a dynamic sequence length (`text.onnx`, plus the tokenizer's `tokenizer.json`), the
-fusion head with its leave-one-out logits (`head.onnx`) and each unimodal opinion's head
-(`opinion-<modality>.onnx`); `int8/` holds the quantised encoders when they are kept.
+encoder with a dynamic sequence length (`text.onnx`, plus the tokenizer's `tokenizer.json`), and the
+fusion head with its leave-one-out logits and the unimodal opinions (`head.onnx`); `int8/` holds the quantised encoders when they are kept.
 `runtime.json` in the model directory records which runtimes the directory can serve with.
 Fine-tuned encoder weights are exported as the model uses them (the featurizer loads them).
 """
@@ -22,7 +21,8 @@ import torch
 from torch import nn
 
 from mmcore.features import Featurizer
-from mmcore.model import Batch, FusionModel, ModelBundle
+from mmcore.encoders import IMAGE_DIM, TEXT_DIM
+from mmcore.model import MODALITIES, Batch, FusionModel, ModelBundle
 from mmcore.preprocess import prepare_image
 from mmcore.selective.router import Router
 
@@ -34,19 +34,23 @@ HEAD_INPUTS = ("image", "text", "sensor", "mask", "ngrams")
 
 
 class HeadGraph(nn.Module):
-    """The trained part, from embeddings to logits (and, for the fused model, the logits with each
-    modality left out, for the routing's disagreement)."""
+    """The trained part, from embeddings to the fused logits, the logits with each modality left out,
+    and each unimodal opinion's logits (zeros for a modality without one): one call serves an answer
+    and its routing."""
 
-    def __init__(self, model: FusionModel, leave_one_out: bool) -> None:
+    def __init__(self, model: FusionModel, opinions: dict[str, FusionModel]) -> None:
         super().__init__()
-        self.model, self.leave_one_out = model.eval(), leave_one_out
+        self.model = model.eval()
+        self.opinions = nn.ModuleDict({m: o.eval() for m, o in opinions.items()})
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, sensor: torch.Tensor, mask: torch.Tensor,
-                ngrams: torch.Tensor) -> Any:
+                ngrams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = Batch(image, text, sensor, mask, ngrams)
         tokens = self.model.tokens(batch)
         logits = self.model.classify(*tokens)
-        return (logits, self.model.without_each(batch, tokens)) if self.leave_one_out else logits
+        opinions = torch.stack([self.opinions[m](batch) if m in self.opinions else torch.zeros_like(logits)
+                                for m in MODALITIES])
+        return logits, self.model.without_each(batch, tokens), opinions
 
 
 class TextGraph(nn.Module):
@@ -73,13 +77,14 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     return path
 
 
-def export_head(model: FusionModel, path: Path, leave_one_out: bool) -> Path:
+def export_head(model: FusionModel, opinions: dict[str, FusionModel], path: Path) -> Path:
     cfg, n = model.cfg, 2
-    args = (torch.zeros(n, 1280), torch.zeros(n, 384), torch.zeros(n, 4, cfg.sensor_length), torch.ones(n, 3),
-            torch.zeros(n, cfg.text_ngram_buckets))
-    outputs = ["logits", "without_each"] if leave_one_out else ["logits"]
-    dynamic = {k: {0: "batch"} for k in (*HEAD_INPUTS, "logits")} | {"without_each": {1: "batch"}}
-    return _export(HeadGraph(model, leave_one_out), args, path, list(HEAD_INPUTS), outputs, dynamic)
+    args = (torch.zeros(n, IMAGE_DIM), torch.zeros(n, TEXT_DIM), torch.zeros(n, 4, cfg.sensor_length),
+            torch.ones(n, 3), torch.zeros(n, cfg.text_ngram_buckets))
+    dynamic = {k: {0: "batch"} for k in (*HEAD_INPUTS, "logits")} | {"without_each": {1: "batch"},
+                                                                      "opinions": {1: "batch"}}
+    return _export(HeadGraph(model, opinions), args, path, list(HEAD_INPUTS), ["logits", "without_each", "opinions"],
+                   dynamic)
 
 
 def export_encoders(featurizer: Featurizer, out: Path) -> dict[str, str]:
@@ -105,11 +110,10 @@ def export_model(model_dir: Path) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir()
     files = export_encoders(Featurizer.for_bundle(bundle, device="cpu"), out)
-    files["head"] = export_head(bundle.model, out / "head.onnx", leave_one_out=True).name
-    router = Router.load(model_dir, bundle)
-    opinions = {m: export_head(b.model, out / f"opinion-{m}.onnx", False).name for m, b in router.opinions.items()}
-    runtime = {"opset": OPSET, "onnx_fp32": {**files, "opinions": opinions, "max_tokens": bundle.model.cfg.text_max_tokens},
-               "onnx_int8": None}
+    opinions = {m: b.model for m, b in Router.load(model_dir, bundle).opinions.items()}
+    files["head"] = export_head(bundle.model, opinions, out / "head.onnx").name
+    runtime = {"opset": OPSET, "onnx_fp32": {**files, "max_tokens": bundle.model.cfg.text_max_tokens},
+               "opinions": [m for m in MODALITIES if m in opinions], "onnx_int8": None}
     write_runtime(model_dir, runtime)
     return runtime
 

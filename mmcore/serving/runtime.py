@@ -71,11 +71,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def run(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of a session fed the inputs it has (the exporter drops inputs a unimodal head never reads)."""
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
-
-
 class OnnxPredictor:
     """The exported model on ONNX Runtime's CPU provider; `precision` onnx_fp32 or onnx_int8 (encoders)."""
 
@@ -103,7 +98,7 @@ class OnnxPredictor:
 
         self.backend = backend
         self.image, self.text, self.head = session(files["image"]), session(files["text"]), session(files["head"])
-        self.opinions = {m: session(f) for m, f in files["opinions"].items()}
+        self.opinions = [i for i, m in enumerate(MODALITIES) if m in runtime.get("opinions", [])]
         self.tokenizer = Tokenizer.from_file(str(root / files["tokenizer"]))
         self.tokenizer.enable_truncation(max_length=int(files["max_tokens"]))
         pad = files["pad_token"]
@@ -138,30 +133,26 @@ class OnnxPredictor:
     def probabilities(self, records: list[dict[str, Any]]) -> np.ndarray:
         if not records:
             return np.zeros((0, len(self.labels)), np.float32)
-        return softmax(run(self.head, self.inputs(records))[0])
+        return softmax(self.head.run(["logits"], self.inputs(records))[0])
 
-    def disagreement(self, feeds: dict[str, np.ndarray], without_each: np.ndarray) -> np.ndarray:
-        """mmcore.selective.router.Router.disagreement, on the exported opinions."""
-        n = len(feeds["mask"])
+    def disagreement(self, mask: np.ndarray, without_each: np.ndarray, opinions: np.ndarray) -> np.ndarray:
+        """mmcore.selective.router.Router.disagreement, from the head's outputs."""
         if not self.opinions:
-            return np.zeros(n)
-        opinions = np.zeros((n, len(MODALITIES), len(self.labels)), np.float32)
-        present = np.zeros((n, len(MODALITIES)), bool)
-        for i, m in enumerate(MODALITIES):
-            if m in self.opinions:
-                opinions[:, i] = softmax(run(self.opinions[m], feeds)[0])
-                present[:, i] = feeds["mask"][:, i] > 0
+            return np.zeros(len(mask))
+        present = np.zeros(mask.shape, bool)
+        present[:, self.opinions] = mask[:, self.opinions] > 0
+        opinion_probs = softmax(opinions).transpose(1, 0, 2)      # (N, M, C); only present rows are read
         if self.detector == "pairwise":
-            return pairwise_disagreement(opinions, present)
-        return leave_one_out_disagreement(opinions, softmax(without_each).transpose(1, 0, 2), present)
+            return pairwise_disagreement(opinion_probs, present)
+        return leave_one_out_disagreement(opinion_probs, softmax(without_each).transpose(1, 0, 2), present)
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not records:
             return []
         feeds = self.inputs(records)
-        logits, without_each = run(self.head, feeds)
+        logits, without_each, opinions = self.head.run(None, feeds)
         probs = softmax(logits)
-        routed = answers(probs, self.disagreement(feeds, without_each), self.calibration, self.labels)
+        routed = answers(probs, self.disagreement(feeds["mask"], without_each, opinions), self.calibration, self.labels)
         return answer_dicts(records, probs, routed, self.labels, set(self.cfg["modalities"]))
 
 

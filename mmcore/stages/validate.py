@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mmcore import drift
-from mmcore.config import CLASSES, Params, RegistryConfig, ValidateConfig, load_params
+from mmcore.config import CLASSES, IMAGE_MIN_SIDE, Params, RegistryConfig, ValidateConfig, load_params
 from mmcore.expectations import (DRIFT_SCOPE, ERROR, GX_SEVERITY, MISSING_PREFIX, MODALITIES,
                                  SHARE_PREFIX, build_suite, reference_source)
 from mmcore.stages.common import jsonable, read_json, write_json
@@ -138,7 +138,7 @@ def _batch_definition(ctx: Any) -> Any:
 
 
 def _checkpoint(ctx: Any, cfg: ValidateConfig, reference: pd.DataFrame | None = None,
-                n_new: int = 0) -> Any:
+                n_new: int = 0, image_min_side: int = IMAGE_MIN_SIDE) -> Any:
     """Suite, validation definition and checkpoint, add-or-update so reruns are idempotent."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
@@ -146,7 +146,7 @@ def _checkpoint(ctx: Any, cfg: ValidateConfig, reference: pd.DataFrame | None = 
     # checkpoints.add_or_update cascades to the validation definition and the suite
     # (each add_or_update by name); calling all three would rewrite the suite 3 times.
     vd = gx.ValidationDefinition(name=VALIDATION_NAME, data=_batch_definition(ctx),
-                                 suite=build_suite(cfg, reference, n_new))
+                                 suite=build_suite(cfg, reference, n_new, image_min_side))
     return ctx.checkpoints.add_or_update(gx.Checkpoint(
         name=CHECKPOINT_NAME, validation_definitions=[vd], result_format="SUMMARY",
         actions=[UpdateDataDocsAction(name="update_data_docs")]))
@@ -266,8 +266,11 @@ def with_drift(summary: dict[str, Any], report: dict[str, Any],
 
 
 def run_validation(profile: pd.DataFrame, cfg: ValidateConfig, gx_root: Path,
-                   reference: pd.DataFrame | None = None) -> dict:
+                   reference: pd.DataFrame | None = None, image_min_side: int = IMAGE_MIN_SIDE) -> dict:
     """Validate the profile table with GX, build Data Docs, return the JSON-able summary.
+
+    `image_min_side` is params `ingest.image_min_side`: the photo rule ingest enforces (and the
+    service), so validation checks the same one.
 
     `reference` is the champion's training rows (registry.champion_reference); with it
     the suite gains drift expectations and `summary["drift"]` the drift report, without
@@ -277,7 +280,7 @@ def run_validation(profile: pd.DataFrame, cfg: ValidateConfig, gx_root: Path,
     ctx = _context(Path(gx_root))
     scope = None if reference is None else drift.new_rows(profile, reference)
     mask = None if scope is None else scope[0]
-    checkpoint = _checkpoint(ctx, cfg, reference, 0 if mask is None else int(mask.sum()))
+    checkpoint = _checkpoint(ctx, cfg, reference, 0 if mask is None else int(mask.sum()), image_min_side)
     result = checkpoint.run(batch_parameters={"dataframe": _gx_frame(profile, mask)})
     rows = sorted((_row(r) for suite_result in result.run_results.values()
                    for r in suite_result.results),
@@ -371,7 +374,8 @@ def _validate_table(table: Path, params: Params, gx_root: Path, wants_drift: boo
     cfg = params.validate
     reference, error = _reference(params.registry) if wants_drift else (None, None)
     try:
-        summary = run_validation(pd.read_parquet(table), cfg, gx_root, reference)
+        summary = run_validation(pd.read_parquet(table), cfg, gx_root, reference,
+                                 image_min_side=params.ingest.image_min_side)
     except Exception as exc:  # the report must exist even when GX itself breaks
         log.exception("validation could not run")
         return _crash_summary(f"validation could not run: {type(exc).__name__}: {exc}")

@@ -190,6 +190,22 @@ def test_main_passes_on_good_data(tmp_path, capsys):
     assert "PASSED" in capsys.readouterr().out
 
 
+def test_main_reads_the_photo_minimum_from_ingest_params(tmp_path):
+    """One setting: the smallest side validation expects is the one ingest quarantines below."""
+    frame = make_profile()
+    frame.loc[frame["has_image"], "image_width"] = 80
+    argv = _cli_workspace(tmp_path, frame)
+    assert main(argv) == 0  # ingest.image_min_side: 32
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("image_min_side: 32", "image_min_side: 100", 1))
+    assert main(argv) == 1
+    report = json.loads((tmp_path / "reports" / "v.json").read_text(encoding="utf-8"))
+    assert any(line.startswith("expect_column_values_to_be_between(image_width, mostly=0.95)")
+               for line in report["hard_failures"]), report["hard_failures"]
+    suite = json.loads((tmp_path / "gx" / "expectations" / "parcel_profile.json").read_text(encoding="utf-8"))
+    assert suite["meta"]["ingest_params"] == {"image_min_side": 100}
+
+
 def test_main_without_input_still_writes_report(tmp_path):
     argv = _cli_workspace(tmp_path, make_profile())
     (tmp_path / "raw" / "records.parquet").unlink()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mmcore.bench_serve import synthetic_records
 from mmcore.config import CLASSES
+from tests.conftest import BAD_PHOTOS
 
 pytestmark = pytest.mark.slow
 SECRET = "PAYLOAD-MARKER-7f3a"  # sent inside refused and accepted bodies; must never reach the log
@@ -23,7 +24,7 @@ SECRET = "PAYLOAD-MARKER-7f3a"  # sent inside refused and accepted bodies; must 
 def png_claiming(width: int, height: int) -> bytes:
     """A small valid PNG whose header claims `width` x `height` (how a decompression bomb starts)."""
     buf = io.BytesIO()
-    Image.new("L", (8, 8)).save(buf, format="PNG")
+    Image.new("L", (32, 32)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
@@ -65,6 +66,7 @@ BAD = {
     "decompression_bomb": ({"records": [{"image": b64(png_claiming(30000, 30000))}]}, "image"),
     "image_not_base64": ({"records": [{"image": f"%%{SECRET}%%"}]}, "base64"),
     "image_not_an_image": ({"records": [{"image": b64(SECRET.encode() * 10)}]}, "image"),
+    "image_gif_1x1": ({"records": [{"image": b64(BAD_PHOTOS["gif_1x1"][0])}]}, "image format GIF: JPEG or PNG only"),
     "sensor_too_many_rows": ({"records": [{"sensor": sensor(5001)}]}, "sensor"),
     "sensor_one_row": ({"records": [{"sensor": sensor(1)}]}, "sensor"),
     "sensor_missing_channel": ({"records": [{"sensor": {"temperature_c": [1, 2], "humidity_pct": [1, 2],
@@ -110,6 +112,7 @@ def test_multipart_limits(server: str) -> None:
     for files, data, needle in [
         ({"image": ("p.png", png_claiming(7000, 6000), "image/png")}, {}, "pixels"),
         ({"image": ("p.jpg", b"GIF89a" + SECRET.encode(), "image/jpeg")}, {}, "image"),
+        ({"image": ("p.png", BAD_PHOTOS["png_31x40"][0], "image/png")}, {}, "image 31x40 px: at least 32 px a side"),
         ({"image": ("p.jpg", base64.b64decode(rec["image"]), "image/jpeg")}, {"note": "x" * 10_001}, "note"),
         ({"image": ("p.jpg", base64.b64decode(rec["image"]), "image/jpeg")}, {"sensor": '{"t_s": "no"}'}, "sensor"),
     ]:

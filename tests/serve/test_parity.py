@@ -1,16 +1,19 @@
-"""Parity: what the service answers equals `mmcore.predict` on the same records (1e-5), also when
-adaptive batching merges concurrent requests into one model call; so do the routing fields (prediction
+"""Parity: what the service answers equals the same backend in process on the same records (1e-5), for
+every backend the bento can serve (ONNX Runtime as shipped, torch), also when adaptive batching merges
+concurrent requests into one model call; so do the routing fields (prediction
 set, decision, review reasons) wherever a 1e-5 wobble cannot move a value across a calibrated threshold."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from mmcore.bench_serve import RANDOM_CALIBRATION, synthetic_records, to_mmcore
+from mmcore.bench_serve import RANDOM_CALIBRATION, serving, synthetic_records, to_mmcore
 from mmcore.config import CLASSES
+from tests.serve.conftest import env_for
 
 ROUTING = ("prediction_set", "decision", "review_reason")
 
@@ -39,8 +42,9 @@ def merged_batches(url: str) -> tuple[float, float]:
     return calls, calls - single
 
 
-def test_served_probabilities_equal_mmcore_predict_under_batching(serve_ws: Path, server: str) -> None:
-    from mmcore.predict import load_model
+def check_parity_under_batching(server: str, model_dir: Path, backend: str) -> None:
+    """The served answers equal `backend`'s in-process predictor on the same model directory."""
+    from mmcore.serving.runtime import load_predictor
 
     records = synthetic_records(24, seed=3)
     for i, rec in enumerate(records):  # every pattern of missing modalities
@@ -50,7 +54,7 @@ def test_served_probabilities_equal_mmcore_predict_under_batching(serve_ws: Path
             rec["note"] = None
         elif i % 4 == 3:
             rec.pop("sensor")
-    local = load_model(serve_ws / "models" / "v1").predict([to_mmcore(r) for r in records])
+    local = load_predictor(model_dir, backend).predict([to_mmcore(r) for r in records])
     routed = [clear_of_thresholds(a) for a in local]
     assert sum(routed) >= 12 and len({(a["decision"], len(a["prediction_set"])) for a in local}) >= 2
     bodies = [{"records": [r]} for r in records] + [{"records": records[:5]}]
@@ -76,3 +80,26 @@ def test_served_probabilities_equal_mmcore_predict_under_batching(serve_ws: Path
         if merged_batches(server)[1] > before[1]:
             break
     assert merged_batches(server)[1] > before[1], "no model call merged two requests"
+
+
+def test_served_onnx_equals_in_process_onnx_and_torch(serve_ws: Path, server: str) -> None:
+    """The bento serves what the package stage shipped (ONNX fp32 here: no gate set to check int8 on),
+    answering as ONNX Runtime in process, which answers as torch within 1e-4."""
+    from mmcore.predict import load_model
+    from mmcore.serving.runtime import load_predictor
+
+    package = json.loads((serve_ws / "reports" / "package.json").read_text())
+    assert package["backend"] == "onnx_fp32" and package["runtime"]["int8_decision"]["kept"] is False
+    model_dir = serve_ws / ".bentoml" / "models" / "parcel-condition" / "v1"
+    check_parity_under_batching(server, model_dir, "onnx_fp32")
+    records = [to_mmcore(r) for r in synthetic_records(16, seed=8)]
+    onnx_p = load_predictor(model_dir, "onnx_fp32").probabilities(records)
+    assert abs(onnx_p - load_model(model_dir).probabilities(records)).max() < 1e-4
+
+
+def test_served_torch_equals_mmcore_predict(serve_ws: Path) -> None:
+    """The torch backend stays servable (PARCEL_BACKEND=torch, where torch is installed)."""
+    model_dir = serve_ws / ".bentoml" / "models" / "parcel-condition" / "v1"
+    env = env_for(serve_ws, PARCEL_BACKEND="torch")
+    with serving("parcel-condition:v1", serve_ws, env, serve_ws / "logs" / "server-torch.log") as url:
+        check_parity_under_batching(url, model_dir, "torch")

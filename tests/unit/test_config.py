@@ -22,3 +22,13 @@ def test_unknown_key_fails(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="learning_rate"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_generator_photos_below_the_ingest_minimum_fail(tmp_path: Path) -> None:
+    """synth photos smaller than ingest.image_min_side would all be quarantined: refused at load."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    side = raw["ingest"]["image_min_side"]
+    raw["synth"]["image_size"] = side - 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=f"synth.image_size = {side - 1} below ingest.image_min_side = {side}"):
+        load_params(tmp_path / "params.yaml")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mmcore.data.ingest import ingest
-from tests.conftest import good_files, jpeg_bytes, record, sensor_csv, write_batch
+from tests.conftest import BAD_PHOTOS, good_files, jpeg_bytes, photo, record, sensor_csv, write_batch
 
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
@@ -73,6 +73,32 @@ def test_unusual_images_are_normalised_not_rejected(tmp_path: Path, ingest_cfg, 
     assert q == [] and sorted(df["record_id"]) == ["ok", "x"]
     row = df.set_index("record_id").loc["x"]
     assert (row["image_width"], row["image_height"]) == (48, 40)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PHOTOS))
+def test_photo_outside_the_contract_is_quarantined_with_reason(tmp_path: Path, ingest_cfg, case: str) -> None:
+    """Not JPEG or PNG (by content: every file here is named .jpg), or a side under ingest.image_min_side."""
+    data, reason, detail = BAD_PHOTOS[case]
+    summary, df, q = one(tmp_path, ingest_cfg, record("x"), {**good_files("x"), "images/x.jpg": data})
+    assert list(df["record_id"]) == ["ok"] and summary["by_reason"] == {reason: 1}
+    assert [(e["record_id"], e["reason"], e["detail"]) for e in q] == [("x", reason, detail)]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "MPO"])
+def test_photo_at_the_minimum_side_is_kept(tmp_path: Path, ingest_cfg, fmt: str) -> None:
+    """32 x 32 is the smallest photo the contract takes; MPO (a multi-frame JPEG) is a JPEG."""
+    side = ingest_cfg.image_min_side
+    _, df, q = one(tmp_path, ingest_cfg, record("x"), {**good_files("x"), "images/x.jpg": photo(fmt, side, side)})
+    assert q == [] and sorted(df["record_id"]) == ["ok", "x"]
+    row = df.set_index("record_id").loc["x"]
+    assert (row["image_width"], row["image_height"]) == (side, side)
+
+
+def test_minimum_side_is_the_ingest_setting(tmp_path: Path, ingest_cfg) -> None:
+    """One setting: raising ingest.image_min_side quarantines a photo the default keeps."""
+    cfg = dataclasses.replace(ingest_cfg, image_min_side=48)
+    _, _, q = one(tmp_path, cfg, record("x"), {**good_files("x"), "images/x.jpg": photo("JPEG", 64, 40)})
+    assert [(e["reason"], e["detail"]) for e in q] == [("image_too_small", "image 64x40 px: at least 48 px a side")]
 
 
 def test_duplicate_across_batches_keeps_the_first(tmp_path: Path, ingest_cfg) -> None:

@@ -69,7 +69,7 @@ def test_tokenizer_json_gives_the_transformers_ids(exported_dir: Path) -> None:
 
 def test_runtime_file_and_backend_choice(exported_dir: Path) -> None:
     meta = json.loads((exported_dir / "runtime.json").read_text())
-    assert meta["onnx_fp32"]["opinions"] == {m: f"opinion-{m}.onnx" for m in ("image", "text", "sensor")}
+    assert meta["opinions"] == ["image", "text", "sensor"] and meta["onnx_fp32"]["head"] == "head.onnx"
     assert meta["onnx_int8"] is None
     assert resolve_backend(exported_dir, "auto") == "onnx_fp32"
     with pytest.raises(ValueError, match="no such export"):

@@ -1,22 +1,26 @@
 """One preprocessing path: a record read back from data/raw and the same record sent to the
-service as JSON (base64 image, sensor arrays) become identical model inputs."""
+service as JSON (base64 image, sensor arrays) become identical model inputs; and a photo ingest
+would quarantine, the service refuses, by the same rule (mmcore.data.checks.check_image)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
-from mmcore.config import ModelConfig
+from mmcore.config import ModelConfig, load_params
 from mmcore.data.ingest import ingest
 from mmcore.data.raw import load_records
 from mmcore.features import Featurizer
 from mmcore.preprocess import decode_image, note_ngrams, prepare_image, prepare_note
-from service import Record, to_mmcore
-from tests.conftest import good_files, record, write_batch
+from service import ImageLimits, Record, check_image_bytes, to_mmcore
+from tests.conftest import BAD_PHOTOS, ROOT, good_files, photo, record, write_batch
 
 
 def test_raw_and_served_records_give_identical_inputs(tmp_path: Path, ingest_cfg) -> None:
@@ -74,3 +78,33 @@ def test_note_ngrams_read_chinese_and_are_stable_across_processes() -> None:
     code = "from mmcore.preprocess import note_ngrams; print(note_ngrams('外箱破损', 256).nonzero()[0].tolist())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == str(damaged.nonzero()[0].tolist())        # crc32 buckets, no hash seed
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PHOTOS))
+def test_service_refuses_the_photos_ingest_quarantines(case: str) -> None:
+    """The same rules as ingest (mmcore.data.checks.check_image): /predict refuses the record while
+    parsing (pydantic -> 400) and /predict_file through check_image_bytes (InvalidArgument -> 400),
+    each naming the rule and the reason ingest would quarantine with."""
+    data, reason, detail = BAD_PHOTOS[case]
+    with pytest.raises(ValidationError) as err:
+        Record(image=base64.b64encode(data).decode())
+    errors = err.value.errors()
+    assert [e["loc"] for e in errors] == [("image",)]
+    assert f"({reason}): {detail}" in errors[0]["msg"]
+    with pytest.raises(ValueError, match=re.escape(f"image refused ({reason}): {detail}")):
+        check_image_bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_service_takes_a_photo_at_the_minimum_side(fmt: str) -> None:
+    side = ImageLimits().image_min_side
+    Record(image=base64.b64encode(photo(fmt, side, side)).decode())
+    check_image_bytes(photo(fmt, side, side))
+
+
+def test_service_image_limits_are_the_ingest_settings() -> None:
+    """The bento has no params.yaml: its defaults must be what params.yaml `ingest:` says."""
+    ingest = load_params(ROOT / "params.yaml").ingest
+    limits = ImageLimits()
+    assert {f.name: getattr(limits, f.name) for f in dataclasses.fields(limits)} == \
+        {f.name: getattr(ingest, f.name) for f in dataclasses.fields(limits)}
