@@ -240,12 +240,15 @@ class TrainConfig:
     encoder_lr: float = 1e-4          # encoders (top_k, full, lora) learn slower than the fusion head
     lora_rank: int = 8
     nproc: int = 1                    # >1: torchrun DistributedDataParallel with this many processes
+    embed_backend: str = "onnx"       # onnx | torch: what computes the frozen encoders' embeddings on CPU
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.nproc < 1:
             raise ValueError(f"train.nproc must be at least 1, got {self.nproc}")
+        if self.embed_backend not in ("onnx", "torch"):
+            raise ValueError(f"train.embed_backend must be onnx or torch, got {self.embed_backend!r}")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class Featurizer:
 
     def __init__(self, cfg: ModelConfig, cache_dir: Path | None = None, device: str | None = None,
                  batch_size: int = 32, progress: bool = False,
-                 encoder_state: dict[str, torch.Tensor] | None = None) -> None:
+                 encoder_state: dict[str, torch.Tensor] | None = None, backend: str = "torch") -> None:
         self.cfg, self.batch_size, self.progress = cfg, batch_size, progress
         self.encoder_state = encoder_state
         self.tag = f"+ft-{weights_tag(encoder_state)}" if encoder_state is not None else ""
@@ -118,7 +118,10 @@ class Featurizer:
         self.cache_dir = cache_dir
         code = module_fingerprint(preprocess)
         self.dtype = "bf16" if torch.device(self.device).type == "cuda" else "fp32"   # mmcore.encoders.autocast
-        made_by = [code, module_fingerprint(encoders), self.dtype]
+        # ONNX Runtime embeds for the pretrained encoders on CPU (train.embed_backend), once its export
+        # has answered as torch does (mmcore.serving.export.onnx_encoders); fine-tuned ones and CUDA use torch
+        self.backend = "onnx" if backend == "onnx" and encoder_state is None and self.dtype == "fp32" else "torch"
+        made_by = [code, module_fingerprint(encoders), self.dtype, self.backend]
         image_weights = files_fingerprint(encoders.image_weight_files())
         text_weights = files_fingerprint(encoders.text_weight_files())
         self.cache_keys = {"image": f"{self.image_version}-{cache_key(*made_by, image_weights)}",
@@ -147,19 +150,37 @@ class Featurizer:
         return {"image": self.image_version, "text": self.text_version}
 
     def image_encoder(self) -> Any:
+        """What embeds images here: the torch encoder, or its ONNX Runtime export (same call, same output)."""
+        if self.backend == "onnx":
+            return self._onnx()["image"]
+        return self.torch_image_encoder()
+
+    def text_encoder(self) -> Any:
+        if self.backend == "onnx":
+            return self._onnx()["text"]
+        return self.torch_text_encoder()
+
+    def torch_image_encoder(self) -> Any:
         if self._image_enc is None:
             from mmcore.encoders import ImageEncoder
 
             self._image_enc = self._load_state(ImageEncoder(), "image.").eval().to(self.device)
         return self._image_enc
 
-    def text_encoder(self) -> Any:
+    def torch_text_encoder(self) -> Any:
         if self._text_enc is None:
             from mmcore.encoders import TextEncoder
 
             self._text_enc = self._load_state(TextEncoder(max_tokens=self.cfg.text_max_tokens), "text.")
             self._text_enc = self._text_enc.eval().to(self.device)
         return self._text_enc
+
+    def _onnx(self) -> dict[str, Any]:
+        if not hasattr(self, "_onnx_encoders"):
+            from mmcore.serving.export import onnx_encoders
+
+            self._onnx_encoders = onnx_encoders(self, self.cache_dir)
+        return self._onnx_encoders
 
     def _load_state(self, encoder: torch.nn.Module, prefix: str) -> torch.nn.Module:
         if self.encoder_state is not None:

@@ -100,7 +100,8 @@ def warm_cache(params: Path, settings: list[dict[str, Any]]) -> None:
              for s in settings}
     for size, tokens in sorted(sizes):
         cfg = dataclasses.replace(p.model, image_size=size, text_max_tokens=tokens)
-        Featurizer(cfg, cache_dir=Path("data/cache"), batch_size=p.train.embed_batch_size, progress=True).embed(records)
+        Featurizer(cfg, cache_dir=Path("data/cache"), batch_size=p.train.embed_batch_size, progress=True,
+                   backend=p.train.embed_backend).embed(records)
 
 
 def run_group(group: str, settings: list[dict[str, Any]], base: dict[str, Any], metric: str,

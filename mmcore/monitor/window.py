@@ -80,7 +80,8 @@ def drift_section(raw: Path, splits: pd.DataFrame, window: pd.DataFrame, p: Para
     sample = window.sample(min(len(window), p.monitor.drift_records), random_state=seed)
     ref_profile, ref_records = load_records(raw, ids)
     cur_profile, cur_records = load_records(raw, sample["record_id"].astype(str).tolist())
-    feat = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True)
+    feat = Featurizer(p.model, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True,
+                     backend=p.train.embed_backend)
     shipments = (ref_profile["shipment_id"].astype(str).to_numpy(), cur_profile["shipment_id"].astype(str).to_numpy())
     embeddings = encoder_drift(feat, ref_records, cur_records, seed, shipments)
     return {"reference": {"split": "train", "records": len(ids)}, "drift_sample": len(sample),

@@ -60,9 +60,10 @@ def int8_decision(model_dir: Path, cfg: ServeConfig, calibration: list[bytes],
 
 
 def prepare(model_dir: Path, cfg: ServeConfig, calibration: list[bytes],
-            gate: tuple[list[dict[str, Any]], np.ndarray] | None) -> dict[str, Any]:
-    """Export, check, quantise a model directory in place; returns what runtime.json now says."""
-    runtime = export_model(model_dir)
+            gate: tuple[list[dict[str, Any]], np.ndarray] | None, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Export, check, quantise a model directory in place; returns what runtime.json now says.
+    `cache_dir`: the training cache, whose encoder export is reused (mmcore.serving.export.encoder_exports)."""
+    runtime = export_model(model_dir, cache_dir)
     parity = fp32_parity(model_dir, SMOKE_RECORDS)
     if parity > PARITY_TOLERANCE:
         shutil.rmtree(Path(model_dir) / ONNX_DIR)

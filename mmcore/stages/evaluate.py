@@ -74,7 +74,7 @@ def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
     if same_inputs and shared.versions() == bundle.encoders:
         return shared
     return Featurizer.for_bundle(bundle, cache_dir=shared.cache_dir, device=shared.device,
-                                 batch_size=shared.batch_size, progress=shared.progress)
+                                 batch_size=shared.batch_size, progress=shared.progress, backend=shared.backend)
 
 
 def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: EvaluateConfig,
@@ -247,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
 
     registry.setup(p.registry.experiment)
     trained = read_json(args.train_report)
-    feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
+    feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True,
+                      backend=p.train.embed_backend)
     gate = gate_set(args.raw, args.splits)
 
     challenger = ModelBundle.load(args.model)

@@ -55,12 +55,12 @@ def shipping_data(raw: Path, splits: Path, n_images: int) -> tuple[list[bytes], 
     return [images[i] for i in sorted(pick)], (gate.records, np.asarray(gate.y)) if len(gate.y) else None
 
 
-def ship_model(model_dir: Path, serve: Any, raw: Path, splits: Path) -> dict[str, Any]:
+def ship_model(model_dir: Path, serve: Any, raw: Path, splits: Path, cache: Path) -> dict[str, Any]:
     """Export the champion to ONNX, with int8 only where the gate set allows (mmcore.serving.shipping)."""
     from mmcore.serving.shipping import prepare
 
     calibration, gate = shipping_data(raw, splits, serve.calibration_images)
-    return prepare(model_dir, serve, calibration, gate)
+    return prepare(model_dir, serve, calibration, gate, cache if cache.is_dir() else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bentofile", default="bentofile.yaml")
     ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--splits", type=Path, default=Path("data/split/splits.parquet"))
+    ap.add_argument("--cache", type=Path, default=Path("data/cache"), help="reuses the training cache's encoder export")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     os.environ.setdefault("BENTOML_HOME", str(Path.cwd() / ".bentoml"))
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         model = bentoml.models.get(f"{p.registry.model_name}:v{version}")
     except bentoml.exceptions.NotFound:
         model_dir = registry.download_model_dir(p.registry.model_name, version)
-        ship_model(model_dir, p.serve, args.raw, args.splits)
+        ship_model(model_dir, p.serve, args.raw, args.splits, args.cache)
         model = import_model(model_dir, p.registry.model_name, version)
     from mmcore.serving.runtime import exported, resolve_backend
 

@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
     registry.setup(p.registry.experiment)       # an unreachable server fails here, before hours of training
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True)
+    feat = Featurizer(p.model, cache_dir=args.cache, batch_size=p.train.embed_batch_size, progress=True,
+                      backend=p.train.embed_backend)
     train_recs, train_y = split_records(args.raw, args.splits, "train")
     val_recs, val_y = split_records(args.raw, args.splits, "val")
     hists, ckpts, bundles = {}, [], {}

@@ -45,8 +45,10 @@ def probs(answers: list[dict]) -> np.ndarray:
 def test_fp32_onnx_answers_as_torch(exported_dir: Path) -> None:
     recs = records(12, seed=1)
     recs[5]["note"] = "écrasé " * 80 + "数据"          # truncated at text_max_tokens, non-Latin script
-    torch_ans = load_predictor(exported_dir, "torch").predict(recs)
-    onnx_ans = load_predictor(exported_dir, "onnx_fp32").predict(recs)
+    torch_p, onnx_p = load_predictor(exported_dir, "torch"), load_predictor(exported_dir, "onnx_fp32")
+    for got, want in zip(onnx_p.embed(recs), torch_p.featurizer.embed(recs)):    # a random head hides little
+        assert np.abs(got - want).max() < 1e-4
+    torch_ans, onnx_ans = torch_p.predict(recs), onnx_p.predict(recs)
     assert np.abs(probs(torch_ans) - probs(onnx_ans)).max() < 1e-4
     assert max(abs(a["disagreement"] - b["disagreement"]) for a, b in zip(torch_ans, onnx_ans)) < 1e-4
     for a, b in zip(torch_ans, onnx_ans):
@@ -115,3 +117,21 @@ def test_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert runtime.threads_setting() == 3
     monkeypatch.setenv("PARCEL_THREADS", "2")
     assert runtime.threads_setting() == 2
+
+
+def test_featurizer_embeds_through_onnx_as_torch(tmp_path: Path) -> None:
+    from mmcore.features import Featurizer
+
+    cfg = load_params(ROOT / "params.yaml").model
+    recs = records(8, seed=6)
+    onnx_feat = Featurizer(cfg, cache_dir=tmp_path, backend="onnx")
+    torch_feat = Featurizer(cfg, backend="torch")
+    assert onnx_feat.cache_keys["image"] != torch_feat.cache_keys["image"]      # never mixed in one cache
+    got, want = onnx_feat.embed(recs), torch_feat.embed(recs)
+    for a, b in zip(got, want):
+        assert np.abs(a - b).max() < 1e-4
+    exported = list((tmp_path / "onnx-encoders").iterdir())
+    Featurizer(cfg, cache_dir=tmp_path, backend="onnx").embed(records(4, seed=7))   # reuses the export
+    assert list((tmp_path / "onnx-encoders").iterdir()) == exported and len(exported) == 1
+    tuned = Featurizer(cfg, backend="onnx", encoder_state={})                      # fine-tuned: torch
+    assert tuned.backend == "torch"
