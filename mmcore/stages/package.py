@@ -38,10 +38,11 @@ def smoke_test(model_path: str, backend: str) -> dict[str, Any]:
     return {"label": out[0]["label"], "ok": abs(sum(out[0]["probabilities"].values()) - 1) < 1e-4}
 
 
-def shipping_data(raw: Path, splits: Path, n_images: int) -> tuple[list[bytes], tuple[list, Any] | None]:
-    """Training-split images for int8 calibration and the gate set to check int8 on; none without data."""
+def shipping_data(raw: Path, splits: Path, n_images: int) -> tuple[list[bytes], Any, Any]:
+    """Training-split images for int8 calibration, the validation split to choose int8 encoders on and
+    the gate set to check the choice on; nothing without data."""
     if not (raw.is_dir() and splits.is_file()):
-        return [], None
+        return [], None, None
     import numpy as np
 
     from mmcore.config import CLASSES
@@ -51,16 +52,18 @@ def shipping_data(raw: Path, splits: Path, n_images: int) -> tuple[list[bytes], 
     train, _ = split_records(raw, splits, "train")
     images = [r["image"] for r in train if r.get("image") is not None]
     pick = np.random.default_rng(0).permutation(len(images))[:n_images]
+    val, labels = split_records(raw, splits, "val")
     gate = gate_set(raw, splits)
-    return [images[i] for i in sorted(pick)], (gate.records, np.asarray(gate.y)) if len(gate.y) else None
+    return ([images[i] for i in sorted(pick)], (val, np.array([CLASSES.index(x) for x in labels])) if val else None,
+            (gate.records, np.asarray(gate.y)) if len(gate.y) else None)
 
 
 def ship_model(model_dir: Path, serve: Any, raw: Path, splits: Path, cache: Path) -> dict[str, Any]:
     """Export the champion to ONNX, with int8 only where the gate set allows (mmcore.serving.shipping)."""
     from mmcore.serving.shipping import prepare
 
-    calibration, gate = shipping_data(raw, splits, serve.calibration_images)
-    return prepare(model_dir, serve, calibration, gate, cache if cache.is_dir() else None)
+    calibration, val, gate = shipping_data(raw, splits, serve.calibration_images)
+    return prepare(model_dir, serve, calibration, val, gate, cache if cache.is_dir() else None)
 
 
 def main(argv: list[str] | None = None) -> int:

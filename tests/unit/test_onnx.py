@@ -94,21 +94,52 @@ def test_onnx_runtime_imports_no_torch() -> None:
 def test_int8_kept_only_within_limits(exported_dir: Path, tmp_path: Path) -> None:
     d = tmp_path / "model"
     shutil.copytree(exported_dir, d)
-    recs = records(16, seed=2)
+    recs, gate_recs = records(16, seed=2), records(12, seed=9)
     images = [r["image"] for r in records(8, seed=3) if r["image"] is not None]
-    y = OnnxPredictor(d).probabilities(recs).argmax(1)            # fp32 is right on every record
-    kept = int8_decision(d, ServeConfig(max_quantised_drop=1.0, min_quantised_agreement=0.0), images, (recs, y))
-    assert kept["kept"] and kept["gate_records"] == 16 and 0 <= kept["label_agreement"] <= 1
-    int8 = load_predictor(d, "onnx_int8").predict(recs)
-    assert np.allclose(probs(int8).sum(1), 1, atol=1e-5)
+    val = (recs, OnnxPredictor(d).probabilities(recs).argmax(1))          # fp32 is right on every record
+    gate = (gate_recs, OnnxPredictor(d).probabilities(gate_recs).argmax(1))
+    lax = ServeConfig(max_quantised_drop=1.0, min_quantised_agreement=0.0)
+    kept = prepare(d, lax, images, val, gate)["int8_decision"]
+    assert kept["kept"] and kept["encoders"] == ["image", "text"] and len(kept["val"]) == 1
+    assert kept["gate"]["records"] == 12 and kept["gate"]["passed"]
+    assert np.allclose(probs(load_predictor(d, "onnx_int8").predict(recs)).sum(1), 1, atol=1e-5)
+    assert resolve_backend(d, "auto") == "onnx_int8"
+
     strict = ServeConfig(max_quantised_drop=-1.0)                  # no int8 can pass: fp32 is shipped
-    runtime_meta = prepare(d, strict, images, (recs, y))
-    assert runtime_meta["onnx_int8"] is None and "max_quantised_drop" in runtime_meta["int8_decision"]["reason"]
+    meta = prepare(d, strict, images, val, gate)
+    decision = meta["int8_decision"]
+    assert meta["onnx_int8"] is None and not decision["kept"] and "gate" not in decision
+    assert [t["encoders"] for t in decision["val"]] == [["image", "text"], ["text"], ["image"]]
+    assert "max_quantised_drop" in decision["reason"]
     assert not (d / "onnx" / "int8").exists() and resolve_backend(d, "auto") == "onnx_fp32"
-    assert runtime_meta["fp32_parity_max_abs"] < 1e-4
-    off = prepare(d, dataclasses.replace(strict, quantise=False), images, (recs, y))
+    assert meta["fp32_parity_max_abs"] < 1e-4
+
+    off = prepare(d, dataclasses.replace(strict, quantise=False), images, val, gate)
     assert off["int8_decision"] == {"kept": False, "reason": "serve.quantise is false"}
-    assert prepare(d, ServeConfig(), [], None)["int8_decision"]["kept"] is False
+    assert prepare(d, ServeConfig(), [], None, None)["int8_decision"]["kept"] is False
+
+
+def test_int8_chosen_on_val_and_refused_by_the_gate_set(exported_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate set only checks the choice made on val: its refusal ships fp32 and says why."""
+    from mmcore.serving import shipping
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_dir, d)
+    recs = records(8, seed=2)
+    val, gate = (recs, np.zeros(8, int)), (recs[:4], np.zeros(4, int))
+    seen = []
+
+    def fake_quality(model_dir: Path, encoders: tuple, data: tuple, fp32: np.ndarray, cfg: ServeConfig) -> dict:
+        seen.append((encoders, len(data[1])))
+        passed = encoders == ("text",) and len(data[1]) == 8           # only text, only on val
+        return {"encoders": list(encoders), "records": len(data[1]), "passed": passed, "why": "" if passed else "no"}
+
+    monkeypatch.setattr(shipping, "quality", fake_quality)
+    images = [r["image"] for r in recs if r["image"] is not None]
+    decision = int8_decision(d, ServeConfig(), images, val, gate)
+    assert seen == [(("image", "text"), 8), (("text",), 8), (("text",), 4)]
+    assert not decision["kept"] and decision["encoders"] == [] and "not the gate set" in decision["reason"]
 
 
 def test_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
