@@ -47,23 +47,26 @@ ARGS = bentoml.use_arguments(BentoArgs)
 MODEL_TAG = ARGS.model_tag
 BACKEND = os.environ.get("PARCEL_BACKEND") or ARGS.backend
 
-# Adaptive batching, from `python -m mmcore.bench_serve` (reports/bench/serve.json, "batching"):
-# in-process predict time against batch size on this project's 2-core machine, 2026-12-01 with
-# 224-px images: 30.1 ms/record at batch 1, 30.2 at 2, 26.4 at 4, 29.7 at 8, 28.2 at 16, 45.4 at 32,
-# 45.4 at 64.
-# max_batch_size: the first size within 10% of the best per-record time (4; bigger batches buy
-# nothing on CPU). max_latency_ms: the dispatcher answers 503 once its estimate for the oldest
-# queued request (all queued requests as one batch) passes it, so it covers 32 requests of 4
-# records at 26.4 ms per record, times 10 headroom for a shared machine (8.2 s, ten times the drain
-# time of a full queue, gave 503s in the load test's first seconds). PARCEL_BATCHING=0 turns
-# batching off (the bench's unbatched comparison); PARCEL_MAX_BATCH_SIZE and PARCEL_MAX_LATENCY_MS
-# override the measured settings.
+# Adaptive batching is off by default (PARCEL_BATCHING=1 turns it on). BentoML 1.4.39's dispatcher
+# (bentoml/_internal/marshal/dispatcher.py; its main branch is the same) holds a lone request, the
+# model idle, while `n * (wn + dt + o_a) <= wait * 0.95`, `wait` being the mean queue wait of its last
+# 50 batches, refreshed at most every 5 s and only when a batch runs: a burst's queueing becomes that
+# mean, each later lone request waits as long, and its own wait keeps the mean up. No setting of
+# @bentoml.api or of the configuration reaches it (max_batch_size 64 still 9x, max_latency_ms only
+# turns the wait into 503s). Measured by `python -m mmcore.bench_serve` (reports/bench/serve.json):
+# p50 at concurrency 1 after a concurrency-32 run, over before, 17.0 batched (60.6 -> 1,030 ms,
+# 2026-12-02, torch) against 1.0-1.25 unbatched; on ONNX Runtime the per-record time falls little with
+# the batch (`inproc_ms_by_batch`), so batching buys little throughput for that latency.
+# With batching on, max_batch_size and max_latency_ms are the derived ones (`batching.derived`):
+# the first size within 10% of the best per-record time, and 32 requests of that size at that time,
+# times 10 for a shared machine (the dispatcher answers 503 past it); PARCEL_MAX_BATCH_SIZE and
+# PARCEL_MAX_LATENCY_MS override them.
 #
-# Torch intra-op threads of the one inference thread. Measured on the shared 2-core machine (other
-# jobs running), batch 1 in process: 44-61 ms with 1 thread, 338-369 ms with 2 (OpenMP threads
-# waiting on each other when the cores are busy); the serve bench runs in process with this too.
+# Intra-op threads of the one inference thread (ONNX Runtime or torch; PARCEL_THREADS). Measured on
+# the shared 2-core machine, batch 1 in process: torch 44-61 ms with 1 thread, 338-369 ms with 2
+# (threads waiting on each other when the cores are busy); the serve bench runs in process with this too.
 THREADS = threads_setting()
-BATCHING = os.environ.get("PARCEL_BATCHING", "1") != "0"
+BATCHING = os.environ.get("PARCEL_BATCHING", "0") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "4"))
 MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "33800"))
 

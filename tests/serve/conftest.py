@@ -71,6 +71,8 @@ def serve_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(serve_ws: Path) -> Iterator[str]:
-    """Bento v1 on a loopback port; its log (stdout and stderr) is `serve_ws/logs/server.log`."""
-    with serving("parcel-condition:v1", serve_ws, env_for(serve_ws), serve_ws / "logs" / "server.log") as url:
+    """Bento v1 on a loopback port, adaptive batching on (the optional path; the default, off, is what the
+    e2e and blue/green servers run); its log (stdout and stderr) is `serve_ws/logs/server.log`."""
+    with serving("parcel-condition:v1", serve_ws, env_for(serve_ws, PARCEL_BATCHING="1"),
+                 serve_ws / "logs" / "server.log") as url:
         yield url

@@ -100,6 +100,6 @@ def test_served_onnx_equals_in_process_onnx_and_torch(serve_ws: Path, server: st
 def test_served_torch_equals_mmcore_predict(serve_ws: Path) -> None:
     """The torch backend stays servable (PARCEL_BACKEND=torch, where torch is installed)."""
     model_dir = serve_ws / ".bentoml" / "models" / "parcel-condition" / "v1"
-    env = env_for(serve_ws, PARCEL_BACKEND="torch")
+    env = env_for(serve_ws, PARCEL_BACKEND="torch", PARCEL_BATCHING="1")
     with serving("parcel-condition:v1", serve_ws, env, serve_ws / "logs" / "server-torch.log") as url:
         check_parity_under_batching(url, model_dir, "torch")
