@@ -29,7 +29,7 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _forget(predictor: Any) -> None:
+def forget(predictor: Any) -> None:
     """Serving computes every embedding afresh: the torch featurizer's cache would answer repeats."""
     if featurizer := getattr(predictor, "featurizer", None):
         featurizer.image_cache.mem.clear()
@@ -90,7 +90,7 @@ def backend_table(model_dir: Path, records: list[dict[str, Any]], batches: tuple
                     n = max(1, repeats if b > 1 else 4 * repeats)
 
                     def whole() -> Any:
-                        _forget(predictor)
+                        forget(predictor)
                         return predictor.predict(recs)
 
                     row[f"ms_per_record_b{b}_t{t}"] = round(median_ms(whole, n) / b, 2)
