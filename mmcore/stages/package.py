@@ -63,7 +63,7 @@ def ship_model(model_dir: Path, serve: Any, raw: Path, splits: Path, cache: Path
     from mmcore.serving.shipping import prepare
 
     calibration, val, gate = shipping_data(raw, splits, serve.calibration_images)
-    return prepare(model_dir, serve, calibration, val, gate, cache if cache.is_dir() else None)
+    return prepare(model_dir, serve, calibration, val, gate, cache)
 
 
 def main(argv: list[str] | None = None) -> int:
