@@ -70,7 +70,7 @@ def test_switch_to_a_new_champion_loses_no_request(serve_ws: Path) -> None:
         # each bento pins its own model (a bento argument), so v1 stays v1 for a rollback
         for v in (1, 2):
             info = yaml.safe_load((serve_ws / ".bentoml" / "bentos" / "parcel-condition" / f"v{v}" / "bento.yaml").read_text())
-            assert info["args"] == {"model_tag": f"parcel-condition:v{v}"}
+            assert info["args"] == {"model_tag": f"parcel-condition:v{v}", "backend": "auto"}
         # green starts beside blue; `serving` returns once green's /readyz is 200 (model loaded, warmed)
         green = green_stack.enter_context(serving("parcel-condition:v2", serve_ws, env_for(serve_ws),
                                                   logs / "green.log"))
