@@ -25,7 +25,7 @@ from mmcore.config import CLASSES, IMAGE_MIN_SIDE
 from mmcore.serving.auth import ApiKeyMiddleware, configured_key
 from mmcore.serving.capture import Capture, CaptureSettings, RequestInfo, new_id
 from mmcore.serving.middleware import CaptureMiddleware, current_request
-from mmcore.serving.runtime import threads_setting
+from mmcore.serving.runtime import forget_embeddings, threads_setting
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
@@ -318,10 +318,7 @@ class ParcelCondition:
     def _predict(self, records: list[Record]) -> list[Prediction]:
         inputs = [to_mmcore(r) for r in records]
         preds = self.predictor.predict(inputs)
-        if featurizer := getattr(self.predictor, "featurizer", None):
-            # the torch featurizer's embedding cache serves training; here it would grow with every request
-            featurizer.image_cache.mem.clear()
-            featurizer.text_cache.mem.clear()
+        forget_embeddings(self.predictor)
         out = [Prediction(record_id=r.record_id, prediction_id=new_id(), model_version=self.version,
                           **{k: v for k, v in p.items() if k != "disagreement"}) for r, p in zip(records, preds)]
         for r, x, p in zip(records, inputs, out):  # O(1) each: a bounded queue, written in the background

@@ -384,11 +384,11 @@ def own_home(work: Path, name: str) -> str:
 
 def time_b1_ms(predictor: Any, records: list[dict[str, Any]]) -> list[float]:
     """ms of each record's `predict` at batch 1, its embeddings computed afresh as serving does."""
-    from mmcore.serving.speed import forget
+    from mmcore.serving.runtime import forget_embeddings
 
     out = []
     for rec in records:
-        forget(predictor)
+        forget_embeddings(predictor)
         start = time.perf_counter()
         predictor.predict([to_mmcore(rec)])
         out.append((time.perf_counter() - start) * 1000)

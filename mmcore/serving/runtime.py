@@ -66,6 +66,14 @@ def answer_dicts(records: list[dict[str, Any]], probs: np.ndarray, routed: list[
     return out
 
 
+def forget_embeddings(predictor: Any) -> None:
+    """Serving embeds every record afresh: the torch featurizer's embedding cache serves training and
+    would grow with every request (ONNX Runtime keeps none)."""
+    if featurizer := getattr(predictor, "featurizer", None):
+        featurizer.image_cache.mem.clear()
+        featurizer.text_cache.mem.clear()
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -104,6 +112,12 @@ class OnnxPredictor:
         pad = files["pad_token"]
         self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)
 
+    def tokens(self, notes: list[str]) -> dict[str, np.ndarray]:
+        """The text encoder's inputs: token ids and attention mask, padded to the batch's longest note."""
+        enc = self.tokenizer.encode_batch(notes)
+        return {"ids": np.array([e.ids for e in enc], np.int64),
+                "attention": np.array([e.attention_mask for e in enc], np.int64)}
+
     def embed(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image (N,1280), text (N,384), presence (N,2)): zeros where a modality is missing."""
         n = len(records)
@@ -114,10 +128,7 @@ class OnnxPredictor:
             pixels = np.stack([prepare_image(records[i]["image"], self.cfg["image_size"]) for i in with_image])
             img[with_image] = self.image.run(None, {"pixels": pixels})[0]
         if notes:
-            enc = self.tokenizer.encode_batch(list(notes.values()))
-            ids = np.array([e.ids for e in enc], np.int64)
-            attention = np.array([e.attention_mask for e in enc], np.int64)
-            txt[list(notes)] = self.text.run(None, {"ids": ids, "attention": attention})[0]
+            txt[list(notes)] = self.text.run(None, self.tokens(list(notes.values())))[0]
         present = np.zeros((n, 2), np.float32)
         present[with_image, 0], present[list(notes), 1] = 1, 1
         return img, txt, present

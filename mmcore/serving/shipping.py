@@ -67,8 +67,8 @@ def int8_decision(model_dir: Path, cfg: ServeConfig, calibration: list[bytes], v
     if val is None or gate is None or not calibration:
         return {"kept": False, "reason": "no validation split, gate set or training images at hand to check int8 on"}
     quantise_encoders(model_dir, calibration)
-    fp32 = {name: OnnxPredictor(model_dir, "onnx_fp32").probabilities(d[0]).argmax(1)
-            for name, d in (("val", val), ("gate", gate))}
+    reference = OnnxPredictor(model_dir, "onnx_fp32")
+    fp32 = {name: reference.probabilities(d[0]).argmax(1) for name, d in (("val", val), ("gate", gate))}
     tried = []
     for encoders in CANDIDATES:
         tried.append(quality(model_dir, encoders, val, fp32["val"], cfg))

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmcore.preprocess import prepare_image, prepare_note
+from mmcore.serving.runtime import forget_embeddings
 
 BACKENDS = ("torch", "onnx_fp32", "onnx_int8")
 
@@ -29,13 +30,6 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
-def forget(predictor: Any) -> None:
-    """Serving computes every embedding afresh: the torch featurizer's cache would answer repeats."""
-    if featurizer := getattr(predictor, "featurizer", None):
-        featurizer.image_cache.mem.clear()
-        featurizer.text_cache.mem.clear()
-
-
 def parts(predictor: Any, records: list[dict[str, Any]]) -> dict[str, Callable[[], Any]]:
     """One callable per part of the path, on these records."""
     size = predictor.cfg["image_size"] if hasattr(predictor, "cfg") else predictor.bundle.model.cfg.image_size
@@ -48,11 +42,9 @@ def parts(predictor: Any, records: list[dict[str, Any]]) -> dict[str, Callable[[
 
     if hasattr(predictor, "image"):      # OnnxPredictor
         feeds = predictor.inputs(records)
-        enc = predictor.tokenizer.encode_batch(notes)
-        ids = np.array([e.ids for e in enc], np.int64)
-        att = np.array([e.attention_mask for e in enc], np.int64)
+        tokens = predictor.tokens(notes)
         return {"preprocess": preprocess, "image_encoder": lambda: predictor.image.run(None, {"pixels": pixels}),
-                "text_encoder": lambda: predictor.text.run(None, {"ids": ids, "attention": att}),
+                "text_encoder": lambda: predictor.text.run(None, tokens),
                 "head_and_routing": lambda: predictor.disagreement(feeds["mask"], *predictor.head.run(None, feeds)[1:])}
     import torch
 
@@ -90,7 +82,7 @@ def backend_table(model_dir: Path, records: list[dict[str, Any]], batches: tuple
                     n = max(1, repeats if b > 1 else 4 * repeats)
 
                     def whole() -> Any:
-                        forget(predictor)
+                        forget_embeddings(predictor)
                         return predictor.predict(recs)
 
                     row[f"ms_per_record_b{b}_t{t}"] = round(median_ms(whole, n) / b, 2)
