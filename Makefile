@@ -14,12 +14,17 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a first start migrates a fresh Prefect database: slower than the default 20 s on 2 cores
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install run test bench sweep serve review lock clean
+.PHONY: install run test bench sweep serve review lock clean up down status backup
 
+# Debian packages, each installed only when missing: headless Chromium for the HTML run report's browser
+# test; PostgreSQL and nginx for the production profile (make up).
 install: $(VENV)/.installed
-	@# headless Chromium (Debian package) for the HTML run report's browser test; skipped when present
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "WARNING: could not install chromium (needs root and apt): tests/flows/test_report_browser.py will fail"
+	@missing="$$(command -v chromium >/dev/null || echo chromium) \
+	  $$(ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || echo postgresql) \
+	  $$(command -v nginx >/dev/null || test -x /usr/sbin/nginx || echo nginx)"; \
+	if [ -n "$$(echo $$missing)" ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	  || echo "WARNING: could not install $$missing (needs root and apt): the browser and profile tests will fail"; fi
 
 # torch goes first, from its own pin: the lock leaves torch, nvidia-* and triton out so pip
 # keeps the CPU build instead of pulling ~2.7 GB of CUDA wheels (see STACK-NOTES).
@@ -58,6 +63,20 @@ serve:
 # Label the answers the service routed to human review (README: review queue); PARCEL_API_KEY as for serve.
 review:
 	$(PY) -m mmcore.selective.review
+
+# The production profile (README: production profile): PostgreSQL, S3 (moto's server locally), MLflow and
+# Prefect on them, the worker and the champion's bento behind nginx; settings in .env (see .env.example).
+up: install
+	$(PY) -m mmcore.profile up
+
+down:
+	$(PY) -m mmcore.profile down
+
+status:
+	$(PY) -m mmcore.profile status
+
+backup:
+	$(PY) -m mmcore.profile backup
 
 # Regenerate requirements.lock from requirements.in, then the bento's serving subset from the lock
 # (needs uv: pip install uv).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -91,6 +92,19 @@ def push_data() -> None:
     get_run_logger().info(proc.stdout[-2000:])
     if proc.returncode != 0:
         raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+@task(name="deploy-bento", retries=1, retry_delay_seconds=30)
+def deploy_bento() -> dict[str, Any] | None:
+    """Under the production profile, the champion's bento goes live behind its proxy (blue/green) once it
+    was promoted, or on the next run if this deploy failed: the old bento serves until then."""
+    from mmcore.profile.settings import Profile
+    from mmcore.serving.bluegreen import deploy
+
+    state = deploy(Profile.load())
+    get_run_logger().info(f"serving {state['bento']} behind the proxy ({state['colour']})" if state else
+                          "no champion to serve")
+    return state
 
 
 @task(name="seed-landing")
@@ -223,6 +237,8 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
             logger.info(f"no new batch in {where} since the last run: nothing to do")
         run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         page = publish(run)
+        if os.environ.get("PARCEL_PROFILE_DIR") and run["verdict"]["status"] != "failed":
+            run["deployed"] = deploy_bento()   # a no-op while the champion's bento is the live one
         run["notified"] = notify(run, page, notify_block)
         if run["verdict"]["status"] != "failed":
             STATE.write_text(json.dumps(now))   # this data is dealt with (a validation failure included)

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -23,9 +24,9 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 def make_workspace(ws: Path, overrides: dict[str, dict[str, Any]]) -> None:
     """A copy of the project (code, dvc.yaml, prefect.yaml) with params.yaml overridden."""
-    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements-serve.txt", "prefect.yaml"):
+    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements-serve.txt", "prefect.yaml", ".env.example"):
         shutil.copy(ROOT / name, ws / name)
-    for pkg in ("mmcore", "flows"):
+    for pkg in ("mmcore", "flows", "profile"):
         shutil.copytree(ROOT / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in overrides.items():
@@ -166,3 +167,50 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ProfileServer(PrefectServer):
+    """The production profile (`python -m mmcore.profile up`: PostgreSQL, the S3 stand-in, MLflow, Prefect,
+    the worker, nginx) in a workspace, on free ports; its Prefect API takes the same REST calls as above.
+
+    Its state lives outside pytest's private tmp folders, which the `postgres` account cannot enter."""
+
+    def __init__(self, ws: Path, extra: dict[str, str] | None = None) -> None:
+        from mmcore.profile.settings import Profile
+
+        self.base = Path(tempfile.mkdtemp(prefix="parcel-profile-"))
+        self.base.chmod(0o755)
+        self.vars = {"PROFILE_DIR": str(self.base / "state"), "PROFILE_S3_DIR": str(self.base / "s3"),
+                     "PROFILE_BACKUP_DIR": str(self.base / "backups"),
+                     **{f"PROFILE_{n}_PORT": str(free_port()) for n in ("PG", "S3", "MLFLOW", "PREFECT", "PROXY")},
+                     "PROFILE_BENTO_PORTS": f"{free_port()},{free_port()}", **(extra or {})}
+        self.ws = ws
+        self.profile = Profile.load(ws, create_env=True, overrides=self.vars)
+        self.home, self.port = self.profile.dir / "prefect", self.profile.port("prefect")
+        self.api, self.mlflow_uri = self.profile.prefect_api, self.profile.mlflow_uri
+        self.procs = []
+
+    def env(self, ws: Path) -> dict[str, str]:
+        return {**env_for(ws), **self.vars, **self.profile.client_env(), "PWD": str(ws),
+                "PREFECT_HOME": str(self.home), "PREFECT_WORKER_QUERY_SECONDS": "2",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+
+    def profile_cli(self, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "mmcore.profile", *args], cwd=self.ws, env=self.env(self.ws),
+                              text=True, capture_output=True, timeout=timeout)
+        assert not check or proc.returncode == 0, f"profile {args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    def start(self, ws: Path) -> None:
+        self.profile_cli("up")
+
+    def stop(self) -> None:
+        try:
+            self.profile_cli("down", timeout=300, check=False)
+        finally:
+            super().stop()
+
+    def ctl(self, *args: str) -> str:
+        from mmcore.profile import services
+
+        return services.ctl(self.profile, *args, check=False).stdout

@@ -1,12 +1,14 @@
-"""Continuous retraining, day by day, through the real deployments.
+"""Continuous retraining, day by day, through the real deployments, on the production profile.
 
-A Prefect server and a process worker run on loopback; `prefect deploy --all` registers
-prefect.yaml's deployments in a tiny copy of the project, and each day's run is triggered
-through the REST API, exactly as the schedules would. Real flow, real `dvc repro`, real
-MLflow (SQLite), real gate, real bento builds:
+`python -m mmcore.profile up` (what `make up` runs) starts PostgreSQL, the S3 stand-in, MLflow and Prefect
+on PostgreSQL, the process worker and nginx in a tiny copy of the project, and registers prefect.yaml's
+deployments; each day's run is triggered through the REST API, exactly as the schedules would. Real flow,
+real `dvc repro` and `dvc push` to the bucket, real MLflow server, real gate, real bento builds, and the
+champion's bento behind nginx, switched blue/green after each promotion:
 
-  day 0  150 good records (~55 shipments) -> champion v1, bento v1
-  day 1  200 more good records           -> v2 clearly better on the gate set: promoted, bento v2
+  day 0  150 good records (~55 shipments) -> champion v1, bento v1, served behind the proxy
+  day 1  200 more good records           -> v2 clearly better on the gate set: promoted, bento v2; clients
+                                            sending through the proxy during the switch see no failure
   day 2  150 records, 90% labels flipped -> v3 not better: rejected, champion and bento stay v2, webhook
   day 3  a batch with 60% broken lines   -> quarantined whole, validation fails, nothing trains, webhook
   day 4  nothing                         -> a no-op run that ends in under 30 s
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -42,8 +45,7 @@ import pytest
 import yaml
 
 from mmcore.config import CLASSES, load_params
-from tests.e2e.test_pipeline import BIN
-from tests.flows.harness import PrefectServer, Receiver, make_workspace, wait_until
+from tests.flows.harness import ProfileServer, Receiver, make_workspace, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +83,7 @@ def write_bad_batch(landing: Path, batch_id: str, n: int, broken: float, cfg: An
 class Scenario:
     """Runs the days in order, once each, remembering what each left behind."""
 
-    def __init__(self, ws: Path, server: PrefectServer, receiver: Receiver) -> None:
+    def __init__(self, ws: Path, server: ProfileServer, receiver: Receiver) -> None:
         self.ws, self.server, self.receiver = ws, server, receiver
         self.landing = ws / "drop"   # not data/landing: the `landing` parameter moves the ingest stage
         self.done: dict[int, dict[str, Any]] = {}
@@ -117,26 +119,35 @@ class Scenario:
                                   if d == 0 else ("poll-landing", {"landing": str(self.landing)}))
             t0 = time.monotonic()
             run_id = self.server.trigger(deployment, params)
+            # day 1's promotion switches the proxy: clients send through it from its package stage on
+            clients = ProxyClients(self.server, run_id) if d == 1 else None
             run = self.server.wait(run_id, DAY_TIMEOUT)
             wall = time.monotonic() - t0
+            traffic = clients.finish() if clients else None
         except BaseException as exc:  # keep the day's failure for its test, and stop the next days
             return {"error": f"{type(exc).__name__}: {exc}"}
         folder = max((p for p in (self.ws / "reports" / "runs").iterdir() if p.is_dir()), key=lambda p: p.name)
         return {"run": run, "run_id": run_id, "wall": wall, "state": run["state"]["type"],
                 "folder": folder, "summary": json.loads((folder / "run.json").read_text()),
                 "posts": self.receiver.posts[posts:], "artifacts": self.server.artifacts(run_id),
-                "versions": self.versions(), "bentos": self.bentos(), "logs": self.server.logs(run_id)}
+                "versions": self.versions(), "bentos": self.bentos(), "logs": self.server.logs(run_id),
+                "live": self.live(), "traffic": traffic}
 
     def versions(self) -> dict[str, Any]:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=f"sqlite:///{self.ws / 'mlflow.db'}")
+        client = MlflowClient(tracking_uri=self.server.mlflow_uri)
         try:
             champion = client.get_model_version_by_alias("parcel-condition", "champion").version
         except Exception:
             champion = None
         all_versions = sorted(int(v.version) for v in client.search_model_versions("name='parcel-condition'"))
         return {"champion": None if champion is None else int(champion), "all": all_versions}
+
+    def live(self) -> dict[str, Any] | None:
+        from mmcore.serving.bluegreen import live
+
+        return live(self.server.profile)
 
     def bentos(self) -> list[str]:
         root = self.ws / ".bentoml" / "bentos" / "parcel-condition"
@@ -151,10 +162,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrefectServer, Path]]:
+def server(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[tuple[ProfileServer, Path]]:
+    """`make up` in the workspace (the work pool, the deployments, the alert block and the worker included),
+    `make down` at the end."""
     ws = tmp_path_factory.mktemp("scenario")
     make_workspace(ws, SCENARIO)
-    srv = PrefectServer(tmp_path_factory.mktemp("prefect"))
+    srv = ProfileServer(ws, {"PROFILE_WEBHOOK_URL": receiver.url})
     try:
         srv.start(ws)
         yield srv, ws
@@ -163,20 +176,52 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrefectSe
 
 
 @pytest.fixture(scope="module")
-def scenario(server: tuple[PrefectServer, Path], receiver: Receiver) -> Scenario:
+def scenario(server: tuple[ProfileServer, Path], receiver: Receiver) -> Scenario:
     srv, ws = server
-    srv.cli(["work-pool", "create", "retrain-pool", "--type", "process"], ws)
-    srv.python("from prefect.blocks.webhook import Webhook\n"
-               f"Webhook(url={receiver.url!r}).save('retrain-alerts', overwrite=True)", ws)
-    srv.cli(["--no-prompt", "deploy", "--all"], ws)
     # the hourly monitor would otherwise run whenever the clock passes :05, ingesting between the days
     hourly = srv.get("/deployments/name/monitor/monitor")["schedules"][0]["id"]
     srv.cli(["--no-prompt", "deployment", "schedule", "pause", "monitor/monitor", hourly], ws)
-    worker = srv.spawn([BIN / "prefect", "worker", "start", "--pool", "retrain-pool", "--type", "process"],
-                       ws, "worker.log")
-    time.sleep(2)
-    assert worker.poll() is None, (srv.home / "worker.log").read_text()[-3000:]
     return Scenario(ws, srv, receiver)
+
+
+class ProxyClients:
+    """A few clients (bounded, loopback) posting one record at a time through the profile's nginx, from
+    the moment the run's package stage starts until the run ends; each answer or failure is recorded
+    with the time its request was sent."""
+
+    def __init__(self, server: ProfileServer, run_id: str, clients: int = 4, pause_s: float = 0.1) -> None:
+        from mmcore.bench_serve import synthetic_records
+
+        self.url, self.pause_s, self.stop = f"{server.profile.proxy_url}/predict", pause_s, threading.Event()
+        self.answers: list[tuple[float, str]] = []    # (sent at, model_version)
+        self.failures: list[str] = []
+        self.bodies = [{"records": [r]} for r in synthetic_records(clients, seed=11)]
+        wait_until(lambda: server.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}},
+                                                             "task_runs": {"name": {"any_": ["package"]}}}),
+                   DAY_TIMEOUT, "day 1's package stage")
+        self.threads = [threading.Thread(target=self.send, args=(b,), daemon=True) for b in self.bodies]
+        for t in self.threads:
+            t.start()
+
+    def send(self, body: dict) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not self.stop.is_set():
+                sent = time.time()
+                try:
+                    resp = http.post(self.url, json=body)
+                    if resp.status_code == 200:
+                        self.answers.append((sent, str(resp.json()[0]["model_version"])))
+                    else:
+                        self.failures.append(f"{resp.status_code} {resp.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(self.pause_s)
+
+    def finish(self) -> dict[str, Any]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+        return {"answers": sorted(self.answers), "failures": self.failures}
 
 
 def test_deployments_have_schedules_parameters_and_a_concurrency_limit(scenario: Scenario) -> None:
@@ -211,6 +256,31 @@ def test_day0_deployment_run_completes_end_to_end_with_champion_v1(scenario: Sce
     assert load_params(scenario.ws / "params.yaml").evaluate.n_boot == 1000
     assert lock["evaluate"]["params"]["params.yaml"]["evaluate"]["n_boot"] == 1000
     assert day["posts"] == []
+    # the profile: the champion's bento went live behind nginx, its data versions are in the bucket
+    assert day["live"]["bento"] == "parcel-condition:v1", day["live"]
+    answer = httpx.post(f"{scenario.server.profile.proxy_url}/predict", json={"records": [{"note": "box wet"}]},
+                        timeout=60)
+    assert answer.status_code == 200 and answer.json()[0]["model_version"] == "1"
+    from mmcore.profile import objectstore
+
+    keys = [o["key"] for o in objectstore.manifest(scenario.server.profile)]
+    assert any(k.startswith("dvc/") for k in keys) and "bentos/parcel-condition-v1.bento" in keys
+    assert any(k.startswith("mlflow/") for k in keys)
+
+
+def test_day1_the_switch_through_the_proxy_fails_no_request_and_then_serves_v2(scenario: Scenario) -> None:
+    """Concurrent clients through nginx while the deploy step starts v2 beside v1, reloads nginx and stops v1."""
+    day = scenario.day(1)
+    traffic, live = day["traffic"], day["live"]
+    assert live["bento"] == "parcel-condition:v2", live
+    assert traffic["failures"] == [], traffic["failures"][:5]
+    before = [v for t, v in traffic["answers"] if t < live["switched_at"]]
+    after = [v for t, v in traffic["answers"] if t >= live["switched_at"]]
+    print(f"through the proxy during day 1: {len(before)} answers before the switch "
+          f"({before.count('1')} from v1), {len(after)} after, no failure")
+    assert before.count("1") >= 10 and len(after) >= 10
+    assert set(after) == {"2"}, sorted(set(after))
+    assert scenario.server.ctl("status", "bento-blue", "bento-green").count("RUNNING") == 1
 
 
 def test_day1_more_good_data_promotes_v2_and_builds_its_bento(scenario: Scenario) -> None:
@@ -454,7 +524,7 @@ def test_day7_a_captured_request_is_followed_into_the_next_versions_training_dat
     assert (scenario.landing / loop["w5"]["window"] / "_SUCCESS").is_file()
     new = max(loop["versions"]["all"])
     assert new == 4, loop["versions"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{ws / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=scenario.server.mlflow_uri)
     run_id = client.get_model_version("parcel-condition", str(new)).run_id
     fitted = pd.read_parquet(client.download_artifacts(run_id, "reference/fit_records.parquet"))
     used = set(fitted["record_id"]) & set(joined["record_id"])
