@@ -210,7 +210,8 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
     logger = get_run_logger()
     ensure_slot()
     logger.info(f"waiting for the {SLOT!r} concurrency slot")
-    with concurrency(SLOT, occupy=1, timeout_seconds=slot_timeout_s, strict=True):
+    # the lease is renewed while the run lives; a run whose process died frees the slot within a minute
+    with concurrency(SLOT, occupy=1, timeout_seconds=slot_timeout_s, strict=True, lease_duration=60):
         start = datetime.now(timezone.utc)
         wanted = {section: dict(values) for section, values in (overrides or {}).items()}
         if landing:

@@ -86,9 +86,43 @@ def configure_prefect(profile: Profile) -> None:
     alert block: idempotent, so every `up` leaves them matching the checkout."""
     run(["prefect", "work-pool", "create", POOL, "--type", "process", "--overwrite"], profile)
     run(["prefect", "--no-prompt", "deploy", "--all"], profile, timeout=600)
+    crash_zombies(profile)
     if url := profile.env["PROFILE_WEBHOOK_URL"]:
         run([sys.executable, "-c", "from prefect.blocks.webhook import Webhook; import sys; "
              "Webhook(url=sys.argv[1]).save('retrain-alerts', overwrite=True)", url], profile)
+
+
+ZOMBIES = "crash-zombie-flow-runs"
+
+
+def crash_zombies(profile: Profile, silence_s: int = 90) -> None:
+    """Prefect's recipe for runs whose process died with its machine or worker: flow runs send a heartbeat
+    every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); one silent for `silence_s` is marked Crashed, which
+    frees what it held and lets the next run resume from the training checkpoint."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    os.environ.update(profile.client_env())
+    try:
+        Automation.read(name=ZOMBIES)
+        return
+    except ValueError:
+        pass
+    Automation(name=ZOMBIES, trigger=EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+        match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+        within=timedelta(seconds=silence_s)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {silence_s} s: its process died (worker or machine)")],
+    ).create()
 
 
 def configure_dvc(profile: Profile) -> None:

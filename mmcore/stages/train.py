@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
     for name, mods in [("fused", MODALITIES)] + [(m, (m,)) for m in MODALITIES]:
         mcfg = dataclasses.replace(p.model, modalities=tuple(mods))
         ckpt = checkpoint_path(args.cache / "checkpoints", name, mcfg, p.train, [r["record_id"] for r in train_recs])
+        if ckpt.is_file():
+            print(f"train[{name}]: resuming from the checkpoint {ckpt.name} (a run that stopped mid-way left it)",
+                  flush=True)
         bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
                                            progress=True)
         ckpts.append(ckpt)

@@ -281,6 +281,10 @@ def test_day1_the_switch_through_the_proxy_fails_no_request_and_then_serves_v2(s
     assert before.count("1") >= 10 and len(after) >= 10
     assert set(after) == {"2"}, sorted(set(after))
     assert scenario.server.ctl("status", "bento-blue", "bento-green").count("RUNNING") == 1
+    # each bento pins its own model (a bento argument), so v1 stays v1 for a rollback
+    for v in (1, 2):
+        info = yaml.safe_load((scenario.ws / ".bentoml" / "bentos" / "parcel-condition" / f"v{v}" / "bento.yaml").read_text())
+        assert info["args"]["model_tag"] == f"parcel-condition:v{v}"
 
 
 def test_day1_more_good_data_promotes_v2_and_builds_its_bento(scenario: Scenario) -> None:
