@@ -24,7 +24,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 def make_workspace(ws: Path, overrides: dict[str, dict[str, Any]]) -> None:
     """A copy of the project (code, dvc.yaml, prefect.yaml) with params.yaml overridden."""
-    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements-serve.txt", "prefect.yaml", ".env.example"):
+    for name in ("dvc.yaml", "service.py", "bentofile.yaml", "requirements-serve.txt", "prefect.yaml", ".env.example",
+                 "Makefile"):
         shutil.copy(ROOT / name, ws / name)
     for pkg in ("mmcore", "flows", "profile"):
         shutil.copytree(ROOT / pkg, ws / pkg, ignore=shutil.ignore_patterns("__pycache__"))
@@ -201,12 +202,19 @@ class ProfileServer(PrefectServer):
         assert not check or proc.returncode == 0, f"profile {args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
 
+    def make(self, target: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+        """`make up` / `make down` as a user types them (the install step is this venv's, already done)."""
+        proc = subprocess.run(["make", "-o", "install", f"PY={sys.executable}", target], cwd=self.ws,
+                              env=self.env(self.ws), text=True, capture_output=True, timeout=timeout)
+        assert not check or proc.returncode == 0, f"make {target}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
     def start(self, ws: Path) -> None:
-        self.profile_cli("up")
+        self.make("up")
 
     def stop(self) -> None:
         try:
-            self.profile_cli("down", timeout=300, check=False)
+            self.make("down", timeout=300, check=False)
         finally:
             super().stop()
 

@@ -189,7 +189,7 @@ class ProxyClients:
     the moment the run's package stage starts until the run ends; each answer or failure is recorded
     with the time its request was sent."""
 
-    def __init__(self, server: ProfileServer, run_id: str, clients: int = 4, pause_s: float = 0.1) -> None:
+    def __init__(self, server: ProfileServer, run_id: str, clients: int = 4, pause_s: float = 0.25) -> None:
         from mmcore.bench_serve import synthetic_records
 
         self.url, self.pause_s, self.stop = f"{server.profile.proxy_url}/predict", pause_s, threading.Event()

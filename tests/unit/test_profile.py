@@ -1,0 +1,81 @@
+"""The production profile's settings and files, without starting it (the flows tests start it)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mmcore.profile.settings import Profile, ensure_env_file, values
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env.example")
+    shutil.copytree(ROOT / "profile", tmp_path / "profile")
+    for key in values(tmp_path, {"PROFILE_PG_PASSWORD": "x", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path
+
+
+def test_the_first_up_writes_env_with_fresh_secrets_and_keeps_it(root: Path) -> None:
+    env = ensure_env_file(root)
+    first = env.read_text()
+    secrets = values(root)
+    assert env.stat().st_mode & 0o777 == 0o600
+    assert "generate" not in {secrets[k] for k in ("PROFILE_PG_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    assert len({secrets["PROFILE_PG_PASSWORD"], secrets["AWS_SECRET_ACCESS_KEY"]}) == 2
+    assert "# PostgreSQL" in first                       # the documentation comes along
+    ensure_env_file(root)
+    assert env.read_text() == first                      # a second `up` never rotates them
+
+
+def test_a_secret_still_saying_generate_is_refused_with_what_to_do(root: Path) -> None:
+    with pytest.raises(SystemExit, match="PROFILE_PG_PASSWORD.*delete .env and rerun `make up`"):
+        values(root)
+
+
+def test_environment_overrides_env_file_which_overrides_the_example(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ensure_env_file(root)
+    with open(root / ".env", "a") as f:
+        f.write("PROFILE_PG_PORT=6000\nPROFILE_MLFLOW_PORT=6001\n")
+    monkeypatch.setenv("PROFILE_MLFLOW_PORT", "7001")
+    p = Profile.load(root, overrides={"PROFILE_PREFECT_PORT": "8002"})
+    assert (p.port("pg"), p.port("mlflow"), p.port("prefect")) == (6000, 7001, 8002)
+    assert p.port("proxy") == 58080                       # the example's default
+    assert p.dir == root / ".profile" and p.pgdata == root / ".profile" / "pg"
+
+
+def test_flows_see_only_the_tracking_uri_the_api_url_and_the_bucket(root: Path) -> None:
+    ensure_env_file(root)
+    local = Profile.load(root).client_env()
+    assert local["PREFECT_API_URL"] == "http://127.0.0.1:54200/api"
+    assert local["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:55000"
+    assert local["S3_ENDPOINT_URL"] == "http://127.0.0.1:59000"
+    aws = Profile.load(root, overrides={"PROFILE_S3_LOCAL": "0"}).client_env()
+    assert "S3_ENDPOINT_URL" not in aws and "MLFLOW_S3_ENDPOINT_URL" not in aws   # boto3's own AWS endpoints
+    other = Profile.load(root, overrides={"PROFILE_S3_LOCAL": "0", "S3_ENDPOINT_URL": "https://s3.example"})
+    assert other.client_env()["MLFLOW_S3_ENDPOINT_URL"] == "https://s3.example"
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is installed by `make install`")
+def test_the_rendered_nginx_config_is_valid_and_points_at_the_live_bento(root: Path) -> None:
+    from mmcore.profile.__main__ import render_nginx
+    from mmcore.serving.bluegreen import upstream
+
+    ensure_env_file(root)
+    p = Profile.load(root)
+    p.run.mkdir(parents=True)
+    p.logs.mkdir(parents=True)
+    render_nginx(p)
+    conf = p.dir / "nginx" / "nginx.conf"
+    check = subprocess.run(["/usr/sbin/nginx", "-t", "-c", str(conf), "-e", str(p.logs / "t.log")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "127.0.0.1:58101" in (p.dir / "nginx" / "upstream.conf").read_text()
+    upstream(p, 58102)
+    assert "127.0.0.1:58102" in (p.dir / "nginx" / "upstream.conf").read_text()
+    assert "127.0.0.1:58101" not in (p.dir / "nginx" / "upstream.conf").read_text()
