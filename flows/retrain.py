@@ -80,7 +80,7 @@ def repro(stage: str) -> dict[str, Any]:
             "seconds": round(time.monotonic() - start, 1)}
 
 
-@task(name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.3)
+@task(name="dvc-push", task_run_name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.3)
 def push_data() -> None:
     """The run's data versions to the DVC remote (storage hiccups are retried); a workspace
     without a remote has nothing to push to, and says so."""

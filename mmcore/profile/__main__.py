@@ -175,6 +175,8 @@ def down(profile: Profile) -> int:
     for conf in (profile.dir / "supervisor").glob("bento-*.conf"):
         conf.unlink()
     (profile.run / "live.json").unlink(missing_ok=True)
+    if (profile.root / ".dvc" / "config.local").is_file():   # back to the committed remote until the next `up`
+        subprocess.run(["dvc", "remote", "remove", "--local", "profile"], cwd=profile.root, capture_output=True)
     say("stopped")
     return 0
 

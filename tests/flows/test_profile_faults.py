@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from mmcore.config import load_params
+from mmcore.profile import objectstore
 from tests.e2e.test_pipeline import BIN
 from tests.flows.harness import ProfileServer, make_workspace, wait_until
 from tests.flows.test_scenario import SCENARIO
@@ -172,15 +173,19 @@ def dvc_status_cloud(ws: Path, env: dict[str, str]) -> str:
 def test_object_store_unreachable_during_push_fails_clearly_and_the_next_run_pushes(faults: Faults) -> None:
     faults.land("b3", 120, 400)
     run_id = faults.trigger()
-    faults.wait_task(run_id, "dvc-push")
-    faults.srv.ctl("signal", "STOP", "s3")      # the endpoint accepts nothing and answers nothing
+    # the push comes right after the package stage: the endpoint goes away then (connections refused)
+    wait_until(lambda: any(t["state"]["type"] == "COMPLETED" for t in faults.task_runs(run_id, "package")),
+               RUN_TIMEOUT, "the package stage", every=0.2)
+    faults.srv.ctl("stop", "s3")
     try:
         run = faults.srv.wait(run_id, RUN_TIMEOUT)
     finally:
-        faults.srv.ctl("signal", "CONT", "s3")
+        faults.srv.ctl("start", "s3")
+        wait_until(lambda: objectstore.bucket_exists(faults.srv.profile) or objectstore.replay(faults.srv.profile),
+                   60, "the S3 stand-in back with its objects")
     logs = faults.srv.logs(run_id)
     assert run["state"]["type"] == "FAILED", logs[-3000:]
-    assert "dvc push failed" in logs, logs[-3000:]
+    assert "dvc push failed" in logs and "Retry 3/3 will start" in logs, logs[-3000:]
     assert "new:" in dvc_status_cloud(faults.ws, faults.srv.env(faults.ws))   # the run's data is not in the remote yet
     again = faults.srv.wait(faults.trigger(), RUN_TIMEOUT)
     assert again["state"]["type"] == "COMPLETED"
