@@ -69,9 +69,7 @@ def start_object_store(profile: Profile, restore_from: Path | None) -> None:
     if profile.s3_local:
         profile.path("PROFILE_S3_DIR").mkdir(parents=True, exist_ok=True)
         services.start(profile, "s3")
-        services.wait_for(lambda: services.port_open(profile.port("s3")), 60, "the S3 stand-in", profile.logs / "s3.log")
-        if replayed := objectstore.replay(profile):
-            say(f"S3 stand-in: replayed {replayed} recorded requests")
+        services.wait_for(lambda: objectstore.stand_in_ready(profile), 600, "the S3 stand-in", profile.logs / "s3.log")
     if objectstore.ensure_bucket(profile):
         say(f"created bucket {profile.bucket}")
     if restore_from:

@@ -1,14 +1,8 @@
-"""The profile's bucket, through boto3 like any S3 client: pointing it at real S3 is only configuration.
-
-moto's S3 server, the local stand-in, keeps objects in memory; its request recorder (a moto feature)
-appends every request to PROFILE_S3_DIR/recording.jsonl, and `up` replays that file into a fresh server,
-so the stand-in keeps its objects across `make down` and `make up` as a real bucket would."""
+"""The profile's bucket, through boto3 like any S3 client: pointing it at real S3 is only configuration."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from mmcore.profile.settings import Profile
 
@@ -32,14 +26,9 @@ def bucket_exists(profile: Profile) -> bool:
         return False
 
 
-def replay(profile: Profile) -> int:
-    """Feed a restarted stand-in what it held (moto's recorder); returns the requests replayed."""
-    recording = profile.path("PROFILE_S3_DIR") / "recording.jsonl"
-    if not (profile.s3_local and recording.is_file() and recording.stat().st_size) or bucket_exists(profile):
-        return 0
-    resp = httpx.post(f"{profile.s3_endpoint}/moto-api/recorder/replay-recording", timeout=600)
-    resp.raise_for_status()
-    return sum(1 for _ in recording.open())
+def stand_in_ready(profile: Profile) -> bool:
+    """The local stand-in has loaded what it held (mmcore/profile/s3_stand_in.py)."""
+    return (profile.path("PROFILE_S3_DIR") / "ready").is_file()
 
 
 def ensure_bucket(profile: Profile) -> bool:
@@ -58,9 +47,10 @@ def manifest(profile: Profile) -> list[dict[str, Any]]:
 
 
 def missing(profile: Profile, expected: list[dict[str, Any]]) -> list[str]:
-    """Keys of a manifest that the bucket no longer holds as they were (gone, or another ETag)."""
-    have = {o["key"]: o["etag"] for o in manifest(profile)}
-    return [o["key"] for o in expected if have.get(o["key"]) != o["etag"]]
+    """Keys of a manifest that the bucket no longer holds, or holds with another size. (Sizes, not ETags:
+    the ETag of one object differs with how it was uploaded, in one part or several.)"""
+    have = {o["key"]: o["size"] for o in manifest(profile)}
+    return [o["key"] for o in expected if have.get(o["key"]) != o["size"]]
 
 
 def upload(profile: Profile, path: Path, key: str) -> None:

@@ -149,7 +149,7 @@ class Profile:
                 "PROFILE_PGDATA": str(self.pgdata), "PROFILE_PG_BIN": str(postgres_bin(self.env["PROFILE_PG_BIN"])),
                 "PROFILE_PG_PORT": str(self.port("pg")), "PROFILE_PG_OS_USER": "postgres" if root_user else getpass.getuser(),
                 "PROFILE_PG_AUTORESTART": "true" if self.env["PROFILE_PG_AUTORESTART"] == "1" else "false",
-                "PROFILE_S3_PORT": str(self.port("s3")), "PROFILE_S3_RECORDING": str(self.path("PROFILE_S3_DIR") / "recording.jsonl"),
+                "PROFILE_S3_PORT": str(self.port("s3")), "PROFILE_S3_DIR_ABS": str(self.path("PROFILE_S3_DIR")),
                 "PROFILE_MLFLOW_PORT": str(self.port("mlflow")), "PROFILE_PREFECT_PORT": str(self.port("prefect")),
                 "PROFILE_MLFLOW_DB": self.database_url("mlflow"), "PROFILE_ARTIFACTS": f"s3://{self.bucket}/mlflow",
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url("prefect", "asyncpg"),

@@ -176,13 +176,12 @@ def test_object_store_unreachable_during_push_fails_clearly_and_the_next_run_pus
     # the push comes right after the package stage: the endpoint goes away then (connections refused)
     wait_until(lambda: any(t["state"]["type"] == "COMPLETED" for t in faults.task_runs(run_id, "package")),
                RUN_TIMEOUT, "the package stage", every=0.2)
-    faults.srv.ctl("stop", "s3")
+    faults.srv.ctl("stop", "s3")                 # connections are refused from here on
     try:
         run = faults.srv.wait(run_id, RUN_TIMEOUT)
     finally:
         faults.srv.ctl("start", "s3")
-        wait_until(lambda: objectstore.bucket_exists(faults.srv.profile) or objectstore.replay(faults.srv.profile),
-                   60, "the S3 stand-in back with its objects")
+        wait_until(lambda: objectstore.stand_in_ready(faults.srv.profile), 300, "the S3 stand-in back")
     logs = faults.srv.logs(run_id)
     assert run["state"]["type"] == "FAILED", logs[-3000:]
     assert "dvc push failed" in logs and "Retry 3/3 will start" in logs, logs[-3000:]
