@@ -168,8 +168,10 @@ def down(profile: Profile) -> int:
     if not services.supervisord_running(profile):
         say("the profile is not running")
         return 0
-    services.ctl(profile, "shutdown")
-    services.wait_for(lambda: not services.supervisord_running(profile), 120, "supervisord to stop")
+    pid = int((profile.run / "supervisord.pid").read_text())
+    services.ctl(profile, "shutdown")     # stops the programs in reverse priority, then itself
+    services.wait_for(lambda: not services.alive(pid), 300, "supervisord to stop its programs and exit",
+                      profile.logs / "supervisord.log")
     for conf in (profile.dir / "supervisor").glob("bento-*.conf"):
         conf.unlink()
     (profile.run / "live.json").unlink(missing_ok=True)

@@ -72,6 +72,14 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | N
     raise RuntimeError(f"{what} did not answer within {timeout:.0f} s{tail}")
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
