@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from mmcore.config import load_params
-from mmcore.profile import objectstore
+from mmcore.profile import objectstore, postgres
 from tests.e2e.test_pipeline import BIN
 from tests.flows.harness import ProfileServer, make_workspace, wait_until
 from tests.flows.test_scenario import SCENARIO
@@ -78,8 +78,17 @@ class Faults:
         for v, tags in reg["versions"].items():
             assert tags.get("gate") in ("promoted", "rejected") or v > champion, (v, tags)
         assert live(self.srv.profile)["bento"] == f"parcel-condition:v{champion}"
-        answer = httpx.post(f"{self.srv.profile.proxy_url}/predict", json={"records": [{"note": "box wet"}]}, timeout=60)
-        assert answer.status_code == 200 and answer.json()[0]["model_version"] == str(champion), answer.text
+        def answered() -> httpx.Response | None:
+            resp = httpx.post(f"{self.srv.profile.proxy_url}/predict", json={"records": [{"note": "box wet"}]},
+                              timeout=60)
+            return resp if resp.status_code == 200 else None
+
+        try:   # the live bento answers through nginx (given a minute, as supervisor restarts a crashed one)
+            answer = wait_until(answered, 60, "an answer through the proxy", every=2)
+        except BaseException:
+            logs = sorted(self.srv.profile.logs.glob("bento-*.log"))
+            raise AssertionError(self.srv.ctl("status") + "\n".join(p.read_text()[-2000:] for p in logs)) from None
+        assert answer.json()[0]["model_version"] == str(champion), answer.text
         return reg
 
     def program_pid(self, name: str) -> int:
@@ -130,7 +139,10 @@ def test_postgres_killed_during_training_ends_consistent(faults: Faults) -> None
     faults.wait_task(run_id, "train")
     os.kill(faults.program_pid("postgres"), signal.SIGKILL)
     time.sleep(20)
-    faults.srv.ctl("start", "postgres")
+    # back as an operator would bring it: start it again until it answers (backends of the killed server may
+    # still hold its shared memory for a moment)
+    wait_until(lambda: postgres.ready(faults.srv.profile) or bool(faults.srv.ctl("start", "postgres")) and False,
+               90, "PostgreSQL back", every=3)
     run = faults.srv.wait(run_id, RUN_TIMEOUT)
     logs = faults.srv.logs(run_id)
     assert run["state"]["type"] in ("COMPLETED", "FAILED"), logs[-3000:]
