@@ -26,6 +26,23 @@ def bucket_exists(profile: Profile) -> bool:
         return False
 
 
+def exists(profile: Profile, key: str) -> bool:
+    """One object, asked for by name: a listing of the bucket would read every DVC object."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client(profile).head_object(Bucket=profile.bucket, Key=key)
+        return True
+    except ClientError as e:
+        if not_found(e):
+            return False
+        raise
+
+
+def not_found(e: Exception) -> bool:
+    return getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 def stand_in_ready(profile: Profile) -> bool:
     """The local stand-in has loaded what it held (mmcore/profile/s3_stand_in.py)."""
     return (profile.path("PROFILE_S3_DIR") / "ready").is_file()
@@ -65,6 +82,6 @@ def download(profile: Profile, key: str, path: Path) -> bool:
         client(profile).download_file(profile.bucket, key, str(path))
         return True
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+        if not_found(e):
             return False
         raise

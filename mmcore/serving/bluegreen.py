@@ -140,7 +140,7 @@ def keep(profile: Profile, tag: str, key: str) -> None:
 
     from mmcore.profile import objectstore
 
-    if any(o["key"] == key for o in objectstore.manifest(profile)):
+    if objectstore.exists(profile, key):
         return
     with tempfile.TemporaryDirectory(prefix="bento-") as tmp:
         path = bentoml.bentos.export_bento(tag, str(Path(tmp) / "b.bento"))
