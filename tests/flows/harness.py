@@ -196,18 +196,17 @@ class ProfileServer(PrefectServer):
                 "PREFECT_HOME": str(self.home), "PREFECT_WORKER_QUERY_SECONDS": "2",
                 "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
 
-    def profile_cli(self, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "mmcore.profile", *args], cwd=self.ws, env=self.env(self.ws),
-                              text=True, capture_output=True, timeout=timeout)
-        assert not check or proc.returncode == 0, f"profile {args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    def run(self, cmd: list[str], timeout: int, check: bool) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=self.ws, env=self.env(self.ws), text=True, capture_output=True, timeout=timeout)
+        assert not check or proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
+
+    def profile_cli(self, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, "-m", "mmcore.profile", *args], timeout, check)
 
     def make(self, target: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
         """`make up` / `make down` as a user types them (the install step is this venv's, already done)."""
-        proc = subprocess.run(["make", "-o", "install", f"PY={sys.executable}", target], cwd=self.ws,
-                              env=self.env(self.ws), text=True, capture_output=True, timeout=timeout)
-        assert not check or proc.returncode == 0, f"make {target}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc
+        return self.run(["make", "-o", "install", f"PY={sys.executable}", target], timeout, check)
 
     def start(self, ws: Path) -> None:
         self.make("up")
@@ -217,6 +216,7 @@ class ProfileServer(PrefectServer):
             self.make("down", timeout=300, check=False)
         finally:
             super().stop()
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def ctl(self, *args: str) -> str:
         from mmcore.profile import services

@@ -119,7 +119,6 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faults]:
         yield Faults(ws, srv)
     finally:
         srv.stop()
-        shutil.rmtree(srv.base, ignore_errors=True)
 
 
 def test_two_runs_started_at_once_one_waits(faults: Faults) -> None:
