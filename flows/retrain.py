@@ -112,7 +112,7 @@ def seed_landing(landing: str, params: str) -> int:
     """First run on an empty landing area: generate the embedded default data."""
     from mmcore.config import load_params
     from mmcore.data.ingest import ready_batches
-    from mmcore.data.synth import generate_default
+    from mmcore.synth.generate import generate_default
 
     if ready_batches(Path(landing)):
         return 0

@@ -71,7 +71,7 @@ def noop_repro_seconds(landing: Path, params: Path) -> float:
 
 def bench_ingest(records: int, params_path: Path, work: Path) -> dict[str, Any]:
     from mmcore.data.ingest import ingest
-    from mmcore.data.synth import generate_default
+    from mmcore.synth.generate import generate_default
     from mmcore.encoders import load_tokenizer
     from mmcore.stages.validate import run_validation
 

@@ -84,7 +84,7 @@ def default_data(p: Params, work: Path) -> tuple[Path, Path]:
     """The default landing data generated, ingested and split in `work` (when the pipeline has not run)."""
     from mmcore.data.ingest import ingest
     from mmcore.data.split import split
-    from mmcore.data.synth import generate_default
+    from mmcore.synth.generate import generate_default
     from mmcore.encoders import load_tokenizer
     from mmcore.stages.common import write_json
 

@@ -135,7 +135,8 @@ def drift_rates(work: Path, params: Params, resamples: int, window: int = 300, r
                 shifted_share: float = 0.2, usual_n: int = 1500, shifted_n: int = 300) -> dict[str, Any]:
     """False alarms and detections of the window's embedding drift test over resampled windows; each
     resample draws its reference anew from the usual hubs' records, as the monitor does per window."""
-    from mmcore.data import synth, synth_shift
+    from mmcore.synth.generate import generate_batch
+    from mmcore.synth.shift import load_shift
     from mmcore.data.ingest import ingest
     from mmcore.data.raw import load_records
     from mmcore.features import Featurizer
@@ -143,9 +144,9 @@ def drift_rates(work: Path, params: Params, resamples: int, window: int = 300, r
     from mmcore.monitor.window import ALPHA, ENCODERS
 
     cfg = params.synth
-    synth.generate_batch(work / "landing", "usual", usual_n, cfg, seed=11)
-    shift = synth_shift.load_shift("new_hub_alt")
-    synth.generate_batch(work / "landing", "newhub", shifted_n, dataclasses.replace(cfg, shift=shift), seed=12)
+    generate_batch(work / "landing", "usual", usual_n, cfg, seed=11)
+    shift = load_shift("new_hub_alt")
+    generate_batch(work / "landing", "newhub", shifted_n, dataclasses.replace(cfg, shift=shift), seed=12)
     ingest(work / "landing", work / "raw", work / "q", params.ingest, workers=1)
     profile, records = load_records(work / "raw")
     feat = Featurizer(params.model, cache_dir=work / "cache", batch_size=params.train.embed_batch_size, progress=True)

@@ -37,7 +37,7 @@ def landed_records(n: int, p: Params, work: Path) -> tuple[list[dict[str, Any]],
     """Generated landing batches, ingested into a raw dataset and read back as training does."""
     from mmcore.data.ingest import ingest
     from mmcore.data.raw import load_records
-    from mmcore.data.synth import generate_default
+    from mmcore.synth.generate import generate_default
     from mmcore.encoders import load_tokenizer
 
     generate_default(work / "landing", dataclasses.replace(p.synth, batches=1, records_per_batch=n))

@@ -32,7 +32,7 @@ SHIFT_SENSOR_NOISE = {"temperature_c": (0.0, 2.0), "humidity_pct": (0.0, 5.0), "
 
 @dataclass(frozen=True)
 class ShiftConfig:
-    """A new hub with its own camera, note style and tracker (mmcore/data/synth_shift.py).
+    """A new hub with its own camera, note style and tracker (mmcore/synth/shift.py).
 
     Every knob defaults to its neutral value, and a neutral knob leaves the generator's
     output byte-identical: with `hub` null or `share` 0 nothing changes at all.

@@ -669,7 +669,7 @@ def ingest_sizes(params_path: Path, work: Path, records: int) -> tuple[dict[str,
     transient of writing one shard does not pass for memory held per record."""
     from mmcore.config import load_params
     from mmcore.data.ingest import ingest
-    from mmcore.data.synth import generate_batch
+    from mmcore.synth.generate import generate_batch
 
     p = load_params(params_path)
     rss, shard = {}, str(max(5, records // 80))

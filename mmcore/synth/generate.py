@@ -20,11 +20,11 @@ and otherwise looks like a normal parcel's, so no single modality suffices and
 fusion pays. The photo's draw is the parcel's (its marks show in all its photos
 from the onset on, or in none); the note's and the trace's are the record's.
 
-Shifted traffic (`synth.shift`, synth_shift.py): a share of records captured at a new hub with
+Shifted traffic (`synth.shift`, shift.py): a share of records captured at a new hub with
 another camera, note style and tracker, evidence intact; off by default, on demand as below.
 
-    python -m mmcore.data.synth --params params.yaml --landing data/landing
-    python -m mmcore.data.synth --landing /tmp/landing --batch-prefix shifted --shift new_hub --shift-share 0.3
+    python -m mmcore.synth --params params.yaml --landing data/landing
+    python -m mmcore.synth --landing /tmp/landing --batch-prefix shifted --shift new_hub --shift-share 0.3
 """
 from __future__ import annotations
 
@@ -48,9 +48,9 @@ from typing import Iterator
 import numpy as np
 
 from mmcore.config import CLASSES, SynthConfig, load_params
-from mmcore.data import synth_sensor, synth_shift, synth_text
-from mmcore.data.synth_image import make_parcel, render_parcel
 from mmcore.schema import RECORD_FIELDS, RECORD_ID_RE
+from mmcore.synth import sensor as synth_sensor, shift as synth_shift, text as synth_text
+from mmcore.synth.image import make_parcel, render_parcel
 
 SUCCESS = "_SUCCESS"
 JPEG_QUALITY = 90
@@ -375,11 +375,11 @@ def _summary(batch: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: python -m mmcore.data.synth --params params.yaml --landing data/landing
+    """CLI: python -m mmcore.synth --params params.yaml --landing data/landing
     [--batches N --records N --seed S --batch-prefix P] [--shift PRESET|FILE --shift-hub H --shift-share S];
     generates the default set (or a shifted one); prints what it wrote. Reads only the `synth` section via
     mmcore.config.load_params(path).synth."""
-    ap = argparse.ArgumentParser(prog="python -m mmcore.data.synth", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mmcore.synth", description=__doc__.split("\n")[0])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml (reads `synth:`)")
     ap.add_argument("--landing", type=Path, required=True, help="landing folder to write batches into")
     ap.add_argument("--batches", type=int, help="override synth.batches")
@@ -410,6 +410,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {len(batches)} batch(es) of {cfg.records_per_batch} records in {time.perf_counter() - t0:.1f} s")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

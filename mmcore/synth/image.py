@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mmcore.data import synth_paint as paint
+from mmcore.synth import paint
 
 SUPERSAMPLE = 1  # >1 renders larger and downsamples (anti-aliasing) at a quadratic cost in time
 # Face textures are painted at this many px per box unit per px of image side (about the

@@ -2,7 +2,7 @@
 
 Every painter draws in the face's own pixel frame (x right, y down; on side faces y
 runs towards the floor) and modifies the texture in place. Sizes are fractions of
-the face so the same painter works on any box. `synth_image` maps the result onto
+the face so the same painter works on any box. `image` maps the result onto
 the projected face.
 """
 from __future__ import annotations

@@ -36,11 +36,11 @@ import yaml
 from PIL import Image, ImageFilter
 
 from mmcore.config import SENSOR_CHANNELS, ShiftConfig, from_dict
-from mmcore.data.synth_sensor import PERIOD_S
-from mmcore.data.synth_text import typo
+from mmcore.synth.sensor import PERIOD_S
+from mmcore.synth.text import typo
 
-if TYPE_CHECKING:   # synth imports this module
-    from mmcore.data.synth import RecordPlan
+if TYPE_CHECKING:   # generate imports this module
+    from mmcore.synth.generate import RecordPlan
 
 SHIFT_STREAM = 0x5A1F7   # shift draws are seeded by (seed, index, SHIFT_STREAM): apart from the record's own
 _CAMERA = {"exposure": 0.65, "colour_gains": [0.88, 1.0, 1.2], "blur_px": 1.2, "camera_noise": 6.0,

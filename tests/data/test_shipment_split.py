@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 
 from mmcore.config import CLASSES, Params, load_params
-from mmcore.data import synth
+from mmcore.synth.generate import generate_batch
 from mmcore.data.split import split
 from mmcore.evaluate import macro_f1
 from mmcore.features import Featurizer
@@ -81,8 +81,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     params = load_params(ROOT / "params.yaml")
     cfg = dataclasses.replace(params.synth, image_size=IMAGE)
     root = tmp_path_factory.mktemp("shipment_split")
-    dev, dev_records = landing_records(synth.generate_batch(root / "landing", "dev", N_DEV, cfg, cfg.seed + 1000))
-    new, new_records = landing_records(synth.generate_batch(root / "landing", "new", N_NEW, cfg, cfg.seed + 2000))
+    dev, dev_records = landing_records(generate_batch(root / "landing", "dev", N_DEV, cfg, cfg.seed + 1000))
+    new, new_records = landing_records(generate_batch(root / "landing", "new", N_NEW, cfg, cfg.seed + 2000))
     featurizer = Featurizer(dataclasses.replace(params.model, image_size=IMAGE), cache_dir=root / "cache")
     featurizer.embed(dev_records + new_records)
     return Data(params, featurizer, dev, dev_records, new, new_records)

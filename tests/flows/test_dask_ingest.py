@@ -16,7 +16,7 @@ from distributed import Client, LocalCluster, get_task_stream
 
 from mmcore.config import load_params
 from mmcore.data.ingest import ingest
-from mmcore.data.synth import generate_batch
+from mmcore.synth.generate import generate_batch
 from tests.conftest import ROOT
 
 

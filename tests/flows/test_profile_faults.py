@@ -43,7 +43,7 @@ class Faults:
         self.ws, self.srv, self.landing = ws, srv, ws / "drop"
 
     def land(self, name: str, n: int, seed: int) -> None:
-        from mmcore.data.synth import generate_batch
+        from mmcore.synth.generate import generate_batch
 
         generate_batch(self.landing, name, n, load_params(self.ws / "params.yaml").synth, seed=seed)
 

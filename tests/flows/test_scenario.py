@@ -72,7 +72,7 @@ DAY_TIMEOUT = 600
 
 def write_bad_batch(landing: Path, batch_id: str, n: int, broken: float, cfg: Any) -> None:
     """A batch whose first `broken` share of lines is cut off mid-record (bad_json)."""
-    from mmcore.data.synth import generate_batch
+    from mmcore.synth.generate import generate_batch
 
     bdir = generate_batch(landing, batch_id, n, cfg, seed=400)
     lines = (bdir / "records.jsonl").read_text().splitlines()
@@ -89,7 +89,7 @@ class Scenario:
         self.done: dict[int, dict[str, Any]] = {}
 
     def land(self, day: int) -> None:
-        from mmcore.data.synth import generate_batch
+        from mmcore.synth.generate import generate_batch
 
         cfg = load_params(self.ws / "params.yaml").synth
         if day == 0:
@@ -392,8 +392,8 @@ class Loop:
     def traffic(self, batch: str, n: int, seed: int, shift: str | None = None) -> Path:
         import dataclasses
 
-        from mmcore.data.synth import generate_batch
-        from mmcore.data.synth_shift import load_shift
+        from mmcore.synth.generate import generate_batch
+        from mmcore.synth.shift import load_shift
 
         cfg = load_params(self.ws / "params.yaml").synth
         if shift:

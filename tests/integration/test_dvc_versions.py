@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from mmcore.config import load_params
-from mmcore.data.synth import generate_batch
+from mmcore.synth.generate import generate_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -71,7 +71,8 @@ def write_params(ws: Path, overrides: dict[str, dict[str, Any]]) -> Path:
 @pytest.fixture(scope="session")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     """Generated records, ingested and split, and the models above trained on them."""
-    from mmcore.data import ingest, split, synth
+    from mmcore.data import ingest, split
+    from mmcore.synth.generate import generate_default
     from mmcore.features import Featurizer
     from mmcore.model import MODALITIES
     from mmcore.stages.common import split_records
@@ -80,7 +81,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     ws = tmp_path_factory.mktemp("gate-data")
     params = write_params(ws, TINY)
     p = load_params(params)
-    synth.generate_default(ws / "landing", p.synth, workers=1)
+    generate_default(ws / "landing", p.synth, workers=1)
     raw, splits, cache = ws / "raw", ws / "split" / "splits.parquet", ws / "cache"
     assert ingest.main(["--params", str(params), "--landing", str(ws / "landing"), "--raw", str(raw),
                         "--quarantine", str(ws / "quarantine"), "--report", str(ws / "ingest.json")]) == 0

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mmcore.config import load_params
-from mmcore.data import synth, synth_shift
+from mmcore.synth import generate as synth, shift as synth_shift
 from mmcore.data.ingest import ingest
 from mmcore.monitor.window import main, window_report
 from tests.conftest import ROOT

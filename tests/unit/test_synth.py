@@ -18,9 +18,8 @@ import pytest
 from PIL import Image
 
 from mmcore.config import CLASSES, SynthConfig
-from mmcore.data import synth, synth_sensor, synth_text
-from mmcore.data import synth_image
-from mmcore.data.synth_image import make_parcel, render_parcel
+from mmcore.synth import generate as synth, image as synth_image, sensor as synth_sensor, text as synth_text
+from mmcore.synth.image import make_parcel, render_parcel
 from mmcore.schema import RECORD_FIELDS, RECORD_ID_RE, SENSOR_HEADER
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from mmcore.config import ShiftConfig, SynthConfig, load_params
-from mmcore.data import synth, synth_sensor, synth_shift
+from mmcore.synth import generate as synth, sensor as synth_sensor, shift as synth_shift
 from mmcore.data.ingest import ingest
 
 REPO = Path(__file__).resolve().parents[2]
