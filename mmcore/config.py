@@ -45,7 +45,7 @@ class ShiftConfig:
     blur_px: float = 0.0                # camera: Gaussian blur radius in output pixels
     camera_noise: float = 0.0           # camera: extra sensor noise, std in grey levels
     image_width: int = 0                # camera: output size; 0 and 0 = synth.image_size square
-    image_height: int = 0
+    image_height: int = 0           # camera: output height, set together with image_width
     jpeg_quality: int = 90              # camera: the generator's default is 90
     note_shorthand: float = 0.0         # notes: chance that a word with a hub shorthand form is shortened
     note_typo_rate: float = 0.0         # notes: chance of a typo per English word
@@ -110,22 +110,24 @@ def _shift_problems(s: ShiftConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    seed: int
-    batches: int
-    records_per_batch: int
-    image_size: int
-    label_noise: float
-    unlabelled_share: float
-    class_mix: dict[str, float]
-    p_image_missing: float
-    p_note_missing: float
-    p_note_empty: float
-    p_sensor_missing: float
-    p_chinese: float
-    p_image_evidence: float
-    p_note_evidence: float
-    p_sensor_evidence: float
-    hubs: list[str]
+    """The synthetic generator (mmcore/synth/, `python -m mmcore.synth`): `make run`'s default data."""
+
+    seed: int                       # batch i is generated from seed + i
+    batches: int                    # landing batches `make run` generates into an empty landing area
+    records_per_batch: int          # records in each generated batch
+    image_size: int                 # generated photos are this many px a side
+    label_noise: float              # share of records given a wrong label on purpose
+    unlabelled_share: float         # share of records landed with label null
+    class_mix: dict[str, float]     # share of each class among the records (the shares sum to 1)
+    p_image_missing: float          # share of records without a photo
+    p_note_missing: float           # share of records without a note (null)
+    p_note_empty: float             # share of records with an empty note
+    p_sensor_missing: float         # share of records without a sensor trace
+    p_chinese: float                # share of notes written in Chinese
+    p_image_evidence: float         # chance a parcel's photos show its condition (per parcel)
+    p_note_evidence: float          # chance a record's note carries evidence of its condition
+    p_sensor_evidence: float        # chance a record's trace carries evidence of its condition
+    hubs: list[str]                 # hub codes the generated shipments pass through
     p_onset_first_hub: float = 0.7   # a shipment's class shows from its first hub; else from a later one
     shift: ShiftConfig = field(default_factory=ShiftConfig)  # a new hub's traffic (off by default)
 
@@ -138,13 +140,15 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    max_bad_share: float
-    min_sensor_rows: int
-    max_sensor_rows: int
-    max_note_chars: int
-    max_image_bytes: int
-    max_image_pixels: int
-    shard_size: int
+    """The ingest stage (mmcore/data/ingest.py): landing batches into data/raw, or quarantined with a reason."""
+
+    max_bad_share: float  # a batch with a larger share of quarantined records is held back whole (batch_rejected)
+    min_sensor_rows: int            # a trace with fewer rows is quarantined (bad_sensor)
+    max_sensor_rows: int            # a trace with more rows is quarantined (bad_sensor)
+    max_note_chars: int             # a longer note is quarantined (bad_note)
+    max_image_bytes: int            # a larger photo file is quarantined (image_too_large)
+    max_image_pixels: int           # a photo with more pixels is quarantined (image_too_large)
+    shard_size: int                 # accepted records per Parquet shard of data/raw
     image_min_side: int = IMAGE_MIN_SIDE  # px a side: smaller photos are quarantined; validation and the service use it
     landing: str = "data/landing"     # landing area the ingest stage reads (dvc.yaml: ${ingest.landing})
     labels: str = "data/labels"       # label feed the ingest stage joins (dvc.yaml: ${ingest.labels}; DESIGN §2b)
@@ -161,24 +165,28 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    min_rows: int
-    max_missing_share: float
-    min_class_share: float
-    brightness_range: list[float]
-    sensor_temperature_range: list[float]
-    sensor_humidity_range: list[float]
-    sensor_shock_range: list[float]
-    sensor_light_range: list[float]
+    """The validate stage (mmcore/stages/validate.py, mmcore/expectations.py): the suite's limits, drift thresholds."""
+
+    min_rows: int                   # the profile table needs at least this many rows
+    max_missing_share: float        # largest share of records missing a modality, per modality
+    min_class_share: float          # smallest share of each class among the rows
+    brightness_range: list[float]   # [low, high] of a photo's mean brightness (0-255)
+    sensor_temperature_range: list[float]  # [low, high] °C: a reading outside is a unit or firmware bug
+    sensor_humidity_range: list[float]  # [low, high] % relative humidity
+    sensor_shock_range: list[float]  # [low, high] g of a trace's largest shock
+    sensor_light_range: list[float]  # [low, high] lux of a trace's brightest reading
     drift_psi_warn: float        # PSI vs the champion's training data at which a column warns
-    drift_psi_fail: float        # ... and at which it counts as drift "fail"
+    drift_psi_fail: float        # PSI at which a column counts as drift "fail"
     drift_fail_is_hard: bool     # true: a drift fail stops the pipeline; false: it only warns
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    val_fraction: float
-    test_fraction: float
-    salt: str
+    """The split (mmcore/data/split.py): by a salted hash of shipment_id; `test` is the gate set."""
+
+    val_fraction: float             # share of shipments in val (early stopping and every choice)
+    test_fraction: float  # share of shipments in test, the gate set (a change moves records: the gate refuses)
+    salt: str                       # salt of the shipment hash (a change reshuffles the splits: the gate refuses)
     calib_fraction: float = 0.15    # calibrates abstention (mmcore.selective); carved from what was train
 
 
@@ -187,8 +195,8 @@ class SelectiveConfig:
     """When the model decides alone (mmcore/selective): calibrated on the calib split at each retrain."""
 
     alpha: float = 0.1                  # prediction sets miss the true class at most this often
-    min_auto_precision: float = 0.98    # per class, automatic decisions are right at least this often ...
-    delta: float = 0.1                  # ... with confidence 1 - delta (Learn then Test)
+    min_auto_precision: float = 0.98    # per class, automatic decisions must be right at least this often
+    delta: float = 0.1                  # with confidence 1 - delta (Learn then Test)
     detector: str = "leave_one_out"     # modality disagreement: leave_one_out | pairwise (`mmcore.selective.sweep`)
     max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean records it may send to review
     coverage_slack: float = 0.02        # gate: gate-set coverage >= 1 - alpha - coverage_slack
@@ -204,16 +212,18 @@ class SelectiveConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    image_size: int = 160
-    text_max_tokens: int = 48
-    sensor_length: int = 128
-    width: int = 128
-    hidden: int = 256
-    dropout: float = 0.2
-    modality_dropout: float = 0.25
+    """The architecture (mmcore/model.py): saved with every checkpoint, so serving never reads params.yaml."""
+
+    image_size: int = 160           # photos are resized to this many px a side for the image encoder
+    text_max_tokens: int = 48       # notes are truncated to this many tokens
+    sensor_length: int = 128        # traces are resampled to this many steps
+    width: int = 128                # width of each modality token
+    hidden: int = 256               # hidden units of the classification head
+    dropout: float = 0.2            # dropout of the head (and of the attention fusion)
+    modality_dropout: float = 0.25  # training: chance each present modality is hidden (never all of a record's)
     fusion: str = "concat"          # concat | gated | attention
     text_ngram_buckets: int = 0     # hashed character 1-2-gram counts next to MiniLM (0: MiniLM only)
-    modalities: tuple[str, ...] = ("image", "text", "sensor")
+    modalities: tuple[str, ...] = ("image", "text", "sensor")  # inputs it may see (one alone: a unimodal baseline)
 
     def __post_init__(self) -> None:
         if self.fusion not in ("concat", "gated", "attention"):
@@ -225,20 +235,22 @@ STRATEGIES = ("frozen", "top_k", "full", "lora")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seed: int
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    embed_batch_size: int
-    patience: int
+    """The train stage (mmcore/train.py, mmcore/finetune.py): optimiser, schedule, what of the encoders trains."""
+
+    seed: int                       # seeds weights, data order and dropout (under DDP: seed + rank)
+    epochs: int                     # most epochs (early stopping may end sooner)
+    batch_size: int                 # records per batch
+    lr: float                       # AdamW learning rate of the fusion head (linear warmup, then cosine decay)
+    weight_decay: float             # AdamW weight decay
+    embed_batch_size: int           # records per batch when the frozen encoders fill the embedding cache
+    patience: int                   # early stopping: epochs without a better validation macro-F1
     accumulate: int = 1               # gradient accumulation steps
     contrastive_weight: float = 0.0   # CLIP-style image-text InfoNCE added to the loss
-    contrastive_temperature: float = 0.07
+    contrastive_temperature: float = 0.07  # temperature of that InfoNCE loss
     strategy: str = "frozen"          # frozen | top_k | full | lora: what of the pretrained encoders trains
     unfreeze_top_k: int = 2           # top_k: the last k blocks of each encoder train
     encoder_lr: float = 1e-4          # encoders (top_k, full, lora) learn slower than the fusion head
-    lora_rank: int = 8
+    lora_rank: int = 8              # lora: rank of the adapters on MiniLM's query and value
     nproc: int = 1                    # >1: torchrun DistributedDataParallel with this many processes
     embed_backend: str = "onnx"       # onnx | torch: what computes the frozen encoders' embeddings on CPU
 
@@ -253,6 +265,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """The evaluate stage (mmcore/evaluate.py): challenger and champion scored on the same gate set."""
+
     n_boot: int                 # paired bootstrap rounds for the challenger-minus-champion macro-F1 interval
     ci: float                   # its confidence level (0.95: the 2.5th..97.5th percentile)
     seed: int                   # seeds the bootstrap's numpy Generator
@@ -262,27 +276,31 @@ class EvaluateConfig:
     latency_repeats: int        # each record counts with its best of this many calls (damps a busy machine's noise)
     behaviour_records: int = 100  # gate-set records the invariance and directional suites perturb (mmcore.behaviour)
     # quality targets checked in reports/ablation.json (reported, not gated: the gate has its own floors)
-    target_macro_f1: float = 0.90
-    target_margin_over_unimodal: float = 0.10
-    target_max_modality_drop: float = 0.10
+    target_macro_f1: float = 0.90   # target: fused macro-F1 on the gate set
+    target_margin_over_unimodal: float = 0.10  # target: fused minus the best unimodal model's macro-F1
+    target_max_modality_drop: float = 0.10  # target: largest macro-F1 drop with one modality masked at test time
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_macro_f1: float         # floors: apply to every challenger, the first model included
-    min_accuracy: float
-    min_class_f1: float         # the worst class's F1
-    max_ece: float
-    max_latency_p95_ms: float   # CPU, batch 1, encoders included
+    """The gate's rules (mmcore/gate.py): floors for every challenger, comparisons against the champion."""
+
+    min_macro_f1: float         # floor: macro-F1 on the gate set (floors apply to every challenger, the first included)
+    min_accuracy: float             # floor: accuracy on the gate set
+    min_class_f1: float         # floor: the worst class's F1
+    max_ece: float                  # floor: expected calibration error at most this
+    max_latency_p95_ms: float   # budget: p95 latency in ms (CPU, batch 1, encoders included)
     min_delta: float            # vs champion: the bootstrap interval's lower bound of the macro-F1 gain must exceed it
     max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion
-    max_slice_f1_drop: float    # nor any slice's macro-F1 (hub, note language, missing modality) ...
-    min_slice_n: int            # ... of at least this many records (smaller slices are reported, not gated)
+    max_slice_f1_drop: float    # no slice's macro-F1 (hub, note language, missing modality) may fall by more
+    min_slice_n: int            # slices with fewer records are reported in gate.json, not gated
     max_behaviour_regression: float = 0.05  # no behavioural suite's failure rate may exceed the champion's by more
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
+    """The hourly monitor (flows/monitor.py, mmcore/monitor/): captured traffic judged, triggers for a retrain."""
+
     window_minutes: int = 60        # one window of captured traffic (the `monitor` deployment runs hourly)
     settle_s: float = 120.0         # how long the capture step waits for a period's counts to settle
     capture_dirs: tuple[str, ...] = ()  # capture folders of the serving replicas; () = PARCEL_CAPTURE_DIR's default
@@ -308,8 +326,8 @@ class ServeConfig:
 
     backend: str = "auto"               # auto (best exported: onnx_int8, else onnx_fp32) | onnx_fp32 | onnx_int8 | torch
     quantise: bool = True               # try int8 (ONNX Runtime quantisation); kept only within the two limits below
-    max_quantised_drop: float = 0.005   # gate-set macro-F1 of int8 at most this far below fp32 ...
-    min_quantised_agreement: float = 0.99   # ... and at least this share of labels the same as fp32
+    max_quantised_drop: float = 0.005   # int8 kept only when its macro-F1 is at most this far below fp32's
+    min_quantised_agreement: float = 0.99   # and when at least this share of its labels agree with fp32's
     calibration_images: int = 64        # training-split images for int8 activation ranges (static quantisation)
 
     def __post_init__(self) -> None:
@@ -322,8 +340,10 @@ BACKENDS = ("auto", "onnx_int8", "onnx_fp32", "torch")
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    experiment: str
-    model_name: str
+    """MLflow names (mmcore/registry.py)."""
+
+    experiment: str                 # MLflow experiment the stages log their runs to
+    model_name: str                 # registered model; its aliases are champion and challenger
 
 
 T = TypeVar("T")
