@@ -45,10 +45,10 @@ test: install
 # Speed goals live here, as ratios against a limit measured in the same run (JSON in reports/bench/).
 bench: install
 	$(PY) -m mmcore.bench ingest --records 3000 --out reports/bench/ingest.json
-	$(PY) -m mmcore.bench_serve --seconds 20 --out reports/bench/serve.json
-	$(PY) -m mmcore.bench_train --out reports/bench/train.json
-	$(PY) -m mmcore.bench_gate --out reports/bench/gate.json
-	$(PY) -m mmcore.bench_monitor --out reports/bench/monitor.json
+	$(PY) -m mmcore.bench serve --seconds 20 --out reports/bench/serve.json
+	$(PY) -m mmcore.bench train --out reports/bench/train.json
+	$(PY) -m mmcore.bench gate --out reports/bench/gate.json
+	$(PY) -m mmcore.bench monitor --out reports/bench/monitor.json
 
 # Model selection on the validation split (sweep.yaml, DVC experiments), the winner trained and scored once
 # on the gate set, and the README's quality table rendered from that score. Needs the data of a `make run`.

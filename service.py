@@ -53,7 +53,7 @@ BACKEND = os.environ.get("PARCEL_BACKEND") or ARGS.backend
 # 50 batches, refreshed at most every 5 s and only when a batch runs: a burst's queueing becomes that
 # mean, each later lone request waits as long, and its own wait keeps the mean up. No setting of
 # @bentoml.api or of the configuration reaches it (max_batch_size 64 still 9x, max_latency_ms only
-# turns the wait into 503s). Measured by `python -m mmcore.bench_serve` (reports/bench/serve.json):
+# turns the wait into 503s). Measured by `python -m mmcore.bench serve` (reports/bench/serve.json):
 # p50 at concurrency 1 after a concurrency-32 run, over before, 17.0 batched (60.6 -> 1,030 ms,
 # 2026-12-02, torch) against 1.0-1.25 unbatched; on ONNX Runtime the per-record time falls little with
 # the batch (`inproc_ms_by_batch`), so batching buys little throughput for that latency.

@@ -49,14 +49,14 @@ NOT_MEASURED = "not measured"
 BENCH_COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     "ingest": (["-m", "mmcore.bench", "ingest", "--records", "3000"],
                ["-m", "mmcore.bench", "ingest", "--records", "1000"]),
-    "train": (["-m", "mmcore.bench_train"],
-              ["-m", "mmcore.bench_train", "--records", "300", "--epochs", "5", "--finetune-records", "32"]),
-    "serve": (["-m", "mmcore.bench_serve", "--seconds", "20"],
-              ["-m", "mmcore.bench_serve", "--seconds", "3", "--c1-requests", "12", "--sizes", "1,8,32"]),
-    "monitor": (["-m", "mmcore.bench_monitor"],
-                ["-m", "mmcore.bench_monitor", "--parts", "window"]),
+    "train": (["-m", "mmcore.bench", "train"],
+              ["-m", "mmcore.bench", "train", "--records", "300", "--epochs", "5", "--finetune-records", "32"]),
+    "serve": (["-m", "mmcore.bench", "serve", "--seconds", "20"],
+              ["-m", "mmcore.bench", "serve", "--seconds", "3", "--c1-requests", "12", "--sizes", "1,8,32"]),
+    "monitor": (["-m", "mmcore.bench", "monitor"],
+                ["-m", "mmcore.bench", "monitor", "--parts", "window"]),
 }
-GPU_COMMAND = "python -m mmcore.bench_train --finetune-strategy full --out reports/bench/train_gpu.json"
+GPU_COMMAND = "python -m mmcore.bench train --finetune-strategy full --out reports/bench/train_gpu.json"
 
 
 # --------------------------------------------------------------------------- figures and their sources
@@ -133,7 +133,7 @@ def train_figures(rep: dict[str, Any] | None) -> dict[str, Figure]:
     """Training as core-seconds per sample and epoch (threads over samples/s), and embedding as the
     whole request path at batch 64 (decode and both encoders: what a new record costs once)."""
     if rep is None:
-        cmd = "python -m mmcore.bench_train --out reports/bench/train.json"
+        cmd = "python -m mmcore.bench train --out reports/bench/train.json"
         return {k: missing(u, "train.json", cmd) for k, u in (("train_core_s", "core-s/sample-epoch"),
                                                               ("finetune_core_s", "core-s/sample-epoch"),
                                                               ("embed_core_s", "core-s/record"))}
@@ -165,9 +165,9 @@ def serve_figures(rep: dict[str, Any] | None, monitor: dict[str, Any] | None) ->
     over = (monitor or {}).get("capture_overhead_rps")
     capture = (Figure(over, "share of requests/s", "monitor.json: capture_overhead_rps") if over is not None else
                missing("share of requests/s", "capture figure in monitor.json",
-                       "python -m mmcore.bench_monitor --parts capture --out reports/bench/monitor.json"))
+                       "python -m mmcore.bench monitor --parts capture --out reports/bench/monitor.json"))
     if rep is None:
-        cmd = "python -m mmcore.bench_serve --out reports/bench/serve.json"
+        cmd = "python -m mmcore.bench serve --out reports/bench/serve.json"
         return {"serve_core_s": missing("core-s/record", "serve.json", cmd),
                 "replica_rps": missing("records/s", "serve.json", cmd), "capture_overhead": capture}
     cpus, rps = rep["machine"]["cpus"], rep["served_rps_c32"]
@@ -184,7 +184,7 @@ def monitor_figures(rep: dict[str, Any] | None) -> dict[str, Figure]:
     """Seconds per answer the hourly window spends reading the capture log, and per labelled answer
     judging it (the rest of the window's time; the fixed drift sample is counted in, an upper bound)."""
     if rep is None or "window_100k_seconds" not in rep:
-        cmd = "python -m mmcore.bench_monitor --parts window --out reports/bench/monitor.json"
+        cmd = "python -m mmcore.bench monitor --parts window --out reports/bench/monitor.json"
         return {"monitor_read_s": missing("s/answer", "window figure in monitor.json", cmd),
                 "monitor_judge_s": missing("s/labelled answer", "window figure in monitor.json", cmd)}
     w = rep["window"]
@@ -576,7 +576,7 @@ s = ingest(w / "landing", w / "raw", w / "q", cfg, workers=1)
 print(json.dumps({"accepted": s["accepted"], "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 REPLICA_RSS = """import json, resource, sys
-from mmcore.bench_serve import synthetic_records, to_mmcore
+from mmcore.bench.serve import synthetic_records, to_mmcore
 from mmcore.serving.runtime import load_predictor, threads_setting
 pred = load_predictor(sys.argv[1], "auto", threads_setting())
 recs = [to_mmcore(r) for r in synthetic_records(24, seed=2)]
@@ -689,7 +689,7 @@ def ingest_sizes(params_path: Path, work: Path, records: int) -> tuple[dict[str,
 def replica_size(params_path: Path, work: Path) -> dict[str, Any]:
     """Peak RSS of one serving worker: the shipped backend (ONNX Runtime, int8 as the last package
     stage chose) with the configured architecture's random weights, after 24 distinct records."""
-    from mmcore.bench_serve import exported_bundle, shipped_int8, synthetic_records
+    from mmcore.bench.serve import exported_bundle, shipped_int8, synthetic_records
     from mmcore.config import load_params
 
     recs = synthetic_records(32, seed=1)

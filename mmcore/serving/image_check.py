@@ -219,7 +219,7 @@ def tail_of(path: Path, lines: int = 60) -> str:
 def one_record() -> dict[str, Any]:
     """One record in the API format: a 64x64 JPEG, a note, sensor channels."""
     try:
-        from mmcore.bench_serve import synthetic_records
+        from mmcore.bench.serve import synthetic_records
 
         rec = synthetic_records(1, seed=7, rows=30, image_side=64)[0]
     except ImportError:   # without the training env's extras: the same shape by hand

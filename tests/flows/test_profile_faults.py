@@ -204,7 +204,7 @@ def test_object_store_unreachable_during_push_fails_clearly_and_the_next_run_pus
 
 
 def answers(url: str) -> list[dict]:
-    from mmcore.bench_serve import synthetic_records
+    from mmcore.bench.serve import synthetic_records
 
     resp = httpx.post(f"{url}/predict", json={"records": synthetic_records(8, seed=5)}, timeout=120)
     assert resp.status_code == 200, resp.text

@@ -190,7 +190,7 @@ class ProxyClients:
     with the time its request was sent."""
 
     def __init__(self, server: ProfileServer, run_id: str, clients: int = 4, pause_s: float = 0.25) -> None:
-        from mmcore.bench_serve import synthetic_records
+        from mmcore.bench.serve import synthetic_records
 
         self.url, self.pause_s, self.stop = f"{server.profile.proxy_url}/predict", pause_s, threading.Event()
         self.answers: list[tuple[float, str]] = []    # (sent at, model_version)
@@ -402,7 +402,7 @@ class Loop:
 
     def serve(self, bento: str, batches: list[Path]) -> list[tuple[datetime, datetime, list[dict]]]:
         """Each batch replayed through the bento in a window of its own: (since, until, answers)."""
-        from mmcore.bench_serve import serving
+        from mmcore.bench.serve import serving
         from mmcore.monitor.replay import replay
 
         out = []

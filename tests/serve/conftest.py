@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from mmcore.bench_serve import random_bundle, serving
+from mmcore.bench.serve import random_bundle, serving
 from mmcore.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]

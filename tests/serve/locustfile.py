@@ -7,7 +7,7 @@ import random
 
 from locust import HttpUser, task
 
-from mmcore.bench_serve import synthetic_records
+from mmcore.bench.serve import synthetic_records
 
 POOL = synthetic_records(64, seed=11)
 for i, rec in enumerate(POOL):

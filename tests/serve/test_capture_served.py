@@ -18,7 +18,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from mmcore.bench_serve import serving, synthetic_records
+from mmcore.bench.serve import serving, synthetic_records
 from mmcore.data.ingest import ingest
 from tests.serve.conftest import env_for
 

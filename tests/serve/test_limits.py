@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from mmcore.bench_serve import synthetic_records
+from mmcore.bench.serve import synthetic_records
 from mmcore.config import CLASSES
 from tests.conftest import BAD_PHOTOS
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mmcore.bench_serve import RANDOM_CALIBRATION, serving, synthetic_records, to_mmcore
+from mmcore.bench.serve import RANDOM_CALIBRATION, serving, synthetic_records, to_mmcore
 from mmcore.config import CLASSES
 from tests.serve.conftest import env_for
 

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from mmcore.bench_gate import GOALS, Problem, simulate
+from mmcore.bench.gate import GOALS, Problem, simulate
 from mmcore.config import load_params
 from tests.conftest import ROOT
 from tests.unit.test_model import MCFG, random_batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mmcore.bench_monitor import capture_log
+from mmcore.bench.monitor import capture_log
 from mmcore.config import CLASSES
 from mmcore.monitor import quality
 from mmcore.monitor.capture_batches import Period, read_log

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 
-from mmcore.bench_serve import derive_batching, synthetic_records, to_mmcore
+from mmcore.bench.serve import derive_batching, synthetic_records, to_mmcore
 
 
 def test_batch_size_is_where_time_per_record_stops_falling() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmcore.bench_train import main
+from mmcore.bench.train import main
 from tests.conftest import ROOT
 
 

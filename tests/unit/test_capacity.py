@@ -111,7 +111,7 @@ def test_a_missing_report_is_not_measured_never_a_number(tmp_path: Path) -> None
     del reps["serve"]
     bench = write(tmp_path / "b", reps)
     figs = cap.load_figures(bench)
-    assert figs["serve_core_s"].value is None and "bench_serve" in figs["serve_core_s"].source
+    assert figs["serve_core_s"].value is None and "mmcore.bench serve" in figs["serve_core_s"].source
     z = sizing(figs, 30_000_000)
     assert row(z, "serving (one") == (None, None, None)
     assert next(day for lim, day, _ in z.limits if lim.key == "serving") is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmcore.bench_serve import random_bundle, synthetic_records
+from mmcore.bench.serve import random_bundle, synthetic_records
 from mmcore.config import ServeConfig, load_params
 from mmcore.serving import runtime
 from mmcore.serving.export import export_model

@@ -1,7 +1,7 @@
 """Serving benchmark behind `make bench`: the HTTP service against in-process prediction, and the
 three backends side by side, all measured in the same run on the same machine.
 
-    python -m mmcore.bench_serve --out reports/bench/serve.json [--seconds 20]
+    python -m mmcore.bench serve --out reports/bench/serve.json [--seconds 20]
 
 Figures (JSON): `backends`, in process for torch, ONNX fp32 and ONNX int8 (both encoders) at batch 1
 and 32 on one and two threads, ms per record end to end and per part (mmcore.serving.speed; goal
@@ -43,7 +43,7 @@ import numpy as np
 from mmcore.config import CLASSES, ModelConfig, load_params
 from mmcore.serving.speed import slowest_part
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL_NAME = "parcel-condition"
 SENSOR_KEYS = ("t_s", "temperature_c", "humidity_pct", "shock_g", "light_lux")
@@ -417,7 +417,8 @@ def routing_cost(url: str, plain_url: str, bodies: list[bytes], requests: int, r
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Serving benchmark (JSON report under reports/bench/).")
+    ap = argparse.ArgumentParser(prog="python -m mmcore.bench serve",
+                                 description="Serving benchmark (JSON report under reports/bench/).")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each concurrency-32 run")
     ap.add_argument("--c1-requests", type=int, default=40)
@@ -452,6 +453,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['batching']['configured']['max_batch_size']}/{result['batching']['configured']['max_latency_ms']} ms")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Benchmarks behind `make bench`: figures as ratios against a limit measured in the same run.
+"""Ingest benchmark behind `make bench` (reports/bench/ingest.json).
 
     python -m mmcore.bench ingest --out reports/bench/ingest.json [--records 1000]
 
@@ -28,7 +28,7 @@ from PIL import Image
 
 from mmcore.config import load_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def decode_files(paths: list[str], size: int) -> int:
@@ -104,8 +104,8 @@ def bench_ingest(records: int, params_path: Path, work: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Project benchmarks (JSON reports under reports/bench/).")
-    ap.add_argument("which", choices=["ingest"])
+    ap = argparse.ArgumentParser(prog="python -m mmcore.bench ingest",
+                                 description="Ingest benchmark (JSON report under reports/bench/).")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--records", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/ingest.json"))
@@ -123,6 +123,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<22}{value:>10}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,10 +2,10 @@
 service, how long a window of 100,000 answers takes to judge, and how the embedding drift test
 behaves with and without a shifted hub. Everything is measured in the same run.
 
-    python -m mmcore.bench_monitor --out reports/bench/monitor.json [--seconds 15 --resamples 100]
+    python -m mmcore.bench monitor --out reports/bench/monitor.json [--seconds 15 --resamples 100]
 
 - capture_overhead_p50, capture_overhead_rps (fractions; goal <= 0.05 each): the service with a
-  seeded random-weight model (as mmcore.bench_serve), capture on (PARCEL_CAPTURE_SAMPLE=1) against
+  seeded random-weight model (as mmcore.bench.serve), capture on (PARCEL_CAPTURE_SAMPLE=1) against
   off (=0), rounds in ABBA order so drift of the machine cancels: p50 latency at concurrency 1,
   requests/s at concurrency 32.
 - window_100k_seconds (goal <= 60 on 2 cores), read_only_seconds (its limit): 100,000 capture log
@@ -45,7 +45,7 @@ GOALS = {"capture_overhead_p50": ("<=", 0.05), "capture_overhead_rps": ("<=", 0.
 
 def capture_overhead(work: Path, params: Params, seconds: float, c1_requests: int, rounds: int) -> dict[str, Any]:
     """Capture on against off on the same service, ABBA order; fractions of the off figures."""
-    from mmcore.bench_serve import BIN, MODEL_NAME, ROOT, closed_loop, pct, random_bundle, serving, synthetic_records
+    from mmcore.bench.serve import BIN, MODEL_NAME, ROOT, closed_loop, pct, random_bundle, serving, synthetic_records
     from mmcore.stages.package import import_model
 
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
@@ -92,7 +92,7 @@ def capture_log(root: Path, n: int, seed: int, start: datetime) -> Path:
 
 def window_100k(work: Path, params: Params, n: int) -> dict[str, Any]:
     """Reading and judging `n` captured answers (half labelled), and the drift sample's embeddings."""
-    from mmcore.bench_serve import synthetic_records, to_mmcore
+    from mmcore.bench.serve import synthetic_records, to_mmcore
     from mmcore.features import Featurizer
     from mmcore.monitor.capture_batches import Period
     from mmcore.monitor.window import answers_section, capture_lines, encoder_drift, quality_section
@@ -179,7 +179,8 @@ def drift_rates(work: Path, params: Params, resamples: int, window: int = 300, r
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Monitoring benchmark (JSON report under reports/bench/).")
+    ap = argparse.ArgumentParser(prog="python -m mmcore.bench monitor",
+                                 description="Monitoring benchmark (JSON report under reports/bench/).")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--seconds", type=float, default=15.0, help="length of each concurrency-32 run")
     ap.add_argument("--c1-requests", type=int, default=60)
@@ -217,6 +218,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'read_only_seconds':<24}{result['read_only_seconds']:>10}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

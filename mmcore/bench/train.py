@@ -1,6 +1,6 @@
 """Training and inference benchmark behind `make bench` (reports/bench/train.json).
 
-    python -m mmcore.bench_train --out reports/bench/train.json [--records 600 --epochs 10]
+    python -m mmcore.bench train --out reports/bench/train.json [--records 600 --epochs 10]
 
 Training samples per second through the real data path (records read back from data/raw,
 the featurizer with its warm caches, then `fit`) are set against the compute-only limit
@@ -134,7 +134,8 @@ def bench(records: int, epochs: int, ft_records: int, ft_strategy: str, params: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Training and inference benchmark (reports/bench/train.json).")
+    ap = argparse.ArgumentParser(prog="python -m mmcore.bench train",
+                                 description="Training and inference benchmark (reports/bench/train.json).")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--records", type=int, default=600)
     ap.add_argument("--epochs", type=int, default=10)
@@ -156,6 +157,3 @@ def main(argv: list[str] | None = None) -> int:
           f" peak memory {r['peak_mem_mb']} MB ({r['peak_mem_kind']})")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

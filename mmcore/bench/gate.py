@@ -1,6 +1,6 @@
 """Operating characteristics of the gate behind `make bench` (reports/bench/gate.json).
 
-    python -m mmcore.bench_gate --out reports/bench/gate.json [--reps 30 --raw data/raw --splits ... --cache ...]
+    python -m mmcore.bench gate --out reports/bench/gate.json [--reps 30 --raw data/raw --splits ... --cache ...]
 
 The gate decides alone, so how often it promotes is measured, not assumed. Heads are trained on
 cached frozen-encoder embeddings of the default data (the main job's model and training params)
@@ -173,7 +173,8 @@ def bench(p: Params, raw: Path | None, splits: Path | None, cache: Path, reps: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="How often the gate promotes better, equal and worse challengers.")
+    ap = argparse.ArgumentParser(prog="python -m mmcore.bench gate",
+                                 description="How often the gate promotes better, equal and worse challengers.")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--raw", type=Path, default=Path("data/raw"), help="default: the pipeline's; generated if absent")
     ap.add_argument("--splits", type=Path, default=Path("data/split/splits.parquet"))
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     have_data = args.raw.is_dir() and args.splits.is_file()
     result = bench(p, args.raw if have_data else None, args.splits if have_data else None, args.cache, args.reps,
                    args.weak_share, args.noise_share)
-    result["command"] = " ".join(["python -m mmcore.bench_gate", *(sys.argv[1:] if argv is None else argv)])
+    result["command"] = " ".join(["python -m mmcore.bench gate", *(sys.argv[1:] if argv is None else argv)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     for name in GOALS:
@@ -197,6 +198,3 @@ def main(argv: list[str] | None = None) -> int:
               f"(sd {r['macro_f1_gain']['sd']:.3f}), rejected by {r['rejected_by']}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
