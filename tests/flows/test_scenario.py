@@ -264,7 +264,7 @@ def test_day0_deployment_run_completes_end_to_end_with_champion_v1(scenario: Sce
     from mmcore.profile import objectstore
 
     keys = [o["key"] for o in objectstore.manifest(scenario.server.profile)]
-    assert any(k.startswith("dvc/") for k in keys) and "bentos/parcel-condition-v1.bento" in keys
+    assert any(k.startswith("dvc/") for k in keys) and "bentos/parcel-condition-v1.tar" in keys
     assert any(k.startswith("mlflow/") for k in keys)
 
 
