@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # a first start migrates a fresh Prefect database: slower than the default 20 s on 2 cores
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install run test bench sweep serve review lock clean up down status backup
+.PHONY: install run test bench sweep serve review docs lock clean up down status backup
 
 # Debian packages, each installed only when missing: headless Chromium for the HTML run report's browser
 # test; PostgreSQL and nginx for the production profile (make up).
@@ -51,20 +51,26 @@ bench: install
 	$(PY) -m mmcore.bench monitor --out reports/bench/monitor.json
 
 # Model selection on the validation split (sweep.yaml, DVC experiments), the winner trained and scored once
-# on the gate set, and the README's quality table rendered from that score. Needs the data of a `make run`.
+# on the gate set (reports/quality.json: the docs' quality table is rendered from it). Needs a `make run`'s data.
 sweep: install
 	$(PY) -m mmcore.sweep run --apply
 	$(PY) -m flows.retrain --force
-	$(PY) -m mmcore.sweep readme
+	$(PY) -m mmcore.sweep quality
 
 serve:
 	bentoml serve parcel-condition:latest --port 3000
 
-# Label the answers the service routed to human review (README: review queue); PARCEL_API_KEY as for serve.
+# The documentation site (mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every edit; `mkdocs build --strict` runs
+# in the tests (tests/docs).
+docs: install
+	$(PY) -m mkdocs serve
+
+# Label the answers the service routed to human review (docs/orchestration-and-loop.md: the review queue);
+# PARCEL_API_KEY as for serve.
 review:
 	$(PY) -m mmcore.selective.review
 
-# The production profile (README: production profile): PostgreSQL, S3 (moto's server locally), MLflow and
+# The production profile (docs/orchestration-and-loop.md): PostgreSQL, S3 (moto's server locally), MLflow and
 # Prefect on them, the worker and the champion's bento behind nginx; settings in .env (see .env.example).
 up: install
 	$(PY) -m mmcore.profile up

@@ -1,7 +1,7 @@
 """Model selection on the validation split, through DVC experiments (`make sweep`).
 
     python -m mmcore.sweep run [--apply] [--sweep sweep.yaml] [--out reports/sweep.json]
-    python -m mmcore.sweep readme      # after `make run` on the winner: reports/quality.json and README's table
+    python -m mmcore.sweep quality     # after `make run` on the winner: reports/quality.json, the docs' table
 
 `sweep.yaml` holds groups of settings. Each group is a grid queued as DVC experiments of the
 `train` stage (`dvc exp run --queue -s -S key=value train`, the current dvc.lock and the warm
@@ -9,8 +9,9 @@ embedding cache copied in) starting from the previous group's winner, run one at
 (`dvc exp run --run-all`); `dvc exp show --json` gives each trial's metric, and the best wins.
 Trials log to a throwaway MLflow store in their temporary workspace, so nothing reaches the
 registry. With `--apply` the winner's settings are written into params.yaml; `make run` then
-trains the winner and scores it once on the gate set, and `readme` renders that one score
-(reports/quality.json, committed) into the README's quality table: no figure is typed by hand.
+trains the winner and scores it once on the gate set, and `quality` writes that one score to
+reports/quality.json (committed), which the documentation's quality table is rendered from at build
+time (mmcore/docs_gen.py): no figure is typed by hand.
 
 The train stage fits on `train` and early-stops on `val` (`split_records` refuses the gate set),
 and `selection_metric` refuses a metric that is not a validation figure.
@@ -21,6 +22,7 @@ import argparse
 import itertools
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -148,9 +150,6 @@ def as_overrides(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-README_BEGIN, README_END = "<!-- quality table: python -m mmcore.sweep readme -->", "<!-- end quality table -->"
-
-
 def quality(sweep_report: dict[str, Any], metrics: dict[str, Any], ablation: dict[str, Any],
             params: dict[str, Any]) -> dict[str, Any]:
     """The sweep's winner and its one score on the gate set; refuses a model trained on other settings."""
@@ -166,19 +165,20 @@ def quality(sweep_report: dict[str, Any], metrics: dict[str, Any], ablation: dic
                          "unimodal_macro_f1": metrics["unimodal_macro_f1"],
                          "modality_removed": ablation["modality_removed"], "targets": ablation["targets"]},
             "sweep_date": sweep_report["date"], "scored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
             "commands": ["make sweep", "python -m mmcore.sweep run --apply", "make run",
-                         "python -m mmcore.sweep readme"]}
+                         "python -m mmcore.sweep quality"]}
 
 
 def render(q: dict[str, Any]) -> str:
-    """The README's quality table, from reports/quality.json."""
+    """The quality table of the documentation (docs/model.md), from reports/quality.json."""
     g, val = q["gate_set"], q["val_macro_f1"]
     rows = [("fused (image + text + sensor)", val["fused"],
              f"{g['macro_f1']:.3f} (accuracy {g['accuracy']:.3f}, ECE {g['ece']:.3f})")]
     rows += [(f"{m} only", val[m], f"{g['unimodal_macro_f1'][m]:.3f}") for m in ("image", "sensor", "text")]
     rows += [(f"fused, {m} removed at test time", None,
               f"{r['macro_f1']:.3f} (drop {r['drop']:.3f})") for m, r in g["modality_removed"].items()]
-    lines = [README_BEGIN, f"Settings chosen on the validation split by `make sweep` ({q['sweep_date'][:10]}): "
+    lines = [f"Settings chosen on the validation split by `make sweep` ({q['sweep_date'][:10]}): "
              + ", ".join(f"`{k}: {v}`" for k, v in q["winner"].items()) + f". Scored once on the gate set "
              f"({g['n']} records, model version {g['model_version']}, {q['scored'][:10]}; reports/quality.json).",
              "", "| model (same class, same data, same budget) | val macro-F1 (selection) | gate-set macro-F1 |",
@@ -186,31 +186,26 @@ def render(q: dict[str, Any]) -> str:
     lines += [f"| {name} | {'' if v is None else f'{v:.3f}'} | {gate} |" for name, v, gate in rows]
     met = ", ".join(f"{k} {t['value']:.3f} {t['op']} {t['target']} ({'met' if t['met'] else 'not met'})"
                     for k, t in g["targets"].items())
-    return "\n".join([*lines, "", f"Quality targets (reports/ablation.json): {met}.", README_END])
-
-
-def write_readme(readme: Path, q: dict[str, Any]) -> None:
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
-    readme.write_text(text[:start] + render(q) + text[end:], encoding="utf-8")
+    return "\n".join([*lines, "", f"Quality targets (reports/ablation.json): {met}."])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Choose model settings on the validation split (DVC experiments).")
-    ap.add_argument("command", choices=["run", "readme"])
+    ap.add_argument("command", choices=["run", "quality", "readme"],
+                    help="run: the sweep; quality (readme: its former name): the winner's gate-set score")
     ap.add_argument("--sweep", type=Path, default=Path("sweep.yaml"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--out", type=Path, default=Path("reports/sweep.json"))
     ap.add_argument("--apply", action="store_true", help="write the winner's settings into params.yaml")
     args = ap.parse_args(argv)
-    if args.command == "readme":
+    if args.command in ("quality", "readme"):
         from mmcore.stages.common import read_json
 
         q = quality(read_json(args.out), read_json(Path("reports/metrics.json")),
                     read_json(Path("reports/ablation.json")), yaml.safe_load(args.params.read_text()))
         write_json(Path("reports/quality.json"), q)
-        write_readme(Path("README.md"), q)
-        print(f"sweep: reports/quality.json and README.md's table from model version {q['gate_set']['model_version']}")
+        print(f"sweep: reports/quality.json from model version {q['gate_set']['model_version']} "
+              "(the docs' quality table renders it: mkdocs build)")
         return 0
     if not Path("dvc.lock").is_file() or not Path("data/split/splits.parquet").is_file():
         print("sweep: no ingested and split data here: run `make run` (or `dvc repro split`) first", file=sys.stderr)

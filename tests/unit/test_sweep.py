@@ -1,4 +1,4 @@
-"""Model selection: choices on the validation split only, the grid, and the README table from its report."""
+"""Model selection: choices on the validation split only, the grid, and the docs' quality table from its report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mmcore.stages.common import GateSetAccess, split_records
-from mmcore.sweep import README_BEGIN, README_END, as_overrides, grid, quality, render, selection_metric, write_readme
+from mmcore.sweep import as_overrides, grid, quality, render, selection_metric
 
 SWEEP = {"metric": "best_val_macro_f1.fused", "date": "2026-12-02T10:00:00Z", "winner": {"model.fusion": "gated",
                                                                                            "train.lr": 0.004},
@@ -37,25 +37,26 @@ def test_grid_and_overrides() -> None:
     assert as_overrides(settings[-1]) == {"model": {"fusion": "gated"}, "train": {"lr": 0.004}}
 
 
-def test_the_readme_table_is_rendered_from_the_winners_one_gate_set_score(tmp_path: Path) -> None:
+def test_the_quality_table_is_rendered_from_the_winners_one_gate_set_score() -> None:
     params = {"model": {"fusion": "gated"}, "train": {"lr": 0.004}}
     q = quality(SWEEP, METRICS, ABLATION, params)
     assert q["val_macro_f1"]["fused"] == 0.91 and q["gate_set"]["macro_f1"] == 0.9
     table = render(q)
     assert "| fused (image + text + sensor) | 0.910 | 0.900 (accuracy 0.910, ECE 0.050) |" in table
     assert "| sensor only | 0.720 | 0.730 |" in table and "`model.fusion: gated`" in table
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{README_BEGIN}\nold figures\n{README_END}\nrest\n")
-    write_readme(readme, q)
-    assert readme.read_text() == f"# x\n{table}\nrest\n"
+    assert q["machine"]["cpus"] and "python -m mmcore.sweep quality" in q["commands"]
     with pytest.raises(ValueError, match="differs from the sweep's winner"):
         quality(SWEEP, METRICS, ABLATION, {"model": {"fusion": "concat"}, "train": {"lr": 0.004}})
 
 
-def test_the_committed_readme_table_matches_the_committed_report() -> None:
-    """No figure typed by hand: README's quality table is what reports/quality.json renders to."""
+def test_the_docs_quality_table_is_what_the_committed_report_renders_to() -> None:
+    """No figure typed by hand: the model page asks for the table, and the site renders reports/quality.json."""
     import json
+
+    from mmcore.docs_gen import render_page
 
     root = Path(__file__).resolve().parents[2]
     q = json.loads((root / "reports" / "quality.json").read_text())
-    assert render(q) in (root / "README.md").read_text()
+    page = (root / "docs" / "model.md").read_text()
+    assert "<!-- docs: figure quality -->" in page and f"{q['gate_set']['macro_f1']:.3f}" not in page
+    assert render(q) in render_page(page, root, "model.md")
