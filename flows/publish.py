@@ -182,7 +182,8 @@ def post_webhook(payload: dict[str, Any], block: str | None) -> bool:
     try:
         hook = Webhook.load(block)
     except ValueError:
-        logger.warning(f"no Webhook block named {block!r}: {payload.get('event')} not sent (create one, see README)")
+        logger.warning(f"no Webhook block named {block!r}: {payload.get('event')} not sent "
+                       "(create one: docs/orchestration-and-loop.md, deployments)")
         return False
     try:
         resp = run_coro_as_sync(hook.call(payload))

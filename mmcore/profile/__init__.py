@@ -1,1 +1,1 @@
-"""The production profile (PostgreSQL, S3, supervisor, nginx) and its sizing; README: production profile."""
+"""The production profile (PostgreSQL, S3, supervisor, nginx) and its sizing; docs/orchestration-and-loop.md."""

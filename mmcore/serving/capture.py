@@ -78,7 +78,7 @@ class CaptureSettings:
 
     def monitoring_config(self) -> dict[str, Any]:
         """BentoML's per-service `monitoring` config: the default (file) exporter writing beside the
-        blobs. A BENTOML_CONFIG file overrides it, e.g. `type: otlp` for a cluster (README)."""
+        blobs. A BENTOML_CONFIG file overrides it, e.g. `type: otlp` for a cluster (docs/serving.md: capture)."""
         return {"enabled": True, "type": "default", "options": {"log_path": str(self.log_dir)}}
 
 
