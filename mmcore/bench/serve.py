@@ -102,7 +102,7 @@ def synthetic_records(n: int, seed: int = 0, rows: int = 120, image_side: int = 
 
 
 def to_mmcore(rec: dict[str, Any]) -> dict[str, Any]:
-    """An API record as `mmcore.predict` takes it (what service.to_mmcore does after validation)."""
+    """An API record as `mmcore.predict` takes it (what mmcore.serving.adapter.to_mmcore does after validation)."""
     return {"note": rec.get("note"), "image": base64.b64decode(rec["image"]) if rec.get("image") else None,
             "sensor": rec.get("sensor")}
 

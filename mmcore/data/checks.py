@@ -126,7 +126,7 @@ def safe_path(batch_dir: Path, rel: str) -> Path:
 
 
 def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
-    """The photo rules, for ingest and the service alike (service.py calls this with its own limits):
+    """The photo rules, for ingest and the service alike (mmcore/serving/limits.py calls this with its own):
     JPEG or PNG by content, not by file name; within the byte and pixel limits; at least
     `cfg.image_min_side` px a side. Format and size come from the header, before any pixel is
     decoded; then the image is decoded fully, so truncated files are caught here, not in training."""

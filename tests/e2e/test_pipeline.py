@@ -244,8 +244,9 @@ def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
     assert "image" not in preds[0]["modalities"] and "sensor" not in preds[2]["modalities"]
 
     from mmcore.predict import load_model
+    from mmcore.serving.adapter import to_mmcore
     from mmcore.serving.runtime import load_predictor
-    from service import Record, to_mmcore
+    from mmcore.serving.schemas import Record
 
     inputs = [to_mmcore(Record(**r)) for r in records]
     backend = json.loads((workspace / "reports" / "package.json").read_text())["backend"]

@@ -19,7 +19,9 @@ from mmcore.data.ingest import ingest
 from mmcore.data.raw import load_records
 from mmcore.features import Featurizer
 from mmcore.preprocess import decode_image, note_ngrams, prepare_image, prepare_note
-from service import ImageLimits, Record, check_image_bytes, to_mmcore
+from mmcore.serving.adapter import to_mmcore
+from mmcore.serving.limits import ImageLimits, check_image_bytes
+from mmcore.serving.schemas import Record
 from tests.conftest import BAD_PHOTOS, ROOT, good_files, photo, record, write_batch
 
 

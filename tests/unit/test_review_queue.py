@@ -42,7 +42,7 @@ def jpeg(color: tuple[int, int, int] = (150, 120, 90)) -> bytes:
 def served(pid: str, minute: int, decision: str = "review", reasons: tuple[str, ...] = ("set_size",),
            pset: tuple[str, ...] = ("damaged", "wet"), note: str | None = "box corner crushed, wet patch",
            image: bytes | None = None, sensor: dict[str, Any] | None = None) -> CapturedRecord:
-    """One answered record as the service hands it to capture (answer keys as service.Prediction's)."""
+    """One answered record as the service hands it to capture (answer keys as mmcore.serving.schemas.Prediction's)."""
     probs = dict(zip(CLASSES, (0.05, 0.45, 0.40, 0.04, 0.06)))
     answer = {"label": "damaged", "probabilities": probs, "modalities": ["image", "text", "sensor"],
               "model_version": "3", "prediction_set": list(pset), "decision": decision,
