@@ -211,7 +211,11 @@ FIGURES: dict[str, Figure] = {
         Row("ingest resident memory, bytes/record", "ingest_rss_bytes_per_record"),
         Row("capture, bytes/answer", "capture_bytes_per_answer"),
         Row("embedding cache, bytes/record", "embedding_cache_bytes_per_record"),
-        Row("serving replica resident memory, MB", "replica_rss_mb"), Row("its backend", "replica_backend"))),
+        Row("serving replica resident memory, MB", "replica_rss_mb"), Row("its backend", "replica_backend"),
+        Row("MLflow store", "mlflow.db"), Row("MLflow rows per run", "mlflow.rows_per_run"),
+        Row("MLflow bytes per run (upper bound: the empty schema's pages included)", "mlflow.bytes_per_run"),
+        Row("Prefect store", "prefect.db"), Row("Prefect rows per flow run", "prefect.rows_per_flow_run"),
+        Row("Prefect bytes per flow run (upper bound, as above)", "prefect.bytes_per_flow_run"))),
     "bench-gate": Figure(f"{SNAPSHOT}/gate.json", "python -m mmcore.bench gate --out reports/bench/gate.json", rows=(
         *(Row(f"{name} challenger: {what}", f"{name}.{key}") for name in ("better", "equal", "worse")
           for what, key in (("promotion rate", "promotion_rate"), ("goal", "goal"), ("goal met", "met"),

@@ -220,7 +220,7 @@ def size_figures(rep: dict[str, Any] | None) -> dict[str, Figure]:
         value: Any = rep or {}
         for part in field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        cmd = ("make run && python -m mmcore.profile.capacity --measure sizes" if "." in field
+        cmd = ("make up, some runs, then python -m mmcore.profile.capacity --measure sizes" if "." in field
                else "python -m mmcore.profile.capacity --measure sizes")
         out[key] = (Figure(float(value), unit, f"sizes.json: {field}") if value is not None
                     else Figure(None, unit, f"{NOT_MEASURED}: `{cmd}`"))
@@ -262,7 +262,7 @@ def deployment_runs(prefect_yaml: Path) -> dict[str, float]:
 def load_schedule(params_path: Path, prefect_yaml: Path) -> Schedule:
     """The schedule as configured: monitor and nightly runs from prefect.yaml, sizes from params."""
     from mmcore.config import load_params
-    from mmcore.data.ingest import check_batch
+    from mmcore.data.batch import check_batch
     from mmcore.serving.capture import CaptureSettings
 
     p = load_params(params_path)
@@ -699,9 +699,17 @@ def replica_size(params_path: Path, work: Path) -> dict[str, Any]:
     return {"replica_rss_mb": out["rss_kb"] * 1024 / 1e6, "replica_backend": out["backend"]}
 
 
+def per_run(counts: dict[str, int], total_bytes: int, run_table: str, where: str) -> dict[str, Any] | None:
+    runs = counts.get(run_table, 0)
+    if not runs:
+        return None
+    key = "flow_run" if run_table == "flow_run" else "run"
+    return {"db": where, "runs": runs, f"rows_per_{key}": sum(counts.values()) / runs,
+            f"bytes_per_{key}": total_bytes / runs, "rows_by_table": counts}
+
+
 def db_per_run(db: Path, run_table: str) -> dict[str, Any] | None:
-    """Rows and bytes per run of a SQLite store (MLflow's mlflow.db, Prefect's prefect.db), read only;
-    PostgreSQL holds the same rows (its bytes differ by its own overhead, not measured here)."""
+    """Rows and bytes per run of a SQLite store (MLflow's mlflow.db, Prefect's prefect.db), read only."""
     if not db.is_file():
         return None
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -710,12 +718,25 @@ def db_per_run(db: Path, run_table: str) -> dict[str, Any] | None:
         counts = {t: con.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables}
     finally:
         con.close()
-    runs = counts.get(run_table, 0)
-    if not runs:
+    return per_run(counts, db.stat().st_size, run_table, str(db))
+
+
+def pg_per_run(database: str, run_table: str) -> dict[str, Any] | None:
+    """The same from the production profile's PostgreSQL (`make up`, then some runs), when it answers.
+    Bytes are every table's pages, indexes included, over the runs: the empty schema's pages count too,
+    so with few runs this is an upper bound that falls as runs accumulate."""
+    from mmcore.profile import postgres
+    from mmcore.profile.settings import Profile
+
+    try:
+        profile = Profile.load()
+        if not postgres.ready(profile):
+            return None
+        sizes = postgres.table_sizes(profile, database)
+    except Exception:  # no profile here (no .env, no cluster): the SQLite stores are measured instead
         return None
-    key = "flow_run" if run_table == "flow_run" else "run"
-    return {"db": str(db), "runs": runs, f"rows_per_{key}": sum(counts.values()) / runs,
-            f"bytes_per_{key}": db.stat().st_size / runs, "rows_by_table": counts}
+    counts = {t: rows for t, (rows, _) in sizes.items()}
+    return per_run(counts, sum(b for _, b in sizes.values()), run_table, f"postgresql:{database}")
 
 
 def machine() -> dict[str, Any]:
@@ -733,8 +754,8 @@ def measure_sizes(params_path: Path, records: int, mlflow_db: Path, prefect_db: 
         out.update(capture_size(recs, work))
         out.update(embedding_size(recs[:64], params_path, work))
         out.update(replica_size(params_path, work))
-    out["mlflow"] = db_per_run(mlflow_db, "runs")
-    out["prefect"] = db_per_run(prefect_db, "flow_run")
+    out["mlflow"] = pg_per_run("mlflow", "runs") or db_per_run(mlflow_db, "runs")
+    out["prefect"] = pg_per_run("prefect", "flow_run") or db_per_run(prefect_db, "flow_run")
     out["machine"] = machine()
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return out
@@ -867,7 +888,7 @@ def assumption_rows(a: Assumptions, s: Schedule, nd: dict[str, float | None], sc
             ("drift records a window", s.drift_records, "params.yaml monitor.drift_records"),
             ("capture sample", s.capture_sample, "PARCEL_CAPTURE_SAMPLE default"),
             ("capture folder cap, GB", s.capture_max_bytes / GB, "PARCEL_CAPTURE_MAX_BYTES default"),
-            ("lines per ingest task", s.check_chunk, "mmcore.data.ingest.check_batch"),
+            ("lines per ingest task", s.check_chunk, "mmcore.data.batch.check_batch"),
             ("records per shard", s.shard_size, "params.yaml ingest.shard_size")]
     return rows + [f"| {what} | {num(x)} | {src} |" for what, x, src in conf]
 

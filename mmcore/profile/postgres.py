@@ -99,3 +99,20 @@ def restore(profile: Profile, database: str, dump_file: Path) -> None:
                           env=client_env(profile), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"pg_restore of {dump_file} into {database} failed: {proc.stderr[-2000:]}")
+
+
+def table_sizes(profile: Profile, database: str) -> dict[str, tuple[int, int]]:
+    """Rows (counted) and bytes on disk, indexes and TOAST included, of each table of a database:
+    what the capacity sizing multiplies by runs per day."""
+    con = connect(profile, database)
+    try:
+        with con.cursor() as cur:
+            cur.execute("SELECT schemaname, relname, pg_total_relation_size(relid) FROM pg_stat_user_tables")
+            tables = cur.fetchall()
+            out = {}
+            for schema, name, size in tables:
+                cur.execute(f'SELECT count(*) FROM "{schema}"."{name}"')
+                out[name] = (cur.fetchone()[0], size)
+        return out
+    finally:
+        con.close()
