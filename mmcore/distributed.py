@@ -24,7 +24,7 @@ from torch import nn
 from mmcore.config import CLASSES, ModelConfig, TrainConfig
 from mmcore.finetune import build_model
 from mmcore.model import Batch
-from mmcore.train import History, fit
+from mmcore.fit import History, fit
 
 FIELDS = ("image", "text", "sensor", "mask", "ngrams")
 

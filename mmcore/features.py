@@ -119,7 +119,7 @@ class Featurizer:
         code = module_fingerprint(preprocess)
         self.dtype = "bf16" if torch.device(self.device).type == "cuda" else "fp32"   # mmcore.encoders.autocast
         # ONNX Runtime embeds for the pretrained encoders on CPU (train.embed_backend), once its export
-        # has answered as torch does (mmcore.serving.export.onnx_encoders); fine-tuned ones and CUDA use torch
+        # has answered as torch does (mmcore.serving.onnx_encoders); fine-tuned ones and CUDA use torch
         self.backend = "onnx" if backend == "onnx" and encoder_state is None and self.dtype == "fp32" else "torch"
         made_by = [code, module_fingerprint(encoders), self.dtype, self.backend]
         image_weights = files_fingerprint(encoders.image_weight_files())
@@ -127,6 +127,7 @@ class Featurizer:
         self.cache_keys = {"image": f"{self.image_version}-{cache_key(*made_by, image_weights)}",
                            "text": f"{self.text_version}-{cache_key(*made_by, text_weights)}",
                            "pixels": f"decoded-{cfg.image_size}-{cache_key(code)}"}
+        self.cache_keys["onnx"] = cache_key(self.cache_keys["image"], self.cache_keys["text"])   # their ONNX export
         self.image_cache = EmbeddingCache(cache_dir, self.cache_keys["image"])
         self.text_cache = EmbeddingCache(cache_dir, self.cache_keys["text"])
         self.pixel_cache = EmbeddingCache(cache_dir, self.cache_keys["pixels"])
@@ -177,7 +178,7 @@ class Featurizer:
 
     def _onnx(self) -> dict[str, Any]:
         if not hasattr(self, "_onnx_encoders"):
-            from mmcore.serving.export import onnx_encoders
+            from mmcore.serving.onnx_encoders import onnx_encoders
 
             self._onnx_encoders = onnx_encoders(self, self.cache_dir)
         return self._onnx_encoders

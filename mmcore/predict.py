@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmcore.answer import answer_dicts
 from mmcore.features import Featurizer
 from mmcore.model import Batch, ModelBundle
 from mmcore.selective.router import Router
-from mmcore.serving.runtime import answer_dicts
 
 
 class Predictor:

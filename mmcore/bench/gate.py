@@ -41,7 +41,8 @@ from mmcore.config import CLASSES, GateConfig, Params, load_params
 from mmcore.evaluate import score, slice_scores
 from mmcore.gate import decide
 from mmcore.model import Batch
-from mmcore.train import encode_labels, fit, predict_logits, subset
+from mmcore.fit import fit, predict_logits, subset
+from mmcore.train import encode_labels
 
 GOALS = {"better": (">=", 0.90), "equal": ("<=", 0.05), "worse": ("<=", 0.01)}
 NOT_SIMULATED = ("max_latency_p95_ms", "gate_set_held_out", "behaviour_regression")

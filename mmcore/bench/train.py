@@ -27,10 +27,11 @@ import torch
 from mmcore.config import Params, TrainConfig, load_params
 from mmcore.encoders import default_device
 from mmcore.features import Featurizer, sensor_stats
+from mmcore.fit import fit
 from mmcore.model import ModelBundle
 from mmcore.predict import Predictor
 from mmcore.serving.runtime import threads_setting
-from mmcore.train import encode_labels, fit, train_bundle
+from mmcore.train import encode_labels, train_bundle
 
 
 def landed_records(n: int, p: Params, work: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -17,7 +17,7 @@ from prefect_dask import DaskTaskRunner
 from tqdm import tqdm
 
 from mmcore.config import IngestConfig
-from mmcore.data.ingest import BatchResult, ingest_batch
+from mmcore.data.batch import BatchResult, ingest_batch
 
 
 class PrefectTasks(Executor):

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mmcore.answer import MODALITIES, answer_dicts
 from mmcore.preprocess import ngram_block, prepare_image, prepare_note, sensor_input
 from mmcore.selective.calibrate import Calibration
 from mmcore.selective.decide import answers, leave_one_out_disagreement, pairwise_disagreement
 
-MODALITIES = ("image", "text", "sensor")     # mmcore.model.MODALITIES, without importing torch
 RUNTIME_FILE = "runtime.json"                # mmcore.serving.export writes it
 IMAGE_DIM, TEXT_DIM = 1280, 384
 
@@ -52,18 +52,6 @@ def load_predictor(model_dir: str | Path, backend: str = "auto", threads: int = 
         torch.set_num_threads(threads)
         return load_model(model_dir)
     return OnnxPredictor(Path(model_dir), backend, threads)
-
-
-def answer_dicts(records: list[dict[str, Any]], probs: np.ndarray, routed: list[dict[str, Any]],
-                 labels: list[str], allowed: set[str]) -> list[dict[str, Any]]:
-    """Label, probabilities, the modalities the model actually used, and the routing, per record."""
-    out = []
-    for rec, p, r in zip(records, probs, routed):
-        present = {"image": rec.get("image") is not None, "text": prepare_note(rec.get("note")) is not None,
-                   "sensor": rec.get("sensor") is not None}
-        out.append({"label": labels[int(p.argmax())], "probabilities": {c: float(v) for c, v in zip(labels, p)},
-                    "modalities": [m for m in MODALITIES if present[m] and m in allowed], **r})
-    return out
 
 
 def forget_embeddings(predictor: Any) -> None:

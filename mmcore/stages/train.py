@@ -26,7 +26,8 @@ from mmcore.model import MODALITIES, ModelBundle
 from mmcore.selective.calibrate import calibrate
 from mmcore.selective.router import Router
 from mmcore.stages.common import data_version, split_records, write_json
-from mmcore.train import History, checkpoint_path, train_bundle
+from mmcore.fit import History
+from mmcore.train import checkpoint_path, train_bundle
 
 MIN_CALIB_RECORDS = 20
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmcore.model import FusionModel
-from mmcore.train import train_epoch
+from mmcore.fit import train_epoch
 from tests.unit.test_model import MCFG, TCFG, random_batch
 
 

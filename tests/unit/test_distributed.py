@@ -10,7 +10,7 @@ from torch import nn
 from mmcore.distributed import fit_torchrun
 from mmcore.evaluate import macro_f1
 from mmcore.finetune import build_model
-from mmcore.train import fit, load_checkpoint, predict_logits, seed_everything, seed_rank
+from mmcore.fit import fit, load_checkpoint, predict_logits, seed_everything, seed_rank
 from tests.unit.test_resume import problem
 
 

@@ -12,7 +12,7 @@ import torch
 from mmcore.config import ModelConfig, TrainConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM
 from mmcore.model import Batch, FusionModel, ModelBundle
-from mmcore.train import fit, predict_logits
+from mmcore.fit import fit, predict_logits
 
 MCFG = ModelConfig(sensor_length=32, width=16, hidden=32, text_ngram_buckets=8)
 TCFG = TrainConfig(seed=0, epochs=30, batch_size=16, lr=5e-3, weight_decay=0.0, embed_batch_size=8, patience=30)

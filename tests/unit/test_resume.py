@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-import mmcore.train
-from mmcore.train import fit, gather_rng_states, load_checkpoint, predict_logits, restore_rng, save_checkpoint
+import mmcore.fit
+from mmcore.fit import fit, gather_rng_states, load_checkpoint, predict_logits, restore_rng, save_checkpoint
 from tests.unit.test_model import MCFG, TCFG, random_batch
 
 SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from tests.unit.test_resume import problem
-from mmcore.train import fit
+from mmcore.fit import fit
 train, y, val, yv, mcfg, tcfg = problem()
 fit(train, y, val, yv, mcfg, tcfg, checkpoint=__import__('pathlib').Path(sys.argv[1]))
 """
@@ -39,13 +39,13 @@ def problem():
 def count_epochs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The epochs `fit` trains in this process, one entry per `train_epoch` call."""
     calls: list[int] = []
-    real = mmcore.train.train_epoch
+    real = mmcore.fit.train_epoch
 
     def counted(*args: object, **kwargs: object) -> list[float]:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mmcore.train, "train_epoch", counted)
+    monkeypatch.setattr(mmcore.fit, "train_epoch", counted)
     return calls
 
 
@@ -86,10 +86,10 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path: Path, monkeypatc
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
-    mmcore.train.seed_everything(5)
+    mmcore.fit.seed_everything(5)
     save_checkpoint(tmp_path / "c.pt", {"rng": gather_rng_states(1)})
     draws = torch.rand(3), random.random(), np.random.rand(3)
-    mmcore.train.seed_everything(6)
+    mmcore.fit.seed_everything(6)
     restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"], seed=6, rank=0)
     assert torch.equal(torch.rand(3), draws[0]) and random.random() == draws[1]
     assert np.array_equal(np.random.rand(3), draws[2])
@@ -103,17 +103,17 @@ def test_old_checkpoint_with_only_the_torch_state_resumes(tmp_path: Path, monkey
     train, y, val, yv, mcfg, tcfg = problem()
     tcfg = dataclasses.replace(tcfg, epochs=4, patience=4)
     ref_model, ref_hist = fit(train, y, val, yv, mcfg, tcfg)
-    real, ckpt = mmcore.train.train_epoch, tmp_path / "old.pt"
+    real, ckpt = mmcore.fit.train_epoch, tmp_path / "old.pt"
 
     def crash_in_epoch_3(*args: object, **kwargs: object) -> list[float]:
         if load_checkpoint(ckpt) is not None and load_checkpoint(ckpt)["epoch"] == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mmcore.train, "train_epoch", crash_in_epoch_3)
+    monkeypatch.setattr(mmcore.fit, "train_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         fit(train, y, val, yv, mcfg, tcfg, checkpoint=ckpt)
-    monkeypatch.setattr(mmcore.train, "train_epoch", real)
+    monkeypatch.setattr(mmcore.fit, "train_epoch", real)
     state = load_checkpoint(ckpt)
     save_checkpoint(ckpt, state | {"rng": state["rng"][0]["torch"]})
     model, hist = fit(train, y, val, yv, mcfg, tcfg, checkpoint=ckpt)
