@@ -19,13 +19,13 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
-from tqdm import tqdm
 
 from mmcore import encoders, preprocess
 from mmcore.config import SENSOR_CHANNELS, ModelConfig
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.finetune import weights_tag
 from mmcore.model import Batch, ModelBundle
+from mmcore.progress import progress
 from mmcore.preprocess import (image_pixels, ngram_block, prepare_image, prepare_note, sensor_block,
                               sensor_input)
 
@@ -191,17 +191,20 @@ class Featurizer:
     @torch.inference_mode()
     def _embed(self, items: dict[str, Any], cache: EmbeddingCache, kind: str) -> None:
         todo = cache.missing(items)
-        steps = range(0, len(todo), self.batch_size)
-        for start in tqdm(steps, desc=f"embed {kind}", unit="batch", disable=not self.progress or not todo):
-            keys = todo[start:start + self.batch_size]
-            with autocast(self.device):
-                if kind == "image":
-                    x = torch.from_numpy(np.stack([prepare_image(items[k], self.cfg.image_size) for k in keys]))
-                    emb = self.image_encoder()(x.to(self.device))
-                else:
-                    emb = self.text_encoder()([items[k] for k in keys])
-            cache.put(keys, emb.float().cpu().numpy())
-            self.embedded[kind] += len(keys)
+        unit = "image" if kind == "image" else "note"
+        with progress(desc=f"embed {kind}", total=len(todo), unit=unit,
+                      disable=not self.progress or not todo) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                keys = todo[start:start + self.batch_size]
+                with autocast(self.device):
+                    if kind == "image":
+                        x = torch.from_numpy(np.stack([prepare_image(items[k], self.cfg.image_size) for k in keys]))
+                        emb = self.image_encoder()(x.to(self.device))
+                    else:
+                        emb = self.text_encoder()([items[k] for k in keys])
+                cache.put(keys, emb.float().cpu().numpy())
+                self.embedded[kind] += len(keys)
+                bar.update(len(keys))
 
     def embed(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image (N,1280), text (N,384), presence (N,2)) for the records' frozen modalities."""
@@ -229,11 +232,13 @@ class Featurizer:
         Decoded once per image content (the cache key): later epochs and retrains read the cache."""
         images = {image_key(r["image"]): r["image"] for r in records if r.get("image") is not None}
         todo = self.pixel_cache.missing(images)
-        for start in tqdm(range(0, len(todo), 256), desc="decode images", unit="chunk",
-                          disable=not self.progress or not todo):
-            keys = todo[start:start + 256]
-            self.pixel_cache.put(keys, np.stack([image_pixels(images[k], self.cfg.image_size) for k in keys]))
-            self.decoded += len(keys)
+        with progress(desc="decode images", total=len(todo), unit="image",
+                      disable=not self.progress or not todo) as bar:
+            for start in range(0, len(todo), 256):
+                keys = todo[start:start + 256]
+                self.pixel_cache.put(keys, np.stack([image_pixels(images[k], self.cfg.image_size) for k in keys]))
+                self.decoded += len(keys)
+                bar.update(len(keys))
         out = np.zeros((len(records), 3, self.cfg.image_size, self.cfg.image_size), np.uint8)
         for i, r in enumerate(records):
             if r.get("image") is not None:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
-from tqdm import tqdm
 
 from mmcore.config import CLASSES, ModelConfig, TrainConfig
 from mmcore.encoders import autocast, default_device
 from mmcore.evaluate import macro_f1
 from mmcore.finetune import build_model, param_groups
 from mmcore.model import Batch, info_nce
+from mmcore.progress import progress as progress_bar
 
 
 @dataclass
@@ -37,6 +38,9 @@ class History:
     val_macro_f1: list[float] = field(default_factory=list)
     best_epoch: int = 0
     best_val_macro_f1: float = 0.0
+
+
+STEPS_EVERY_S = 30.0   # optimiser steps within an epoch are reported only when it runs longer, this often
 
 
 def seed_everything(seed: int) -> None:
@@ -198,13 +202,20 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
         sched.load_state_dict(ck["sched"])
         restore_rng(ck["rng"], tcfg.seed, rank)
         hist, best_state, stale, start = History(**ck["hist"]), ck["best"], ck["stale"], ck["epoch"] + 1
-    bar = tqdm(range(start, tcfg.epochs + 1), desc=f"train {'+'.join(mcfg.modalities)}", unit="epoch",
-               disable=not progress or rank != 0)
+    name, shown = f"train {'+'.join(mcfg.modalities)}", progress and rank == 0
+    # a line per epoch when piped (the retrain flow's log); steps every STEPS_EVERY_S within long epochs
+    bar = progress_bar(range(start, tcfg.epochs + 1), desc=name, unit="epoch", total=tcfg.epochs,
+                       initial=start - 1, disable=not shown, every_s=0)   # initial: epochs a checkpoint holds
     for epoch in bar:
         if stale >= tcfg.patience:
+            if shown:
+                print(f"{name}: stopped early after epoch {epoch - 1}: no better val macro-F1 for "
+                      f"{tcfg.patience} epochs (best {hist.best_val_macro_f1:.3f} at epoch {hist.best_epoch})",
+                      file=sys.stderr, flush=True)   # the stream of the epoch lines (mmcore.progress): in order
             break
         sampler.set_epoch(epoch)
-        losses = train_epoch(net, opt, sched, train, y, torch.tensor(list(sampler)), loss_fn, tcfg)
+        losses = train_epoch(net, opt, sched, train, y, torch.tensor(list(sampler)), loss_fn, tcfg,
+                             progress=shown, desc=f"{name} epoch {epoch}")
         f1 = macro_f1(yv.numpy(), predict_logits(model, val).argmax(1).cpu().numpy(), num_classes)
         hist.epoch.append(epoch)
         hist.train_loss.append(float(np.mean(losses)))
@@ -227,7 +238,8 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
 
 
 def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: Batch, y: torch.Tensor,
-                order: torch.Tensor, loss_fn: nn.Module, tcfg: TrainConfig) -> list[float]:
+                order: torch.Tensor, loss_fn: nn.Module, tcfg: TrainConfig, progress: bool = False,
+                desc: str = "train") -> list[float]:
     """One pass over this rank's share in `order`; a step every `accumulate` batches.
 
     Each batch's mean loss is weighted by its share of its group's samples, so a group's gradient is
@@ -235,7 +247,10 @@ def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: B
     net.train()
     device, losses = y.device, []
     batches = order.split(tcfg.batch_size)
-    for start in range(0, len(batches), tcfg.accumulate):
+    starts = range(0, len(batches), tcfg.accumulate)
+    # silent unless the epoch runs long (real data): then a line every STEPS_EVERY_S
+    for start in progress_bar(starts, desc=desc, unit="step", disable=not progress, leave=False,
+                              quiet_s=STEPS_EVERY_S, every_s=STEPS_EVERY_S):
         group = batches[start:start + tcfg.accumulate]
         group_samples = sum(len(idx) for idx in group)
         for idx in group:

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from mmcore.config import IngestConfig, load_params
 from mmcore.data.batch import Accepted, BatchResult, ingest_batch, reject_batch
 from mmcore.monitor.labels import LabelJoin, audit_frame, join_labels, read_label_batches
+from mmcore.progress import progress
 from mmcore.schema import PROFILE_COLUMNS, SENSOR_HEADER
 
 
@@ -120,7 +120,7 @@ def check_batches(batches: list[Path], cfg: IngestConfig, workers: int | None) -
         return check_on_dask(batches, cfg, pool_size(workers))
     seen: set[str] = set()
     with worker_pool(workers) as pool:
-        return [ingest_batch(b, cfg, seen, pool) for b in tqdm(batches, desc="ingest", unit="batch")]
+        return [ingest_batch(b, cfg, seen, pool) for b in progress(batches, desc="ingest", unit="batch", every_s=0)]
 
 
 def swap_dir(new: Path, target: Path) -> None:

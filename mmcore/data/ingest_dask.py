@@ -14,10 +14,10 @@ from prefect import flow, task
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
-from tqdm import tqdm
 
 from mmcore.config import IngestConfig
 from mmcore.data.batch import BatchResult, ingest_batch
+from mmcore.progress import progress
 
 
 class PrefectTasks(Executor):
@@ -34,7 +34,8 @@ def ingest_on_dask(batches: list[Path], cfg: IngestConfig) -> list[BatchResult]:
     seen: set[str] = set()
     # workers report to this flow's API, not to a temporary server each when none is configured
     with temporary_settings(updates={PREFECT_API_URL: str(get_run_context().client.api_url)}):
-        return [ingest_batch(b, cfg, seen, PrefectTasks()) for b in tqdm(batches, desc="ingest", unit="batch")]
+        return [ingest_batch(b, cfg, seen, PrefectTasks())
+                for b in progress(batches, desc="ingest", unit="batch", every_s=0)]
 
 
 def dask_runner(cfg: IngestConfig, workers: int) -> DaskTaskRunner:
