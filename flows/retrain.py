@@ -11,6 +11,12 @@ Runs never overlap: the body holds the one slot of the global concurrency limit
 DVC's lock. When no new batch has landed since the last run, the flow ends before
 any stage runs.
 
+What it prints: each stage's output goes to the run's log line by line while the stage runs
+(training and embedding report their progress as they go, mmcore/progress.py); DVC's advice to
+`git add dvc.lock` and `dvc push` after every stage is left out and said once, at the end. A bad
+`--set` (an unknown key, a value of the wrong type) is refused before anything starts, its
+message the last lines printed, exit status 2.
+
     python -m flows.retrain [--landing DIR] [--force] [--set train.epochs=5 ...]
 """
 from __future__ import annotations
@@ -19,10 +25,16 @@ import argparse
 import hashlib
 import json
 import os
+import queue
 import re
+import shlex
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,7 +46,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.publish import RUNS, notify, publish
-from mmcore.config import apply_overrides
+from mmcore.config import ParamsError, apply_overrides, check_overrides
 
 SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
 STATE = RUNS / "last_batches.json"   # batches (and their _SUCCESS times) the last finished run saw
@@ -47,8 +59,88 @@ TRANSIENT = re.compile(r"Connection ?(Error|refused|reset|aborted)|Max retries e
                        r"SlowDown|RequestTimeout|BrokenPipe", re.IGNORECASE)
 
 
+# What `dvc repro` advises after every stage that changed something (dvc/repo/scm_context.py,
+# dvc/commands/repro.py); no option silences it short of `core.autostage` (which stages files in git)
+# or `--quiet` (which also drops "Running stage"), so these lines are left out of the log and the run
+# says once, at its end, what to commit.
+DVC_HINTS = {"To track the changes with git, run:", "To enable auto staging, run:",
+             "\tdvc config core.autostage true", "Use `dvc push` to send your updates to remote storage."}
+UPSTREAM_SKIPPED = re.compile(r"Stage '[^']+' didn't change, skipping")
+TAIL_LINES = 200   # lines of a command's stdout and of its stderr kept for its error message
+
+
 class StageFailed(RuntimeError):
     """`dvc repro <stage>` exited non-zero; the message carries the stage's output."""
+
+
+@dataclass
+class Streamed:
+    """A finished command: its exit status and the last lines of its stdout and of its stderr."""
+
+    returncode: int
+    stdout: deque[str] = field(default_factory=deque)
+    stderr: deque[str] = field(default_factory=deque)
+
+    def tail(self, name: str = "stderr", chars: int = 4000) -> str:
+        return "\n".join(getattr(self, name))[-chars:]
+
+
+def stream(cmd: list[str], on_line: Callable[[str, str], None], tail: int = TAIL_LINES) -> Streamed:
+    """Run `cmd`, handing each line of its stdout and stderr to `on_line(stream_name, line)` as it
+    arrives (in this thread, so a Prefect run logger works), and keep the last `tail` lines of each.
+
+    Python children are unbuffered (PYTHONUNBUFFERED, inherited through `dvc repro` by the stage
+    commands), so a stage's lines come when printed, not when it ends. Progress bars are for
+    terminals: the long steps print plain lines when piped (mmcore/progress.py); Hugging Face's and
+    MLflow's bars are turned off (unless the environment says otherwise), and a line that some other
+    bar redrew with carriage returns keeps only its last state."""
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+           **os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+
+    def pump(name: str, pipe: Any) -> None:
+        with pipe:
+            for raw in iter(pipe.readline, b""):   # returns at each newline, not when a buffer fills
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                lines.put((name, next((part for part in reversed(text.split("\r")) if part.strip()), "")))
+        lines.put((name, None))
+
+    for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        threading.Thread(target=pump, args=(name, pipe), daemon=True).start()
+    out = Streamed(0, deque(maxlen=tail), deque(maxlen=tail))
+    try:
+        open_pipes = 2
+        while open_pipes:
+            name, line = lines.get()
+            if line is None:
+                open_pipes -= 1
+                continue
+            getattr(out, name).append(line)
+            on_line(name, line)
+    finally:
+        if proc.poll() is None and open_pipes:   # on_line raised: the command does not outlive us
+            proc.kill()
+        out.returncode = proc.wait()
+    return out
+
+
+def dvc_hint(line: str) -> list[str] | None:
+    """None for a line that is not DVC's advice; for its advice, the paths its `git add` names (often none)."""
+    if line.startswith("\tgit add "):
+        return shlex.split(line[len("\tgit add "):])
+    return [] if line in DVC_HINTS else None
+
+
+def commit_advice(stage_runs: list[dict[str, Any]], pushed: bool | None) -> str | None:
+    """What to commit to keep this run's data version, said once at the end (DVC says it per stage)."""
+    paths = sorted({p for s in stage_runs for p in s.get("git_add", [])}, key=lambda p: (p != "dvc.lock", p))
+    if not paths:
+        return None
+    push = ("its data is already in the DVC remote" if pushed else
+            "then `dvc push` the data to a DVC remote (none is configured)" if pushed is False else
+            "then `dvc push` the data")
+    return f"to keep this data version: git add {' '.join(map(shlex.quote, paths))} && git commit; {push}"
 
 
 def stages(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
@@ -69,29 +161,43 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="dvc-repro", task_run_name="{stage}", retries=3, retry_delay_seconds=exponential_backoff(10),
       retry_jitter_factor=0.3, retry_condition_fn=transient)
 def repro(stage: str) -> dict[str, Any]:
-    """One stage of dvc.yaml; reports whether it ran or was up to date."""
+    """One stage of dvc.yaml; reports whether it ran or was up to date, and what DVC would have
+    git add-ed. Its output reaches the log line by line while it runs, DVC's advice left out."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], text=True, capture_output=True)
     logger = get_run_logger()
-    logger.info(proc.stdout[-4000:])
+    ran, track = False, []
+
+    def show(name: str, line: str) -> None:
+        nonlocal ran
+        if name == "stdout" and (paths := dvc_hint(line)) is not None:
+            track.extend(paths)
+            return
+        ran = ran or (name == "stdout" and f"Running stage '{stage}'" in line)
+        if UPSTREAM_SKIPPED.fullmatch(line) and not line.startswith(f"Stage '{stage}'"):
+            logger.debug(line)   # an upstream stage checked again: its own task said how it went
+        elif line.strip():
+            logger.info(line)
+
+    proc = stream([sys.executable, "-m", "dvc", "repro", stage], show)
     if proc.returncode != 0:
-        raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return {"stage": stage, "ran": f"Running stage '{stage}'" in proc.stdout, "ok": True,
-            "seconds": round(time.monotonic() - start, 1)}
+        raise StageFailed(f"dvc repro {stage} failed (exit {proc.returncode}):\n{proc.tail('stderr')}")
+    return {"stage": stage, "ran": ran, "ok": True, "seconds": round(time.monotonic() - start, 1),
+            "git_add": sorted(set(track))}
 
 
 @task(name="dvc-push", task_run_name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.3)
-def push_data() -> None:
+def push_data() -> bool:
     """The run's data versions to the DVC remote (storage hiccups are retried); a workspace
-    without a remote has nothing to push to, and says so."""
+    without a remote has nothing to push to, and says so (False)."""
     remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], text=True, capture_output=True)
     if not remotes.stdout.strip():
         get_run_logger().warning("no DVC remote configured: data versions stay in the local cache only")
-        return
-    proc = subprocess.run([sys.executable, "-m", "dvc", "push"], text=True, capture_output=True)
-    get_run_logger().info(proc.stdout[-2000:])
+        return False
+    logger = get_run_logger()
+    proc = stream([sys.executable, "-m", "dvc", "push"], lambda name, line: line.strip() and logger.info(line))
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"dvc push failed (exit {proc.returncode}):\n{proc.tail('stderr')}")
+    return True
 
 
 @task(name="deploy-bento", retries=1, retry_delay_seconds=30)
@@ -193,7 +299,7 @@ def run_stages(run: dict[str, Any]) -> None:
         if not (stage == "validate" and validation_failed_since(began)):
             run["error"] = str(state.result(raise_on_failure=False))
         return
-    push_data()
+    run["pushed"] = push_data()
 
 
 @flow(name="retrain")
@@ -208,14 +314,19 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
     notify_block: Webhook block told about gate rejections and validation failures.
     """
     logger = get_run_logger()
+    wanted = {section: dict(values) for section, values in (overrides or {}).items()}
+    if landing:
+        wanted.setdefault("ingest", {})["landing"] = landing
+    try:
+        wanted = check_overrides(params, wanted)   # before the slot: a typo fails at once, params.yaml untouched
+    except ParamsError as exc:
+        logger.error(f"params.yaml overrides refused, nothing ran:\n{exc}")
+        raise ParamsError(f"params.yaml overrides refused, nothing ran:\n{exc}") from None
     ensure_slot()
     logger.info(f"waiting for the {SLOT!r} concurrency slot")
     # the lease is renewed while the run lives; a run whose process died frees the slot within a minute
     with concurrency(SLOT, occupy=1, timeout_seconds=slot_timeout_s, strict=True, lease_duration=60):
         start = datetime.now(timezone.utc)
-        wanted = {section: dict(values) for section, values in (overrides or {}).items()}
-        if landing:
-            wanted.setdefault("ingest", {})["landing"] = landing
         changed = apply_overrides(Path(params), wanted)
         if changed:
             logger.info(f"params.yaml overrides: {', '.join(changed)}")
@@ -245,13 +356,17 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
             STATE.write_text(json.dumps(now))   # this data is dealt with (a validation failure included)
             INPUTS.write_text(fingerprint)
     logger.info(f"verdict: {run['verdict']['status']}: {run['verdict']['summary']}; report {page}")
+    if advice := commit_advice(run["stages"], run.get("pushed")):
+        logger.info(advice)   # DVC's per-stage advice, said once
     if run["verdict"]["status"] in ("validation_failed", "failed"):
         raise StageFailed(f"{run['verdict']['summary']}: " + "; ".join(run["verdict"]["reasons"])[:2000])
-    return {**run["verdict"], "report": str(page), "stages": run["stages"], "new_batches": run["new_batches"]}
+    return {**run["verdict"], "report": str(page), "stages": run["stages"], "new_batches": run["new_batches"],
+            "to_commit": advice}
 
 
 def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`section.key=value` (value parsed as YAML) into {section: {key: value}}."""
+    """`section.key=value` (value parsed as YAML) into {section: {key: value}}; the keys and values are
+    checked against the typed config by `check_overrides`."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, _, value = item.partition("=")
@@ -263,12 +378,22 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Run the retrain flow once.")
+    ap = argparse.ArgumentParser(prog="python -m flows.retrain", description="Run the retrain flow once.")
     ap.add_argument("--landing", help="landing area (default: params ingest.landing)")
     ap.add_argument("--force", action="store_true", help="run the stages even when no new batch landed")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override params.yaml")
     ap.add_argument("--no-seed", action="store_true", help="do not generate default data into an empty landing area")
     args = ap.parse_args()
-    result = retrain(landing=args.landing, force=args.force, overrides=parse_set(args.set),
-                     seed_if_empty=not args.no_seed)
+    try:
+        overrides = parse_set(args.set)
+    except SystemExit as exc:
+        ap.error(str(exc))
+    wanted = {**overrides, "ingest": {**overrides.get("ingest", {}), "landing": args.landing}} if args.landing \
+        else overrides
+    try:   # here, before the flow: no Prefect server starts for a typo, and the message ends the output
+        check_overrides("params.yaml", wanted)
+    except ParamsError as exc:
+        print(f"retrain: --set refused, nothing ran and params.yaml is unchanged:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    result = retrain(landing=args.landing, force=args.force, overrides=overrides, seed_if_empty=not args.no_seed)
     print(json.dumps(result, indent=2))

@@ -6,8 +6,11 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -376,19 +379,133 @@ class Params:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+SECTIONS: dict[str, type] = {
+    "synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig, "split": SplitConfig,
+    "model": ModelConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "gate": GateConfig,
+    "registry": RegistryConfig, "monitor": MonitorConfig, "selective": SelectiveConfig, "serve": ServeConfig}
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read params.yaml into typed sections."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    hints = {"synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig,
-             "split": SplitConfig, "model": ModelConfig, "train": TrainConfig,
-             "evaluate": EvaluateConfig, "gate": GateConfig, "registry": RegistryConfig,
-             "monitor": MonitorConfig, "selective": SelectiveConfig, "serve": ServeConfig}
+    return params_from_raw(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+
+
+def params_from_raw(raw: dict[str, Any]) -> Params:
+    """params.yaml's mapping into typed sections (what `load_params` does after reading the file)."""
     raw.setdefault("serve", {})   # optional: a params.yaml from before the serve section still loads
-    if set(raw) != set(hints):
-        raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(hints)}")
-    built = {name: from_dict(cls, raw[name] or {}) for name, cls in hints.items()}
+    if set(raw) != set(SECTIONS):
+        raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(SECTIONS)}")
+    built = {name: from_dict(cls, raw[name] or {}) for name, cls in SECTIONS.items()}
     _check_photo_sides(built["synth"], built["ingest"])
     return Params(**built, raw=raw)
+
+
+class ParamsError(ValueError):
+    """Overrides of params.yaml that cannot apply; the message names each key and what it allows."""
+
+
+def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether `value` (as YAML parsed it) fits the field's type hint; text that reads as a number is
+    taken for a float field, since YAML 1.1 leaves `1e-4` a string."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, out = _conform(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_conform(v, args[0]) if args else (True, v) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            return False, value
+        if origin is dict and args:
+            items = {k: _conform(v, args[1]) for k, v in value.items()}
+            return all(ok for ok, _ in items.values()), {k: v for k, (_, v) in items.items()}
+        return True, value
+    return True, value
+
+
+def check_overrides(path: str | Path, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Overrides ({section: {key: value}}) checked against the typed config before anything runs:
+    unknown sections and keys (with the allowed ones and a close match), values of the wrong type,
+    then every section's own checks on params.yaml as it would become. Raises ParamsError naming
+    each problem; returns the overrides with numbers written as text made numbers."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    problems: list[str] = []
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in (overrides or {}).items():
+        if section not in SECTIONS:
+            problems.append(f"unknown section {section!r}{_did_you_mean(section, list(SECTIONS))}; "
+                            f"sections: {', '.join(SECTIONS)}")
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"{section}: expected a mapping of key to value, got {values!r}")
+            continue
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        keys = [f.name for f in dataclasses.fields(cls)]
+        for key, value in values.items():
+            if key not in hints:
+                problems.append(f"unknown key {section}.{key}{_did_you_mean(key, keys, section + '.')}\n"
+                                f"  {section} keys: {', '.join(sorted(keys))}")
+                continue
+            ok, value = _conform(value, hints[key])
+            if not ok:
+                problems.append(f"{section}.{key} = {value!r}: expected {_type_name(hints[key])}")
+            out.setdefault(section, {})[key] = value
+    if not problems:
+        merged = {name: dict(body or {}) for name, body in raw.items()}
+        for section, values in out.items():
+            merged.setdefault(section, {}).update(values)
+        try:
+            params_from_raw(merged)
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ParamsError("\n".join(problems))
+    return out
 
 
 def _check_photo_sides(synth: SynthConfig, ingest: IngestConfig) -> None:
@@ -407,6 +524,8 @@ def apply_overrides(path: Path, overrides: dict[str, dict[str, Any]]) -> list[st
     """Write overrides into params.yaml, comments kept; checked by the typed config first (as
     `dvc exp run -S` would be). Used by the retrain flow's `overrides` and the sweep's winner."""
     from ruamel.yaml import YAML
+
+    overrides = check_overrides(path, overrides)   # ParamsError: which key, what it allows
 
     rt = YAML()
     rt.preserve_quotes = True
