@@ -27,7 +27,7 @@ from mmcore.serving.capture import Capture, CaptureSettings
 from mmcore.serving.guards import BodyGuard, ClientErrorsWithoutPayload, guarded
 from mmcore.serving.limits import MAX_IMAGE_BYTES, MAX_NOTE_CHARS, MAX_RECORDS, check_image_bytes
 from mmcore.serving.middleware import CaptureMiddleware
-from mmcore.serving.runtime import threads_setting
+from mmcore.serving.runtime import load_predictor, threads_setting
 from mmcore.serving.schemas import LandingId, Prediction, Record, Sensor
 
 
@@ -75,8 +75,6 @@ class ParcelCondition:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        from mmcore.serving.runtime import load_predictor
-
         logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsWithoutPayload())
         self.ready = False
         self.predictor = load_predictor(self.model_ref.path, BACKEND, THREADS)
