@@ -14,7 +14,7 @@ champion's bento behind nginx, switched blue/green after each promotion:
   day 4  nothing                         -> a no-op run that ends in under 30 s
   day 5  the loop (issue 13): bento v2 served with capture on answers 240 records of the usual hubs;
          the `monitor` deployment lands and judges that window: nothing lost, no alert
-  day 6  300 records from a new hub (camera, notes, tracker: the `new_hub` preset): the window's
+  day 6  450 records from a new hub (camera, notes, tracker: the `new_hub` preset): the window's
          embeddings drift and v2's estimated quality falls
   day 7  inspections label most answers of both days by prediction_id; the next window joins them,
          reports live quality per version and hub next to v2's gate-set figure and emits
@@ -451,7 +451,7 @@ def loop(scenario: Scenario) -> dict[str, Any]:
     posts = len(scenario.receiver.posts)
     # day 5: the usual hubs; day 6: a new hub (camera, note style, tracker: the `new_hub` preset)
     (s5, u5, usual), (s6, u6, shifted) = lp.serve("parcel-condition:v2", [lp.traffic("day5", 240, 500),
-                                                                        lp.traffic("day6", 300, 600, "new_hub")])
+                                                                        lp.traffic("day6", 450, 600, "new_hub")])
     out: dict[str, Any] = {"usual": usual, "shifted": shifted, "w5": lp.monitor(s5, u5), "w6": lp.monitor(s6, u6)}
     # day 7: inspections label most of both days; the next window joins them and asks for a retrain
     out["labelled"] = labels_for(ws, "day5-6-inspections", usual[:216] + shifted)
