@@ -17,6 +17,11 @@ A period whose counts do not settle yet (records still queued, or `until` not pa
 so a batch is never written from half a period; `--wait` retries. Idempotent: the batch id is the
 period (`capture-<since>-<until>`), the bytes depend only on what was captured, and a batch with
 `_SUCCESS` is never rewritten. Crash-safe: built in a dot folder, renamed, `_SUCCESS` written last.
+
+Once a period has landed (written, empty, or there already) each capture folder's `landed.json` says
+so (mmcore.serving.capture_aging): the service's writers delete landed answers only, after
+PARCEL_CAPTURE_RETENTION_DAYS or at PARCEL_CAPTURE_MAX_BYTES. The accounting's service drops
+(store_full among them) are the answers capture lost before they could land.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from typing import Any, Iterable
 
 from mmcore.schema import RECORD_FIELDS, RECORD_ID_RE, SENSOR_HEADER
 from mmcore.serving.capture import MONITOR_NAME
+from mmcore.serving.capture_aging import mark_landed
 from mmcore.serving.capture_store import DROP_REASONS, BlobStore, read_counts
 
 SENSOR_PERIOD_S = 60.0  # t_s step when a client sent channels only (the synthetic feed's fixed period)
@@ -100,9 +106,13 @@ class Logged:
 def read_log(root: Path, period: Period, monitor: str = MONITOR_NAME) -> Logged:
     out = Logged(root, [])
     for path in sorted((root / "log" / monitor / "data").glob("data.*.log*")):
-        if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < period.since:
-            continue  # last written before the period began: none of its lines can be in it
-        for raw in path.read_bytes().splitlines():
+        try:
+            if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < period.since:
+                continue  # last written before the period began: none of its lines can be in it
+            data = path.read_bytes()
+        except FileNotFoundError:  # aged out (capture_aging) between the listing and the read
+            continue
+        for raw in data.splitlines():
             try:
                 line = json.loads(raw)
                 ts = datetime.fromisoformat(line["answered_at"])
@@ -235,7 +245,7 @@ def capture_batch(roots: Iterable[Path], landing: Path, period: Period, monitor:
     summary: dict[str, Any] = {"batch_id": period.batch_id, "since": period.since.isoformat(),
                                "until": period.until.isoformat()}
     if (landing / period.batch_id / "_SUCCESS").is_file():
-        return {**summary, "status": "exists"}
+        return {**summary, "status": "exists", **mark(roots, period)}
     if period.until > (now or datetime.now(timezone.utc)):
         raise NotSettled(f"the period ends at {period.until.isoformat()}, not passed yet")
     logs = [read_log(root, period, monitor) for root in roots]
@@ -244,9 +254,24 @@ def capture_batch(roots: Iterable[Path], landing: Path, period: Period, monitor:
     summary.update(account(counts, sum(len(log.lines) for log in logs), len(records), drops, accept_loss))
     summary["unreadable_lines"] = sum(log.unreadable for log in logs)
     if not records:
-        return {**summary, "status": "empty"}
+        return {**summary, "status": "empty", **mark(roots, period)}
     write_batch(landing, period.batch_id, records)
-    return {**summary, "status": "written"}
+    return {**summary, "status": "written", **mark(roots, period)}
+
+
+def mark(roots: list[Path], period: Period) -> dict[str, Any]:
+    """Tell each capture folder's writers that the period has landed (capture_aging's marker), so they
+    may delete its answers once old, or at their byte cap. A marker that cannot be written loses
+    nothing (no answer is deleted unmarked); it is reported, and the next landing tries again."""
+    through: dict[str, str | None] = {}
+    problems = []
+    for root in roots:
+        try:
+            ts = mark_landed(root, (period.since, period.until))
+            through[str(root)] = ts.isoformat() if ts else None
+        except (OSError, RuntimeError) as exc:
+            problems.append(f"{root}: landed marker not written: {type(exc).__name__}: {exc}")
+    return {"landed_through": through, "marker_problems": problems}
 
 
 def capture_batch_waiting(roots: list[Path], landing: Path, period: Period, wait_s: float,

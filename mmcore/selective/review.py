@@ -84,7 +84,8 @@ def create_app(queue: ReviewQueue, api_key: str | None) -> Starlette:
         def head() -> dict[str, Any]:
             pending = queue.pending()
             return {"record": record_view(pending[0]) if pending else None, "waiting": len(pending),
-                    "classes": list(CLASSES), "unreadable_lines": queue.unreadable}
+                    "classes": list(CLASSES), "unreadable_lines": queue.unreadable,
+                    "lost": queue.lost}
 
         return JSONResponse(await run_in_threadpool(head), headers={"Cache-Control": "no-store"})
 

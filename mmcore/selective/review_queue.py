@@ -11,6 +11,11 @@ lines are taken (the writer may be half-way through one); a line that is not a c
 counted as unreadable and skipped. Label batches are immutable once `_SUCCESS` exists, so each is
 read once.
 
+The capture's aging (mmcore/serving/capture_aging.py) deletes landed answers, routed or not, once old
+or at the byte cap: `lost` counts the unlabelled ones it took, from the tombstones of deleted logs
+(deleted_before_review) and the waiting answers whose photo or trace is gone (blobs_missing); the
+app shows both, so a PARCEL_CAPTURE_RETENTION_DAYS shorter than the review backlog is seen.
+
 Skip is the one piece of state kept in the process: a skipped record moves to the back of the queue
 until the app restarts (then it is back in answer order). Skipping is a reviewer's "not now", not a
 decision, so it writes nothing.
@@ -37,6 +42,7 @@ from typing import Any, Iterable
 from mmcore.config import CLASSES
 from mmcore.schema import RECORD_ID_RE
 from mmcore.serving.capture import MONITOR_NAME
+from mmcore.serving.capture_aging import deleted_review, read_marker
 from mmcore.serving.capture_store import BlobStore
 
 REVIEW = "review"                  # the decision that routes an answer here, and the label source we write
@@ -268,6 +274,7 @@ class ReviewQueue:
         self.labels = Path(labels)
         self.index = LabelIndex(self.labels)
         self.unreadable = 0
+        self.lost = {"deleted_before_review": 0, "blobs_missing": 0}
         self._skipped: dict[str, int] = {}
         self._turn = itertools.count()
         self._lock = threading.Lock()
@@ -309,7 +316,11 @@ class ReviewQueue:
 
     def _pending(self) -> list[Routed]:
         labelled = self.index.refresh()
-        waiting = [r for pid, r in self._routed().items() if pid not in labelled]
+        routed = self._routed()
+        waiting = [r for pid, r in routed.items() if pid not in labelled]
+        through = {root: read_marker(root)[0] for root in self.reader.roots}
+        self.lost = {"deleted_before_review": len(deleted_review(self.reader.roots) - set(labelled) - set(routed)),
+                     "blobs_missing": sum(1 for r in waiting if blobs_missing(r, through.get(r.root)))}
         fresh = [r for r in waiting if r.prediction_id not in self._skipped]
         later = sorted((r for r in waiting if r.prediction_id in self._skipped),
                        key=lambda r: self._skipped[r.prediction_id])
@@ -325,6 +336,15 @@ class ReviewQueue:
         if prediction_id in labelled:
             raise AlreadyLabelled(f"{prediction_id} already has a label (label batch {labelled[prediction_id]}) "
                                   "and has left the queue: load the next record")
+
+
+def blobs_missing(routed: Routed, through: datetime | None) -> bool:
+    """An answer the capture's aging already deleted a blob of (only a landed one, answered before its
+    folder's marker's `through`, can have lost one: the queue stats no file of a fresh answer)."""
+    if through is None or routed.answered_at >= through:
+        return False
+    digests = (blob_digest(routed.line.get(k)) for k in ("image", "sensor"))
+    return any(d is not None and not BlobStore(routed.root).path(d).is_file() for d in digests)
 
 
 def sensor_channels(routed: Routed) -> dict[str, Any] | None:

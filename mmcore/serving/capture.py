@@ -4,7 +4,9 @@ with its inputs as received and the answer, kept for the capture step to land as
 Capture never fails or slows a request. The request thread only appends to a bounded queue (records
 and bytes); one background thread writes blobs (`capture_store.BlobStore`) and the record line
 through BentoML's monitoring API (`capture_store.MonitorLog`), which writes synchronously and so
-cannot sit on the request path itself. A full queue, a full store (PARCEL_CAPTURE_MAX_BYTES) or a
+cannot sit on the request path itself. The writer also ages the folder (`capture_aging`): answers the
+monitor has landed go after PARCEL_CAPTURE_RETENTION_DAYS, and at PARCEL_CAPTURE_MAX_BYTES the oldest
+landed ones make room. A full queue, a store full of unlanded answers or a
 failed write drops the record and counts it by reason (Prometheus `parcel_capture_dropped_total`
 and the per-second counts file), and `status()` says capture is degraded, which the service shows
 on /readyz (headers) and /capturez while staying ready. Sampling (PARCEL_CAPTURE_SAMPLE) is decided
@@ -19,14 +21,14 @@ import threading
 import time
 import uuid
 import zlib
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from mmcore.serving.capture_store import (DROP_REASONS, BlobStore, CountBook, MonitorLog, folder_bytes,
-                                          second_of)
+from mmcore.serving.capture_aging import Ager, Swept
+from mmcore.serving.capture_store import (DROP_REASONS, BlobStore, BoundedQueue, CountBook, MonitorLog,
+                                          folder_bytes, second_of)
 
 logger = logging.getLogger(__name__)
 MONITOR_NAME = "parcel_capture"
@@ -60,7 +62,8 @@ class CaptureSettings:
     sample: float = 1.0                 # share of answered records captured
     queue_records: int = 1024           # queue bound in records ...
     queue_bytes: int = 256 * MIB        # ... and in payload bytes (images reach 10 MB each)
-    max_bytes: int = 10 * 1024 * MIB    # the capture folder's size at which the store counts as full
+    max_bytes: int = 10 * 1024 * MIB    # the capture folder's size at which landed answers make room
+    retention_days: float = 30.0        # landed answers are deleted this long after they were written
     monitor: str = MONITOR_NAME         # BentoML monitor name: the log's folder under log/
 
     @classmethod
@@ -70,7 +73,8 @@ class CaptureSettings:
                    sample=_env_number(env, "PARCEL_CAPTURE_SAMPLE", 1.0, 0.0, 1.0),
                    queue_records=int(_env_number(env, "PARCEL_CAPTURE_QUEUE", 1024, 1, 1e7)),
                    queue_bytes=int(_env_number(env, "PARCEL_CAPTURE_QUEUE_BYTES", 256 * MIB, 1, 1e12)),
-                   max_bytes=int(_env_number(env, "PARCEL_CAPTURE_MAX_BYTES", 10 * 1024 * MIB, 0, 1e15)))
+                   max_bytes=int(_env_number(env, "PARCEL_CAPTURE_MAX_BYTES", 10 * 1024 * MIB, 0, 1e15)),
+                   retention_days=_env_number(env, "PARCEL_CAPTURE_RETENTION_DAYS", 30.0, 0.0, 36500.0))
 
     @property
     def log_dir(self) -> Path:
@@ -112,46 +116,6 @@ class CapturedRecord:
         return len(self.image or b"") + 8 * rows + len(self.note or "") + 512
 
 
-class BoundedQueue:
-    """FIFO bounded in items and bytes; `put` never waits (False when full)."""
-
-    def __init__(self, max_items: int, max_bytes: int) -> None:
-        self.max_items, self.max_bytes = max_items, max_bytes
-        self._items: deque[tuple[CapturedRecord, int]] = deque()
-        self._bytes = 0
-        self._ready = threading.Condition()
-
-    def put(self, item: CapturedRecord) -> bool:
-        size = item.size()
-        with self._ready:
-            if len(self._items) >= self.max_items or (self._items and self._bytes + size > self.max_bytes):
-                return False
-            self._items.append((item, size))
-            self._bytes += size
-            self._ready.notify()
-            return True
-
-    def get(self, timeout: float) -> CapturedRecord | None:
-        with self._ready:
-            if not self._items:
-                self._ready.wait(timeout)
-            if not self._items:
-                return None
-            item, size = self._items.popleft()
-            self._bytes -= size
-            return item
-
-    def drain(self) -> list[CapturedRecord]:
-        with self._ready:
-            items = [i for i, _ in self._items]
-            self._items.clear()
-            self._bytes = 0
-            return items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class CaptureMetrics:
     """Prometheus metrics on the service's /metrics. Made at service start, not at import: BentoML
     workers set PROMETHEUS_MULTIPROC_DIR first. Tests pass their own registry."""
@@ -165,6 +129,8 @@ class CaptureMetrics:
         self.sampled_out = prom.Counter("parcel_capture_sampled_out", "Answered records left out by "
                                         "PARCEL_CAPTURE_SAMPLE (not a drop)", registry=reg)
         self.written = prom.Counter("parcel_capture_written", "Answered records captured", registry=reg)
+        self.deleted = prom.Counter("parcel_capture_deleted", "Captured files deleted after the monitor landed "
+                                    "them, by reason (retention, cap)", ["reason"], registry=reg)
         self.degraded = prom.Gauge("parcel_capture_degraded", "1 while capture drops records or cannot write",
                                    registry=reg, multiprocess_mode="livemax")
         for reason in DROP_REASONS:
@@ -200,6 +166,7 @@ class Capture:
         process = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}-{new_id()[:6]}"
         self.counts = CountBook(settings.dir, process)
         self.log = MonitorLog(settings.monitor, None if use_bentoml_config else settings.log_dir)
+        self.ager = Ager(settings.dir, settings.retention_days, settings.max_bytes)
         self._problem: tuple[str, str] | None = None     # (reason, detail) of a store that fails
         self._queue_full_at = -1e9
         self._size = 0
@@ -256,7 +223,7 @@ class Capture:
             problem = ("queue_full", f"records dropped in the last {QUEUE_FULL_WINDOW_S:g} s")
         return {"capture": "degraded" if problem else "ok", "reason": problem[0] if problem else None,
                 "detail": problem[1] if problem else None, "queued": len(self.queue),
-                "sample": self.settings.sample, "counts": self.counts.totals()}
+                "sample": self.settings.sample, "counts": self.counts.totals(), "aging": self.ager.totals()}
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued within `timeout`; what is left is counted as dropped (shutdown)."""
@@ -281,7 +248,9 @@ class Capture:
 
     def _write(self, item: CapturedRecord) -> None:
         second = second_of(item.answered_at)
-        if self.settings.max_bytes and self._size + item.size() > self.settings.max_bytes:
+        if self._over(item.size()):
+            self._sweep_aged(room=item.size())
+        if self._over(item.size()):  # everything on disk is still unlanded: this answer is dropped, counted
             self._problem = ("store_full", f"capture folder at {self._size} of {self.settings.max_bytes} bytes")
             self._drop(second, "store_full", self._problem[1])
             return
@@ -296,6 +265,19 @@ class Capture:
         self._problem = None
         self.counts.add(second, "written")
         self.metrics.written.inc()
+
+    def _over(self, size: int) -> bool:
+        return bool(self.settings.max_bytes) and self._size + size > self.settings.max_bytes
+
+    def _swept(self, out: Swept | None, reason: str) -> None:
+        """A sweep's result: the folder's true size (other workers write there too) and the metric."""
+        if out is None:
+            return
+        self._size = out.size
+        self.metrics.deleted.labels(reason=reason).inc(out.deleted)
+        if out.review:
+            self._warn("review_deleted", f"capture deleted {len(out.review)} landed answer(s) routed to review "
+                       "with their log (the review queue reports those still unlabelled)")
 
     def _columns(self, item: CapturedRecord) -> tuple[list[tuple[str, Any, str, str]], int]:
         """The record line (blobs named by digest) and the bytes its new blobs took."""
@@ -333,6 +315,8 @@ class Capture:
             self._check_store()
         if self.counts.dirty() and now - self._last_flush >= FLUSH_S:
             self._flush()
+        if self.ager.due():
+            self._sweep_aged()
         self.metrics.degraded.set(1 if self.status()["capture"] == "degraded" else 0)
 
     def _check_store(self) -> None:
@@ -347,9 +331,21 @@ class Capture:
         except OSError as exc:
             self._problem = ("write_error", f"capture folder not writable: {type(exc).__name__}: {exc}"[:300])
             return
+        if self._over(1):
+            self._sweep_aged(room=0)
         full = self.settings.max_bytes and self._size >= self.settings.max_bytes
         self._problem = ("store_full", f"capture folder at {self._size} of {self.settings.max_bytes} bytes") \
             if full else None
+
+    def _sweep_aged(self, room: int | None = None) -> None:
+        """Retention, or at the cap room for `room` bytes; a sweep that fails is logged, tried again later."""
+        try:
+            if room is None:
+                self._swept(self.ager.age(), "retention")
+            else:
+                self._swept(self.ager.make_room(room), "cap")
+        except OSError as exc:
+            self._warn("aging", f"capture aging failed: {type(exc).__name__}: {exc}")
 
     def _flush(self, force: bool = False) -> None:
         self._last_flush = time.monotonic()

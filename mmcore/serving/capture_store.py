@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,7 +39,8 @@ def second_of(ts: datetime) -> str:
 
 class BlobStore:
     """Content-addressed files: the name is the SHA-256 of the bytes, written to a temp name and
-    renamed, so a blob that exists is whole and a second copy of the same payload costs nothing."""
+    renamed, so a blob that exists is whole and a second copy of the same payload costs nothing but
+    a touch (its mtime is when an answer last named it: what capture_aging ages it by)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root / "blobs" / "sha256"
@@ -51,8 +52,11 @@ class BlobStore:
         """Store `data`; returns its digest and the bytes newly written (0 when it was there)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.path(digest)
-        if path.is_file():
+        try:
+            os.utime(path)  # a new reference: the blob is as young as its latest answer (capture_aging)
             return digest, 0
+        except FileNotFoundError:
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
@@ -70,6 +74,47 @@ class BlobStore:
         except (OSError, ValueError):
             return None
         return data if hashlib.sha256(data).hexdigest() == digest else None
+
+
+class BoundedQueue:
+    """FIFO of captured records (anything with `size()`) bounded in items and bytes; `put` never
+    waits (False when full)."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: deque[tuple[Any, int]] = deque()
+        self._bytes = 0
+        self._ready = threading.Condition()
+
+    def put(self, item: Any) -> bool:
+        size = item.size()
+        with self._ready:
+            if len(self._items) >= self.max_items or (self._items and self._bytes + size > self.max_bytes):
+                return False
+            self._items.append((item, size))
+            self._bytes += size
+            self._ready.notify()
+            return True
+
+    def get(self, timeout: float) -> Any | None:
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout)
+            if not self._items:
+                return None
+            item, size = self._items.popleft()
+            self._bytes -= size
+            return item
+
+    def drain(self) -> list[Any]:
+        with self._ready:
+            items = [i for i, _ in self._items]
+            self._items.clear()
+            self._bytes = 0
+            return items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class CountBook:
