@@ -55,8 +55,23 @@ def capture_roots(p: Params, capture: list[str] | None) -> list[Path]:
 @task(name="capture")
 def land_capture(roots: list[Path], landing: Path, period: Period, wait_s: float) -> dict[str, Any]:
     summary = capture_batch_waiting(roots, landing, period, wait_s)
-    get_run_logger().info(f"capture {summary['batch_id']}: {summary['status']}")
+    log = get_run_logger()
+    log.info(f"capture {summary['batch_id']}: {summary['status']}")
+    for line in capture_losses(summary):
+        log.warning(f"capture {summary['batch_id']}: {line}")
     return summary
+
+
+def capture_losses(summary: dict[str, Any]) -> list[str]:
+    """What the window lost on its way from the service: answers the service dropped (its counts:
+    store_full = a capture folder full of unlanded answers), records the capture step could not land,
+    and capture folders whose landed marker was not written (their answers cannot age out)."""
+    out = []
+    for side, what in (("service", "the service dropped"), ("capture", "the capture step could not land")):
+        lost = {r: n for r, n in summary.get("dropped", {}).get(side, {}).items() if n}
+        if lost:
+            out.append(f"{what} {sum(lost.values())} answer(s): {lost}")
+    return out + list(summary.get("marker_problems", []))
 
 
 @task(name="window")
@@ -95,6 +110,7 @@ def artifacts(report: dict[str, Any], findings: list[triggers.Finding], html: Pa
     md = [f"# Window {report['batches'][0]}", "", f"{report['volume']} landed records, {report['answers']} answers; "
           f"embedding drift: {', '.join(report['drift']) or 'none'}", ""]
     md += [f"- **{f.kind}** ({f.reason}): {f.detail}" for f in findings] or ["- quiet: no alert"]
+    md += [f"- **capture loss**: {line}" for line in capture_losses(report.get("capture", {}))]
     create_markdown_artifact(key="monitor-window", markdown="\n".join(md), description="monitoring window")
     create_link_artifact(key="monitor-report", link=html.resolve().as_uri(), link_text="HTML monitoring page")
 

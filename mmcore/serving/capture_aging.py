@@ -136,10 +136,11 @@ def _files(root: Path) -> Iterable[tuple[Path, os.stat_result, bool]]:
 
 
 def sweep(root: Path, cutoff: datetime, target: int | None = None,
-          between: Callable[[Path], None] | None = None) -> Swept:
+          between: Callable[[Path, str], None] | None = None) -> Swept:
     """Delete the files that may go and were last written before `cutoff`, oldest first; with `target`,
     stop once the folder holds at most that many bytes (the cap), else delete all of them (retention).
-    `between` is a test hook run after a blob is judged and before it is taken (the race)."""
+    `between(path, stage)` is a test hook for the race with a writer: run after a blob is judged
+    ("judged") and after it was taken aside ("aside")."""
     out = Swept()
     limit = cutoff.timestamp()
     aged: list[tuple[int, Path, os.stat_result]] = []
@@ -151,9 +152,7 @@ def sweep(root: Path, cutoff: datetime, target: int | None = None,
     for _, path, st in sorted(aged):
         if target is not None and out.size <= target:
             break
-        if between is not None:
-            between(path)
-        gone = _delete_blob(path, st) if "blobs" in path.relative_to(root).parts else _delete_log(root, path, out)
+        gone = _delete_blob(path, st, between) if "blobs" in path.relative_to(root).parts else _delete_log(root, path, out)
         if gone:
             out.deleted += 1
             out.freed += st.st_size
@@ -161,15 +160,19 @@ def sweep(root: Path, cutoff: datetime, target: int | None = None,
     return out
 
 
-def _delete_blob(path: Path, judged: os.stat_result) -> bool:
+def _delete_blob(path: Path, judged: os.stat_result, between: Callable[[Path, str], None] | None) -> bool:
     """Take the blob aside, and delete it only if nobody touched it since it was judged: a writer
     re-using it touched it first (it is put back, touched, so the next sweep judges it anew) or
     finds it gone and writes it again (identical bytes: same name)."""
     aside = path.with_name(f".{path.name}.del-{os.getpid()}")
+    if between is not None:
+        between(path, "judged")
     try:
         os.rename(path, aside)
     except FileNotFoundError:  # another worker's sweep took it
         return False
+    if between is not None:
+        between(path, "aside")
     if os.stat(aside).st_mtime_ns != judged.st_mtime_ns:
         os.utime(aside)
         os.replace(aside, path)
