@@ -66,7 +66,8 @@ BATCHING = os.environ.get("PARCEL_BATCHING", "0") != "0"
 MAX_BATCH_SIZE = int(os.environ.get("PARCEL_MAX_BATCH_SIZE", "4"))
 MAX_LATENCY_MS = int(os.environ.get("PARCEL_MAX_LATENCY_MS", "33800"))
 
-# Capture of answered traffic: PARCEL_CAPTURE_DIR, _SAMPLE, _QUEUE, _QUEUE_BYTES, _MAX_BYTES (docs/serving.md: capture).
+# Capture of answered traffic: PARCEL_CAPTURE_DIR, _SAMPLE, _QUEUE, _QUEUE_BYTES, _MAX_BYTES, _RETENTION_DAYS
+# (docs/serving.md: capture).
 CAPTURE = CaptureSettings.from_env()
 
 

@@ -139,17 +139,19 @@ def sweep(root: Path, cutoff: datetime, target: int | None = None,
           between: Callable[[Path, str], None] | None = None) -> Swept:
     """Delete the files that may go and were last written before `cutoff`, oldest first; with `target`,
     stop once the folder holds at most that many bytes (the cap), else delete all of them (retention).
+    At the cap blobs go before logs: they are the bulk, and a log line (a few hundred bytes) is what
+    the monitor's live quality reads back over `monitor.lookback_days`.
     `between(path, stage)` is a test hook for the race with a writer: run after a blob is judged
     ("judged") and after it was taken aside ("aside")."""
     out = Swept()
     limit = cutoff.timestamp()
-    aged: list[tuple[int, Path, os.stat_result]] = []
+    aged: list[tuple[bool, int, Path, os.stat_result]] = []
     for path, st, may_go in _files(root):
         out.size += st.st_size
         if may_go and st.st_mtime < limit:
-            aged.append((st.st_mtime_ns, path, st))
+            aged.append((target is not None and "blobs" not in path.parts, st.st_mtime_ns, path, st))
     out.candidates = len(aged)
-    for _, path, st in sorted(aged):
+    for _, _, path, st in sorted(aged):
         if target is not None and out.size <= target:
             break
         gone = _delete_blob(path, st, between) if "blobs" in path.relative_to(root).parts else _delete_log(root, path, out)
