@@ -118,8 +118,9 @@ class Swept:
     review: list[str] = field(default_factory=list)
 
 
-def _files(root: Path) -> Iterable[tuple[Path, os.stat_result, bool]]:
-    """(path, stat, may_go) of every file under `root`; may_go for blobs and rotated data logs."""
+def _files(root: Path) -> Iterable[tuple[Path, os.stat_result, str | None]]:
+    """(path, stat, kind) of every file under `root`; kind "blob" or "log" (a rotated data log) for
+    the files that may go, else None."""
     for base, dirs, names in os.walk(root):
         rel = Path(base).relative_to(root).parts
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -132,7 +133,7 @@ def _files(root: Path) -> Iterable[tuple[Path, os.stat_result, bool]]:
             blob = rel[:1] == ("blobs",) and not name.startswith(".")
             rotated = len(rel) == 3 and rel[0] == "log" and rel[2] == "data" and name.startswith("data.") \
                 and ".log." in name
-            yield path, st, blob or rotated
+            yield path, st, "blob" if blob else "log" if rotated else None
 
 
 def sweep(root: Path, cutoff: datetime, target: int | None = None,
@@ -146,15 +147,16 @@ def sweep(root: Path, cutoff: datetime, target: int | None = None,
     out = Swept()
     limit = cutoff.timestamp()
     aged: list[tuple[bool, int, Path, os.stat_result]] = []
-    for path, st, may_go in _files(root):
+    for path, st, kind in _files(root):
         out.size += st.st_size
-        if may_go and st.st_mtime < limit:
-            aged.append((target is not None and "blobs" not in path.parts, st.st_mtime_ns, path, st))
+        if kind is not None and st.st_mtime < limit:
+            aged.append((target is not None and kind == "log", st.st_mtime_ns, path, st))
     out.candidates = len(aged)
-    for _, _, path, st in sorted(aged):
+    for *_, path, st in sorted(aged):
         if target is not None and out.size <= target:
             break
-        gone = _delete_blob(path, st, between) if "blobs" in path.relative_to(root).parts else _delete_log(root, path, out)
+        blob = "blobs" in path.relative_to(root).parts[:1]
+        gone = _delete_blob(path, st, between) if blob else _delete_log(root, path, out)
         if gone:
             out.deleted += 1
             out.freed += st.st_size
@@ -236,8 +238,8 @@ class Ager:
 
     def __init__(self, root: Path, retention_days: float, max_bytes: int) -> None:
         self.root, self.retention_s, self.max_bytes = root, retention_days * 86400, max_bytes
-        self.deleted: Counter[str] = Counter()
-        self.freed: Counter[str] = Counter()
+        self.deleted: Counter[str] = Counter(retention=0, cap=0)  # keys fixed: /capturez reads them from another thread
+        self.freed: Counter[str] = Counter(retention=0, cap=0)
         self.review_deleted = 0
         self.through: datetime | None = None
         self._last_sweep = time.monotonic()   # the first retention sweep SWEEP_S after start

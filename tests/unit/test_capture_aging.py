@@ -243,3 +243,20 @@ def test_the_marker_never_passes_an_answer_no_landed_period_holds(spans: list[tu
     for s in at:
         if s < through:
             assert (before is not None and s < before) or any(a <= s < b for a, b in landed)
+
+
+def test_at_the_cap_blobs_go_before_the_lines_live_quality_reads(tmp_path: Path) -> None:
+    root, landing = tmp_path / "blobs" / "cap", tmp_path / "landing"   # a parent named like the blob folder
+    s = settings(root)
+    write(s, [rec(T1, photo(1))])
+    log = root / "log" / s.monitor / "data" / "data.0.log"
+    for handler in logging.getLogger(MONITOR_LOGGER).handlers:
+        if getattr(handler, "baseFilename", None) == str(log):
+            handler.doRollover()
+    [rotated] = log.parent.glob("data.0.log.*")
+    for blob in (root / "blobs").rglob("*"):               # the photo is younger than the log, still first
+        if blob.is_file():
+            os.utime(blob, (T1.timestamp() + 30, T1.timestamp() + 30))
+    cb.capture_batch([root], landing, P1, monitor=s.monitor)
+    out = aging.sweep(root, P1.until, target=folder_bytes(root) - 1)
+    assert out.deleted == 1 and not blobs(root) and rotated.exists()
