@@ -57,8 +57,9 @@ sweep: install
 	$(PY) -m flows.retrain --force
 	$(PY) -m mmcore.sweep quality
 
+# Loopback only, and closed: PARCEL_API_KEY=<key> make serve (or PARCEL_ALLOW_OPEN=1 to run it open on purpose).
 serve:
-	bentoml serve parcel-condition:latest --port 3000
+	bentoml serve parcel-condition:latest --host 127.0.0.1 --port 3000
 
 # The documentation site (mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every edit; `mkdocs build --strict` runs
 # in the tests (tests/docs).
@@ -66,7 +67,7 @@ docs: install
 	$(PY) -m mkdocs serve
 
 # Label the answers the service routed to human review (docs/orchestration-and-loop.md: the review queue);
-# PARCEL_API_KEY as for serve.
+# reviewers' own keys in PARCEL_REVIEWER_KEYS (name:key,...) or the file PARCEL_REVIEWER_KEYS_FILE names.
 review:
 	$(PY) -m mmcore.selective.review
 

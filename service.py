@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from mmcore.config import CLASSES
 from mmcore.serving.adapter import answer, warm_up_record
-from mmcore.serving.auth import ApiKeyMiddleware, configured_key
+from mmcore.serving.auth import KEY_ENV, SERVICE, ApiKeyMiddleware, configured_key, require_keys, service_middleware
 from mmcore.serving.capture import Capture, CaptureSettings
 from mmcore.serving.guards import BodyGuard, ClientErrorsWithoutPayload, guarded
 from mmcore.serving.limits import MAX_IMAGE_BYTES, MAX_NOTE_CHARS, MAX_RECORDS, check_image_bytes
@@ -89,6 +89,13 @@ class ParcelCondition:
         """Write what is still queued (a few seconds at most); the rest is counted as dropped."""
         self.capture.close()
 
+    @bentoml.on_deployment
+    def closed_by_default() -> None:
+        """`bentoml serve` stops here, before any worker starts, when no key is set, unless PARCEL_ALLOW_OPEN=1
+        says the service is open on purpose (then a warning here and an x-auth-warning header on every answer)."""
+        key = configured_key()
+        require_keys({SERVICE: key} if key else {}, "the service", KEY_ENV)
+
     def __is_ready__(self) -> bool:
         """/readyz: 200 only once the model is loaded and a warm-up prediction has run."""
         return self.ready
@@ -125,5 +132,5 @@ class ParcelCondition:
 
 ParcelCondition.add_asgi_middleware(CaptureMiddleware)  # outermost: every answer, a 401 too, has x-request-id
 # before BodyGuard: no body is read before the key is checked
-ParcelCondition.add_asgi_middleware(ApiKeyMiddleware, key=configured_key(), guarded=guarded)
+ParcelCondition.add_asgi_middleware(ApiKeyMiddleware, **service_middleware(guarded))
 ParcelCondition.add_asgi_middleware(BodyGuard)

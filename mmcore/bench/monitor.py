@@ -45,11 +45,12 @@ GOALS = {"capture_overhead_p50": ("<=", 0.05), "capture_overhead_rps": ("<=", 0.
 
 def capture_overhead(work: Path, params: Params, seconds: float, c1_requests: int, rounds: int) -> dict[str, Any]:
     """Capture on against off on the same service, ABBA order; fractions of the off figures."""
-    from mmcore.bench.serve import BIN, MODEL_NAME, ROOT, closed_loop, pct, random_bundle, serving, synthetic_records
+    from mmcore.bench.serve import (BENCH_KEY, BIN, MODEL_NAME, ROOT, closed_loop, pct, random_bundle, serving,
+                                    synthetic_records)
     from mmcore.stages.package import import_model
 
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PARCEL_API_KEY": BENCH_KEY}
     os.environ["BENTOML_HOME"] = env["BENTOML_HOME"]
     env["PARCEL_MODEL_TAG"] = str(import_model(random_bundle(work / "model", params.model), MODEL_NAME, "0").tag)
     bodies = [json.dumps({"records": [r]}).encode() for r in synthetic_records(200, seed=3)]

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -46,6 +47,8 @@ from mmcore.serving.speed import slowest_part
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODEL_NAME = "parcel-condition"
+# the servers the benches start run closed, as in production: closed_loop sends this key
+BENCH_KEY = secrets.token_urlsafe(18)
 SENSOR_KEYS = ("t_s", "temperature_c", "humidity_pct", "shock_g", "light_lux")
 NOTES = ("corner crushed, box dented", "wet patch on the side, label smeared", "tape cut and resealed",
          "parcel fine, no marks", "warm to the touch at pickup", "外箱破损", "seal broken, contents loose")
@@ -207,7 +210,8 @@ async def _closed_loop(url: str, bodies: list[bytes], concurrency: int, seconds:
             sent += 1
             start = time.perf_counter()
             try:
-                resp = await http.post(f"{url}/predict", content=body, headers={"content-type": "application/json"})
+                resp = await http.post(f"{url}/predict", content=body,
+                                       headers={"content-type": "application/json", "x-api-key": BENCH_KEY})
                 key = None if resp.status_code == 200 else str(resp.status_code)
             except httpx.HTTPError as exc:
                 key = type(exc).__name__
@@ -273,8 +277,9 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     env["PARCEL_MODEL_TAG"] = str(import_model(model_dir, MODEL_NAME, "0").tag)
     plain_tag = str(import_model(plain_dir, MODEL_NAME, "1").tag)
-    for name in ("PARCEL_API_KEY", "PARCEL_BACKEND", "PARCEL_BATCHING"):
+    for name in ("PARCEL_BACKEND", "PARCEL_BATCHING"):
         env.pop(name, None)
+    env["PARCEL_API_KEY"] = BENCH_KEY
     bodies = [json.dumps({"records": [r]}).encode() for r in records]
     warm = max(4, int(seconds / 5))
     with serving("service:ParcelCondition", ROOT, env, work / "logs" / "served.log") as url:

@@ -3,8 +3,8 @@ measures a new hub's traffic before it goes live, and how the scenario test and 
 benchmark make served traffic from labelled batches. Returns each answer with the record's label,
 so a label batch for the answers' prediction_ids can be written afterwards (`label_batch`).
 
-    python -m mmcore.monitor.replay --batch data/landing/B --url http://127.0.0.1:3000 [--per-request 8] \\
-        [--labels data/labels/B-labels --source inspection]
+    PARCEL_API_KEY=<the service's key> python -m mmcore.monitor.replay --batch data/landing/B \\
+        --url http://127.0.0.1:3000 [--per-request 8] [--labels data/labels/B-labels --source inspection]
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import argparse
 import base64
 import csv
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,13 +42,16 @@ def batch_records(batch: Path) -> Iterator[tuple[dict[str, Any], str | None]]:
             yield api_record(rec, batch), rec.get("label")
 
 
-def replay(url: str, batch: Path, per_request: int = 8, timeout: float = 120) -> list[dict[str, Any]]:
-    """Every record of `batch` through `url`/predict; returns the answers, each with `true_label`."""
+def replay(url: str, batch: Path, per_request: int = 8, timeout: float = 120,
+           key: str | None = None) -> list[dict[str, Any]]:
+    """Every record of `batch` through `url`/predict with the service's key (`key`, else PARCEL_API_KEY);
+    returns the answers, each with `true_label`."""
     import httpx
 
     pairs = list(batch_records(batch))
     answers: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url, timeout=timeout) as client:
+    key = key or os.environ.get("PARCEL_API_KEY")
+    with httpx.Client(base_url=url, timeout=timeout, headers={"x-api-key": key} if key else None) as client:
         for i in range(0, len(pairs), per_request):
             chunk = pairs[i:i + per_request]
             resp = client.post("/predict", json={"records": [r for r, _ in chunk]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import string
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def up(profile: Profile, restore_from: Path | None = None) -> int:
     services.start_supervisord(profile)
     start_databases(profile, restore_from)
     start_object_store(profile, restore_from)
+    profile.write_mlflow_auth_ini()
     services.start(profile, "mlflow", "prefect")
     services.wait_for(lambda: services.http_ok(f"{profile.mlflow_uri}/health"), 180, "MLflow", profile.logs / "mlflow.log")
     services.wait_for(lambda: services.http_ok(f"{profile.prefect_api}/health"), 300, "Prefect", profile.logs / "prefect.log")
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     profile = Profile.load(create_env=args.command == "up")
     if args.command == "env":
-        print("\n".join(f"export {k}={v}" for k, v in profile.client_env().items()))
+        print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in profile.client_env().items()))
         return 0
     try:
         if args.command == "up":

@@ -16,20 +16,26 @@ from dotenv import dotenv_values
 
 EXAMPLE, ENV_FILE = ".env.example", ".env"
 GENERATE = "generate"
-DATABASES = ("prefect", "mlflow")
+DATABASES = ("prefect", "mlflow", "mlflow_auth")    # mlflow_auth: the users of MLflow's basic-auth app
 
 
 def ensure_env_file(root: Path) -> Path:
-    """`.env` from `.env.example` on first use, each `generate` value replaced by a fresh secret."""
+    """`.env` from `.env.example` on first use, each `generate` value replaced by a fresh secret; a `.env`
+    from before a secret was added to the example gets that one appended (the others are never rotated)."""
     env = root / ENV_FILE
+    lines, generated = [], []
+    for line in (root / EXAMPLE).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        generate = sep and not line.lstrip().startswith("#") and value.strip() == GENERATE
+        lines.append(f"{key}={secrets.token_urlsafe(18)}" if generate else line)
+        if generate:
+            generated.append(lines[-1])
     if not env.is_file():
-        lines = []
-        for line in (root / EXAMPLE).read_text().splitlines():
-            key, sep, value = line.partition("=")
-            generate = sep and not line.lstrip().startswith("#") and value.strip() == GENERATE
-            lines.append(f"{key}={secrets.token_urlsafe(18)}" if generate else line)
         env.write_text("\n".join(lines) + "\n")
         env.chmod(0o600)
+    elif missing := [line for line in generated if line.partition("=")[0] not in dotenv_values(env)]:
+        with env.open("a") as f:
+            f.write("".join(f"{line}\n" for line in missing))
     return env
 
 
@@ -41,8 +47,8 @@ def values(root: Path, overrides: dict[str, str] | None = None) -> dict[str, str
     merged.update({k: v for k, v in {**os.environ, **(overrides or {})}.items() if k in merged})
     unset = [k for k, v in merged.items() if v == GENERATE]
     if unset:
-        raise SystemExit(f"{', '.join(unset)} still say '{GENERATE}': delete .env and rerun `make up` to "
-                         f"generate them, or set them in .env")
+        raise SystemExit(f"{', '.join(unset)} still say '{GENERATE}': run `make up`, which generates them into "
+                         f".env (keeping the secrets it holds), or set them in .env")
     return merged
 
 
@@ -127,9 +133,19 @@ class Profile:
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.port('proxy')}"
 
+    @property
+    def prefect_auth(self) -> str:
+        """`user:password`, Prefect's basic-auth string (PREFECT_SERVER_API_AUTH_STRING, PREFECT_API_AUTH_STRING)."""
+        return f"{self.env['PROFILE_PREFECT_USER']}:{self.env['PROFILE_PREFECT_PASSWORD']}"
+
     def client_env(self) -> dict[str, str]:
-        """What a flow, a worker or a shell needs to use the profile: the two URLs and the bucket's keys."""
+        """What a flow, a worker or a shell needs to use the profile: the two URLs and their credentials, the
+        bucket's keys and the service's key."""
         env = {"PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri,
+               "PREFECT_API_AUTH_STRING": self.prefect_auth,
+               "MLFLOW_TRACKING_USERNAME": self.env["PROFILE_MLFLOW_USER"],
+               "MLFLOW_TRACKING_PASSWORD": self.env["PROFILE_MLFLOW_PASSWORD"],
+               "PARCEL_API_KEY": self.env["PARCEL_API_KEY"],
                "AWS_ACCESS_KEY_ID": self.env["AWS_ACCESS_KEY_ID"],
                "AWS_SECRET_ACCESS_KEY": self.env["AWS_SECRET_ACCESS_KEY"],
                "AWS_DEFAULT_REGION": self.env["AWS_DEFAULT_REGION"],
@@ -151,8 +167,35 @@ class Profile:
                 "PROFILE_PG_AUTORESTART": "true" if self.env["PROFILE_PG_AUTORESTART"] == "1" else "false",
                 "PROFILE_S3_PORT": str(self.port("s3")), "PROFILE_S3_DIR_ABS": str(self.path("PROFILE_S3_DIR")),
                 "PROFILE_MLFLOW_PORT": str(self.port("mlflow")), "PROFILE_PREFECT_PORT": str(self.port("prefect")),
-                "PROFILE_MLFLOW_DB": self.database_url("mlflow"), "PROFILE_ARTIFACTS": f"s3://{self.bucket}/mlflow",
+                **self.server_secrets(), "PROFILE_ARTIFACTS": f"s3://{self.bucket}/mlflow",
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url("prefect", "asyncpg"),
                 "PREFECT_HOME": str(self.dir / "prefect"), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", "PROFILE_NGINX_CONF": str(self.dir / "nginx" / "nginx.conf"),
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True",
                 "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    @property
+    def mlflow_auth_ini(self) -> Path:
+        return self.dir / "mlflow" / "basic_auth.ini"
+
+    def server_secrets(self) -> dict[str, str]:
+        """What the servers read from their environment, never from a command line (`ps` shows those): MLflow's
+        database URI, its auth app's config file, admin and CSRF key; Prefect's auth string; reviewer keys."""
+        return {"MLFLOW_BACKEND_STORE_URI": self.database_url("mlflow"),
+                "MLFLOW_AUTH_CONFIG_PATH": str(self.mlflow_auth_ini),
+                "MLFLOW_AUTH_ADMIN_USERNAME": self.env["PROFILE_MLFLOW_USER"],
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.env["PROFILE_MLFLOW_PASSWORD"],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": self.env["PROFILE_MLFLOW_SECRET_KEY"],
+                "PREFECT_SERVER_API_AUTH_STRING": self.prefect_auth,
+                "PARCEL_REVIEWER_KEYS": self.env["PARCEL_REVIEWER_KEYS"]}
+
+    def write_mlflow_auth_ini(self) -> Path:
+        """MLflow's auth app reads its database from a file only: one only this user can read."""
+        path = self.mlflow_auth_ini
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text("[mlflow]\ndefault_permission = READ\n"
+                        f"database_uri = {self.database_url('mlflow_auth')}\n"
+                        f"admin_username = {self.env['PROFILE_MLFLOW_USER']}\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        return path

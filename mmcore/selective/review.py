@@ -7,10 +7,12 @@ PARCEL_CAPTURE_DIR's default; the label feed from params `ingest.labels`. The qu
 an answer becomes are mmcore/selective/review_queue.py's.
 
 The page (`GET /`, static/review.html: plain HTML, CSS and JS) loads without a key, because it holds
-no data; every `/api` call needs the service's key, PARCEL_API_KEY, as header `x-api-key` or
-`Authorization: Bearer`, checked by the service's own middleware (mmcore/serving/auth.py). The page keeps the
-key in sessionStorage and asks again on a 401, which is what a reviewer sees after the key rotated.
-With no key set the app says so at start and is open.
+no data; every `/api` call needs a reviewer's own key (PARCEL_REVIEWER_KEYS `name:key,...` or the file
+PARCEL_REVIEWER_KEYS_FILE names) as header `x-api-key` or `Authorization: Bearer`, checked by the service's
+own middleware (mmcore/serving/auth.py); the service's key (PARCEL_API_KEY) is refused with a 403, and
+every label line records the reviewer's name as `labeller`. The page keeps the key in sessionStorage and
+asks again on a 401, which is what a reviewer sees after the key rotated. Without reviewer keys the app
+refuses to start unless PARCEL_ALLOW_OPEN=1 (then labels record `anonymous`).
 
     GET  /api/next                     {"record": <the head of the queue> | null, "waiting", "classes", ...}
     GET  /api/records/<id>/image       the photo as received (image/jpeg or image/png)
@@ -24,7 +26,7 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +38,8 @@ from starlette.routing import Route
 from mmcore.config import CLASSES
 from mmcore.selective.review_queue import (NotFound, ReviewError, ReviewQueue, check_label, image_bytes,
                                            record_view)
-from mmcore.serving.auth import KEY_ENV, ApiKeyMiddleware, configured_key
+from mmcore.serving.auth import (KEY_ENV, REVIEWERS_ENV, REVIEWERS_FILE_ENV, ApiKeyMiddleware, KeySettingError,
+                                 configured_key, require_keys, reviewer_keys)
 from mmcore.serving.capture import MONITOR_NAME, CaptureSettings
 
 logger = logging.getLogger("mmcore.review")
@@ -74,7 +77,9 @@ async def label_of(request: Request) -> str:
     return check_label(payload["label"])
 
 
-def create_app(queue: ReviewQueue, api_key: str | None) -> Starlette:
+def create_app(queue: ReviewQueue, reviewers: Mapping[str, str], service_key: str | None = None) -> Starlette:
+    """The app over `queue`; `reviewers` (name -> key) may use /api, `service_key` gets a 403 there;
+    no reviewers: open (main() allows that only with PARCEL_ALLOW_OPEN=1)."""
     page = resources.files("mmcore.selective").joinpath(PAGE).read_text(encoding="utf-8")
 
     async def index(request: Request) -> Response:
@@ -100,9 +105,11 @@ def create_app(queue: ReviewQueue, api_key: str | None) -> Starlette:
 
     async def label(request: Request) -> Response:
         pid, chosen = request.path_params["prediction_id"], await label_of(request)
-        batch_id = await run_in_threadpool(queue.answer, pid, chosen)
-        logger.info("review: %s labelled %s (label batch %s)", pid, chosen, batch_id)
-        return JSONResponse({"prediction_id": pid, "label": chosen, "batch_id": batch_id}, status_code=201)
+        labeller = request.state.caller
+        batch_id = await run_in_threadpool(lambda: queue.answer(pid, chosen, labeller=labeller))
+        logger.info("review: %s labelled %s %s (label batch %s)", labeller, pid, chosen, batch_id)
+        return JSONResponse({"prediction_id": pid, "label": chosen, "batch_id": batch_id, "labeller": labeller},
+                            status_code=201)
 
     async def skip(request: Request) -> Response:
         pid = request.path_params["prediction_id"]
@@ -121,8 +128,9 @@ def create_app(queue: ReviewQueue, api_key: str | None) -> Starlette:
               Route("/api/records/{prediction_id}/label", label, methods=["POST"]),
               Route("/api/records/{prediction_id}/skip", skip, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={ReviewError: refused, HTTPException: http_error})
-    app.add_middleware(ApiKeyMiddleware, key=api_key, guarded=guarded,
-                       hint=f" with the service's current {KEY_ENV}")
+    app.add_middleware(ApiKeyMiddleware, keys=reviewers, guarded=guarded, hint=" with your current reviewer key",
+                       refused={"service": service_key} if service_key else None,
+                       refused_error=f"the service's key ({KEY_ENV}) cannot label: use your own reviewer key")
     return app
 
 
@@ -153,15 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     for root in roots:
         if not (root / "log" / args.monitor).is_dir():
             logger.warning("capture folder %s has no log/%s yet: nothing from it is in the queue", root, args.monitor)
-    key = configured_key()
-    if key is None:
-        logger.warning("%s is not set: the review queue is open to anyone who can reach %s:%s; set it to the "
-                       "service's key", KEY_ENV, args.host, args.port)
+    try:
+        reviewers = reviewer_keys()
+    except KeySettingError as exc:
+        raise SystemExit(f"the review app cannot start: {exc}") from None
+    require_keys(reviewers, "the review app", f"{REVIEWERS_ENV} (name:key,...) or {REVIEWERS_FILE_ENV}")
+    logger.info("reviewers: %s", ", ".join(sorted(reviewers)) or "none (open)")
     logger.info("review queue over %s; answers go to %s", ", ".join(map(str, roots)), labels)
     import uvicorn
 
-    uvicorn.run(create_app(ReviewQueue(roots, labels, args.monitor), key), host=args.host, port=args.port,
-                log_level="info")
+    app = create_app(ReviewQueue(roots, labels, args.monitor), reviewers, configured_key())
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
 if __name__ == "__main__":

@@ -229,12 +229,14 @@ def review_batch_id(prediction_id: str, now: datetime) -> str:
     return head + prediction_id
 
 
-def label_line(prediction_id: str, label: str, now: datetime) -> dict[str, str]:
+def label_line(prediction_id: str, label: str, now: datetime, labeller: str) -> dict[str, str]:
+    """A label line of the feed; `labeller` is the reviewer whose key sent it (ingest carries it into data/raw)."""
     return {"prediction_id": prediction_id, "label": label,
-            "labelled_at": now.astimezone(timezone.utc).isoformat(timespec="seconds"), "source": REVIEW}
+            "labelled_at": now.astimezone(timezone.utc).isoformat(timespec="seconds"), "source": REVIEW,
+            "labeller": labeller}
 
 
-def write_label_batch(labels: Path, prediction_id: str, label: str, now: datetime) -> str:
+def write_label_batch(labels: Path, prediction_id: str, label: str, now: datetime, labeller: str) -> str:
     """One answer as one finished label batch; returns its id. Readers never see half a batch: it is
     built in a dot folder and renamed, and `_SUCCESS` (what ingest waits for) is written last."""
     batch_id = review_batch_id(prediction_id, now)
@@ -245,7 +247,7 @@ def write_label_batch(labels: Path, prediction_id: str, label: str, now: datetim
     tmp = Path(tempfile.mkdtemp(prefix=f".{batch_id}.", dir=labels))
     try:
         with (tmp / LABELS_FILE).open("w", encoding="utf-8") as f:
-            f.write(json.dumps(label_line(prediction_id, label, now)) + "\n")
+            f.write(json.dumps(label_line(prediction_id, label, now, labeller)) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, final)
@@ -297,12 +299,13 @@ class ReviewQueue:
             self._waiting(prediction_id)
             self._skipped[prediction_id] = next(self._turn)
 
-    def answer(self, prediction_id: str, label: str, now: datetime | None = None) -> str:
-        """Write the reviewer's label (validated first); returns the label batch id."""
+    def answer(self, prediction_id: str, label: str, now: datetime | None = None, *, labeller: str) -> str:
+        """Write the reviewer's label (validated first), naming who gave it; returns the label batch id."""
         label = check_label(label)
         with self._lock:
             self._waiting(prediction_id)
-            batch_id = write_label_batch(self.labels, prediction_id, label, now or datetime.now(timezone.utc))
+            batch_id = write_label_batch(self.labels, prediction_id, label, now or datetime.now(timezone.utc),
+                                         labeller)
             self._skipped.pop(prediction_id, None)
         return batch_id
 

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -240,8 +241,10 @@ def serve_and_ask(bentoml_bin: Path, tag: str, venv: Path, home: Path, log_path:
     /predict, stop the server's whole process group. The server's output goes to `log_path`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # closed as in production: the caller's PARCEL_API_KEY, else a key made for this one check
+    key = os.environ.get("PARCEL_API_KEY") or secrets.token_urlsafe(18)
     env = clean_env(venv, BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="True", DO_NOT_TRACK="1",
-                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PARCEL_API_KEY=key)
     cmd = [str(bentoml_bin), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
     log(f"starting {' '.join(cmd)} (log {log_path})")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,9 +268,7 @@ def serve_and_ask(bentoml_bin: Path, tag: str, venv: Path, home: Path, log_path:
             time.sleep(0.5)
         result["ready_s"] = round(time.monotonic() - start, 1)
         log(f"ready after {result['ready_s']} s; POST /predict")
-        headers = {"content-type": "application/json"}
-        if key := os.environ.get("PARCEL_API_KEY"):
-            headers["x-api-key"] = key
+        headers = {"content-type": "application/json", "x-api-key": key}
         t0 = time.monotonic()
         status, body = http("POST", f"{url}/predict", json.dumps({"records": [one_record()]}).encode(), headers,
                             timeout=120)

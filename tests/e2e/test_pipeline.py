@@ -200,17 +200,22 @@ def start_server(workspace: Path, **env: str):
         proc.wait(timeout=30)
 
 
+E2E_KEY = "e2e-service-key"
+AUTH = {"x-api-key": E2E_KEY}
+
+
 @pytest.fixture(scope="module")
 def server(workspace: Path):
-    yield from start_server(workspace)
+    yield from start_server(workspace, PARCEL_API_KEY=E2E_KEY)
 
 
 def test_multipart_image_file(workspace: Path, server: str) -> None:
     image = sorted((workspace / "data" / "landing").glob("*/images/*"))[0]
-    ok = httpx.post(f"{server}/predict_file", files={"image": image.read_bytes()}, data={"note": "box dented"}, timeout=60)
+    ok = httpx.post(f"{server}/predict_file", files={"image": image.read_bytes()}, data={"note": "box dented"},
+                    headers=AUTH, timeout=60)
     assert ok.status_code == 200, ok.text
     assert ok.json()["label"] in CLASSES and ok.json()["modalities"] == ["image", "text"]
-    bad = httpx.post(f"{server}/predict_file", files={"image": b"not an image"}, timeout=60)
+    bad = httpx.post(f"{server}/predict_file", files={"image": b"not an image"}, headers=AUTH, timeout=60)
     assert bad.status_code == 400 and "image" in bad.text
 
 
@@ -234,7 +239,7 @@ def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
     records[0].pop("image", None)
     records[1]["note"] = None
     records[2].pop("sensor", None)
-    resp = httpx.post(f"{server}/predict", json={"records": records}, timeout=60)
+    resp = httpx.post(f"{server}/predict", json={"records": records}, headers=AUTH, timeout=60)
     assert resp.status_code == 200, resp.text
     preds = resp.json()
     assert [p["record_id"] for p in preds] == [r["record_id"] for r in records]
@@ -274,6 +279,6 @@ def test_served_predictions_match_mmcore(workspace: Path, server: str) -> None:
     ({"records": [{"note": "   "}]}, "modality"),
 ])
 def test_malformed_requests_get_4xx_naming_the_field(server: str, body: dict, field: str) -> None:
-    resp = httpx.post(f"{server}/predict", json=body, timeout=30)
+    resp = httpx.post(f"{server}/predict", json=body, headers=AUTH, timeout=30)
     assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
     assert field in resp.text

@@ -3,6 +3,7 @@ on loopback, a webhook receiver, and the REST calls that trigger and watch deplo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,8 @@ def wait_until(check, timeout: float, what: str, every: float = 0.5) -> Any:
 
 class PrefectServer:
     """`prefect server start` on loopback with its own PREFECT_HOME; env() points clients at it."""
+
+    auth: httpx.BasicAuth | None = None      # the profile's server requires its credentials
 
     def __init__(self, home: Path) -> None:
         self.home, self.port = home, free_port()
@@ -109,7 +112,7 @@ class PrefectServer:
         for errors it rolled back and calls retryable (SQLite busy under load), and a day's
         trigger once failed on one."""
         for attempt in range(6):
-            resp = httpx.request(method, f"{self.api}{path}", timeout=30, **kwargs)
+            resp = httpx.request(method, f"{self.api}{path}", timeout=30, auth=self.auth, **kwargs)
             if resp.status_code not in (429, 503):
                 break
             time.sleep(2 ** attempt)
@@ -189,6 +192,11 @@ class ProfileServer(PrefectServer):
         self.profile = Profile.load(ws, create_env=True, overrides=self.vars)
         self.home, self.port = self.profile.dir / "prefect", self.profile.port("prefect")
         self.api, self.mlflow_uri = self.profile.prefect_api, self.profile.mlflow_uri
+        self.auth = httpx.BasicAuth(*self.profile.prefect_auth.split(":", 1))
+        self.key = {"x-api-key": self.profile.env["PARCEL_API_KEY"]}     # what the bentos behind nginx require
+        # the tests' own MlflowClient(tracking_uri=...) read MLflow's credentials from the environment
+        os.environ.update({k: v for k, v in self.profile.client_env().items()
+                           if k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
         self.procs = []
 
     def env(self, ws: Path) -> dict[str, str]:

@@ -80,7 +80,7 @@ class Faults:
         assert live(self.srv.profile)["bento"] == f"parcel-condition:v{champion}"
         def answered() -> httpx.Response | None:
             resp = httpx.post(f"{self.srv.profile.proxy_url}/predict", json={"records": [{"note": "box wet"}]},
-                              timeout=60)
+                              headers=self.srv.key, timeout=60)
             return resp if resp.status_code == 200 else None
 
         try:   # the live bento answers through nginx (given a minute, as supervisor restarts a crashed one)
@@ -203,17 +203,17 @@ def test_object_store_unreachable_during_push_fails_clearly_and_the_next_run_pus
     faults.assert_consistent()
 
 
-def answers(url: str) -> list[dict]:
+def answers(url: str, key: dict[str, str]) -> list[dict]:
     from mmcore.bench.serve import synthetic_records
 
-    resp = httpx.post(f"{url}/predict", json={"records": synthetic_records(8, seed=5)}, timeout=120)
+    resp = httpx.post(f"{url}/predict", json={"records": synthetic_records(8, seed=5)}, headers=key, timeout=120)
     assert resp.status_code == 200, resp.text
     return [{k: a[k] for k in ("label", "probabilities", "model_version")} for a in resp.json()]
 
 
 def test_backup_then_restore_on_a_clean_directory_brings_back_the_same_champion(faults: Faults) -> None:
     srv, ws = faults.srv, faults.ws
-    before, served = faults.assert_consistent(), answers(srv.profile.proxy_url)
+    before, served = faults.assert_consistent(), answers(srv.profile.proxy_url, srv.key)
     flow_runs = {r["id"]: r["state"]["type"] for r in srv.post("/flow_runs/filter", {"limit": 200})}
     lock = (ws / "dvc.lock").read_text()
     backup = Path(srv.profile_cli("backup").stdout.strip().splitlines()[-1])
@@ -226,7 +226,7 @@ def test_backup_then_restore_on_a_clean_directory_brings_back_the_same_champion(
     srv.profile_cli("up", "--restore", str(backup))
     after = faults.registry()
     assert after == before, (before, after)   # versions and their tags, aliases, every run and its status
-    assert answers(srv.profile.proxy_url) == served
+    assert answers(srv.profile.proxy_url, srv.key) == served
     assert (ws / "dvc.lock").read_text() == lock
     status = subprocess.run([BIN / "dvc", "status"], cwd=ws, env=srv.env(ws), text=True, capture_output=True)
     # every data version of dvc.lock is back from the remote (reports with `cache: false` are not in it)

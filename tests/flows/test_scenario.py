@@ -193,6 +193,7 @@ class ProxyClients:
         from mmcore.bench.serve import synthetic_records
 
         self.url, self.pause_s, self.stop = f"{server.profile.proxy_url}/predict", pause_s, threading.Event()
+        self.key = server.key
         self.answers: list[tuple[float, str]] = []    # (sent at, model_version)
         self.failures: list[str] = []
         self.bodies = [{"records": [r]} for r in synthetic_records(clients, seed=11)]
@@ -204,7 +205,7 @@ class ProxyClients:
             t.start()
 
     def send(self, body: dict) -> None:
-        with httpx.Client(timeout=60) as http:
+        with httpx.Client(timeout=60, headers=self.key) as http:
             while not self.stop.is_set():
                 sent = time.time()
                 try:
@@ -259,7 +260,7 @@ def test_day0_deployment_run_completes_end_to_end_with_champion_v1(scenario: Sce
     # the profile: the champion's bento went live behind nginx, its data versions are in the bucket
     assert day["live"]["bento"] == "parcel-condition:v1", day["live"]
     answer = httpx.post(f"{scenario.server.profile.proxy_url}/predict", json={"records": [{"note": "box wet"}]},
-                        timeout=60)
+                        headers=scenario.server.key, timeout=60)
     assert answer.status_code == 200 and answer.json()[0]["model_version"] == "1"
     from mmcore.profile import objectstore
 
@@ -348,8 +349,7 @@ def test_a_second_run_waits_for_the_running_one(scenario: Scenario) -> None:
         assert srv.get(f"/flow_runs/{run_id}")["state"]["type"] == "RUNNING"
         assert "no new batch" not in srv.logs(run_id)
     finally:
-        httpx.post(f"{srv.api}/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease["lease_id"]},
-                   timeout=30).raise_for_status()
+        srv.request("POST", "/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease["lease_id"]})
     assert srv.wait(run_id, 120)["state"]["type"] == "COMPLETED"
     wait_until(lambda: "no new batch" in srv.logs(run_id), 30, "the run's last logs (sent in batches)")
 
@@ -387,7 +387,8 @@ class Loop:
 
         self.sc, self.ws, self.srv = scenario, scenario.ws, scenario.server
         self.capture = self.ws / "capture"
-        self.env = {**env_for(self.ws), "PARCEL_CAPTURE_DIR": str(self.capture)}
+        self.env = {**env_for(self.ws), "PARCEL_CAPTURE_DIR": str(self.capture),
+                    "PARCEL_API_KEY": self.srv.profile.env["PARCEL_API_KEY"]}
 
     def traffic(self, batch: str, n: int, seed: int, shift: str | None = None) -> Path:
         import dataclasses
@@ -409,7 +410,7 @@ class Loop:
         with serving(bento, self.ws, self.env, self.ws / "logs" / f"serve-{bento.split(':')[1]}.log") as url:
             for batch in batches:
                 since = next_second()
-                answers = replay(url, batch, per_request=8)
+                answers = replay(url, batch, per_request=8, key=self.env["PARCEL_API_KEY"])
                 out.append((since, next_second(1.0), answers))
         return out
 

@@ -20,6 +20,10 @@ from mmcore.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# every server here runs closed, as in production: the service's key, and a reviewer's it must refuse
+API_KEY = "serve-test-key"
+REVIEWER_KEY = "serve-test-reviewer-key"
+AUTH = {"x-api-key": API_KEY}
 
 REGISTER = """
 import sys
@@ -38,7 +42,8 @@ def env_for(ws: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "BENTOML_", "PREFECT_", "PARCEL_"))}
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", BENTOML_HOME=str(ws / ".bentoml"), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", BENTOML_DO_NOT_TRACK="True", DO_NOT_TRACK="1", PYTHONPATH=str(ws))
+               TRANSFORMERS_OFFLINE="1", BENTOML_DO_NOT_TRACK="True", DO_NOT_TRACK="1", PYTHONPATH=str(ws),
+               PARCEL_API_KEY=API_KEY, PARCEL_REVIEWER_KEYS=f"ana:{REVIEWER_KEY}")
     env.update(extra)
     return env
 

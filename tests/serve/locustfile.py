@@ -3,6 +3,7 @@ each user posts one to four distinct records, some with a modality missing, back
 from __future__ import annotations
 
 import json
+import os
 import random
 
 from locust import HttpUser, task
@@ -27,6 +28,7 @@ class Client(HttpUser):
     def predict(self) -> None:
         records = self.rng.sample(POOL, self.rng.choice((1, 1, 1, 2, 4)))
         with self.client.post("/predict", data=json.dumps({"records": records}), timeout=120,
-                              headers={"content-type": "application/json"}, catch_response=True) as resp:
+                              headers={"content-type": "application/json", "x-api-key": os.environ["PARCEL_API_KEY"]},
+                              catch_response=True) as resp:
             if resp.status_code != 200 or len(resp.json()) != len(records):
                 resp.failure(f"status {resp.status_code}")

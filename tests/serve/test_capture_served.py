@@ -20,7 +20,7 @@ import pytest
 
 from mmcore.bench.serve import serving, synthetic_records
 from mmcore.data.ingest import ingest
-from tests.serve.conftest import env_for
+from tests.serve.conftest import AUTH, env_for
 
 pytestmark = pytest.mark.slow
 ID = re.compile(r"^[0-9a-f]{32}$")
@@ -67,12 +67,12 @@ def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path,
     recs = synthetic_records(2, seed=11)
     recs[0].update(shipment_id="S-serve-1", hub="AMS04")
     body = {"records": [recs[0], {"note": "tape cut, box resealed"}, {"sensor": recs[1]["sensor"]}]}
-    resp = httpx.post(f"{server}/predict", json=body, timeout=120)
+    resp = httpx.post(f"{server}/predict", json=body, headers=AUTH, timeout=120)
     assert resp.status_code == 200, resp.text
     preds = resp.json()
     assert ID.match(resp.headers["x-request-id"]) and all(ID.match(p["prediction_id"]) for p in preds)
     one = httpx.post(f"{server}/predict_file", files={"image": ("p.jpg", base64.b64decode(recs[1]["image"]))},
-                     data={"note": "wet corner", "hub": "FRA05"}, timeout=120)
+                     data={"note": "wet corner", "hub": "FRA05"}, headers=AUTH, timeout=120)
     assert one.status_code == 200, one.text
     pids = [p["prediction_id"] for p in preds] + [one.json()["prediction_id"]]
     assert len(set(pids)) == 4 and one.headers["x-request-id"] != resp.headers["x-request-id"]
@@ -116,7 +116,7 @@ def test_unwritable_capture_folder_never_fails_a_request(serve_ws: Path, tmp_pat
         before = dropped(url, "write_error")
         for i in range(3):
             resp = httpx.post(f"{url}/predict", json={"records": [{"note": f"crushed {i}"}, {"note": "ok"}]},
-                              timeout=120)
+                              headers=AUTH, timeout=120)
             assert resp.status_code == 200, resp.text
             assert len(resp.json()) == 2 and "x-request-id" in resp.headers
         deadline = time.monotonic() + 20

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.serve.conftest import API_KEY
+
 pytestmark = pytest.mark.slow
 
 
 def fuzz(url: str, seed: int, report: Path) -> list[int]:
     """One schemathesis run, bounded by example count; the status of every response it got."""
     cmd = [Path(sys.executable).parent / "schemathesis", "run", f"{url}/docs.json",
+           "--header", f"x-api-key: {API_KEY}",
            "--checks", "not_a_server_error", "--max-examples", "100", "--seed", str(seed),
            "--phases", "examples,coverage,fuzzing", "--workers", "2", "--request-timeout", "120",
            "--no-color", "--report", "ndjson", "--report-ndjson-path", report, "--generation-database", "none"]

@@ -16,6 +16,7 @@ from PIL import Image
 from mmcore.bench.serve import synthetic_records
 from mmcore.config import CLASSES
 from tests.conftest import BAD_PHOTOS
+from tests.serve.conftest import AUTH
 
 pytestmark = pytest.mark.slow
 SECRET = "PAYLOAD-MARKER-7f3a"  # sent inside refused and accepted bodies; must never reach the log
@@ -43,7 +44,8 @@ def sensor(rows: int, **over: list) -> dict:
 
 def post(url: str, body: dict | str) -> httpx.Response:
     content = body if isinstance(body, str) else json.dumps(body)
-    return httpx.post(f"{url}/predict", content=content, headers={"content-type": "application/json"}, timeout=120)
+    return httpx.post(f"{url}/predict", content=content, headers={"content-type": "application/json", **AUTH},
+                      timeout=120)
 
 
 def test_valid_records_with_any_modality_missing(server: str) -> None:
@@ -106,7 +108,7 @@ def test_refused_inputs_get_a_4xx_naming_the_fault(server: str, case: str) -> No
 def test_multipart_limits(server: str) -> None:
     rec = synthetic_records(1, seed=6)[0]
     ok = httpx.post(f"{server}/predict_file", files={"image": ("p.jpg", base64.b64decode(rec["image"]), "image/jpeg")},
-                    data={"note": "box dented", "sensor": json.dumps(rec["sensor"])}, timeout=120)
+                    data={"note": "box dented", "sensor": json.dumps(rec["sensor"])}, headers=AUTH, timeout=120)
     assert ok.status_code == 200, ok.text
     assert ok.json()["modalities"] == ["image", "text", "sensor"]
     for files, data, needle in [
@@ -116,7 +118,7 @@ def test_multipart_limits(server: str) -> None:
         ({"image": ("p.jpg", base64.b64decode(rec["image"]), "image/jpeg")}, {"note": "x" * 10_001}, "note"),
         ({"image": ("p.jpg", base64.b64decode(rec["image"]), "image/jpeg")}, {"sensor": '{"t_s": "no"}'}, "sensor"),
     ]:
-        resp = httpx.post(f"{server}/predict_file", files=files, data=data, timeout=120)
+        resp = httpx.post(f"{server}/predict_file", files=files, data=data, headers=AUTH, timeout=120)
         assert 400 <= resp.status_code < 500, (needle, resp.status_code, resp.text[:300])
         assert needle in resp.text.lower(), resp.text[:300]
 
@@ -131,7 +133,7 @@ def test_health_readiness_metrics_and_openapi(server: str) -> None:
     assert {"/predict", "/predict_file", "/labels"} <= set(spec["paths"])
     page = httpx.get(f"{server}/", timeout=10)  # BentoML's OpenAPI page (Swagger UI over /docs.json)
     assert page.status_code == 200 and "html" in page.headers["content-type"]
-    labels = httpx.post(f"{server}/labels", json={}, timeout=10).json()
+    labels = httpx.post(f"{server}/labels", json={}, headers=AUTH, timeout=10).json()
     assert labels == {"labels": list(CLASSES), "model_version": "1"}
 
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.serve.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -16,7 +19,8 @@ def test_60s_at_concurrency_32_without_errors(server: str, tmp_path: Path) -> No
     cmd = [Path(sys.executable).parent / "locust", "-f", HERE / "locustfile.py", "--headless", "--host", server,
            "--users", "32", "--spawn-rate", "32", "--run-time", "60s", "--stop-timeout", "60",
            "--csv", tmp_path / "load", "--only-summary", "--exit-code-on-error", "1", "--loglevel", "WARNING"]
-    proc = subprocess.run([str(c) for c in cmd], cwd=HERE.parents[1], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([str(c) for c in cmd], cwd=HERE.parents[1], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PARCEL_API_KEY": API_KEY})
     rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "load_stats.csv").open())}
     total = rows["Aggregated"]
     failures = (tmp_path / "load_failures.csv").read_text()

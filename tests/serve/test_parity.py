@@ -13,7 +13,7 @@ import pytest
 
 from mmcore.bench.serve import RANDOM_CALIBRATION, serving, synthetic_records, to_mmcore
 from mmcore.config import CLASSES
-from tests.serve.conftest import env_for
+from tests.serve.conftest import AUTH, env_for
 
 ROUTING = ("prediction_set", "decision", "review_reason")
 
@@ -60,7 +60,7 @@ def check_parity_under_batching(server: str, model_dir: Path, backend: str) -> N
     bodies = [{"records": [r]} for r in records] + [{"records": records[:5]}]
 
     def post(body: dict) -> list[dict]:
-        resp = httpx.post(f"{server}/predict", json=body, timeout=120)
+        resp = httpx.post(f"{server}/predict", json=body, headers=AUTH, timeout=120)
         assert resp.status_code == 200, resp.text
         return resp.json()
 

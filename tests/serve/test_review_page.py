@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, Page, expect  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KEY = "review-key-1"
+SERVICE_KEY = "service-key-1"
 
 
 def free_port() -> int:
@@ -52,9 +53,10 @@ def wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) ->
 
 @contextmanager
 def review_app(cap: Path, monitor: str, labels: Path, key: str, port: int) -> Iterator[str]:
-    """`python -m mmcore.selective.review` on a loopback port with PARCEL_API_KEY=key; its URL."""
+    """`python -m mmcore.selective.review` on a loopback port with reviewer ana's key `key` (and the
+    service's key, which the page must refuse); its URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARCEL_")}
-    env.update(PARCEL_API_KEY=key, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.update(PARCEL_REVIEWER_KEYS=f"ana:{key}", PARCEL_API_KEY=SERVICE_KEY, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     log = labels.parent / f"review-app-{port}-{key}.log"
     cmd = [sys.executable, "-m", "mmcore.selective.review", "--capture", str(cap), "--labels", str(labels),
            "--monitor", monitor, "--host", "127.0.0.1", "--port", str(port)]
@@ -151,6 +153,17 @@ def test_a_shortcut_labels_the_shown_record_and_the_next_one_shows(page: Page, c
         expect(page.locator("#no-photo")).to_have_text("(no photo sent)")
     [line] = batches(labels)
     assert line["prediction_id"] == "p1" and line["label"] == CLASSES[3] and line["source"] == "review"
+    assert line["labeller"] == "ana"
+
+
+def test_the_services_key_cannot_label_and_the_page_says_so(page: Page, captured: tuple[Path, str],
+                                                           tmp_path: Path) -> None:
+    labels = tmp_path / "labels"
+    with review_app(*captured, labels, KEY, free_port()) as url:
+        enter_key(page, url, SERVICE_KEY)
+        expect(page.locator("#key-message")).to_contain_text("cannot label: use your own reviewer key")
+        expect(page.locator("#key-panel")).to_be_visible()
+    assert not labels.exists()
 
 
 def test_a_skipped_record_comes_back_after_the_others_and_nothing_is_written(

@@ -1,11 +1,14 @@
 """The production profile's settings and files, without starting it (the flows tests start it)."""
 from __future__ import annotations
 
+import configparser
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from mmcore.profile.settings import Profile, ensure_env_file, values
 
@@ -16,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy(ROOT / ".env.example", tmp_path / ".env.example")
     shutil.copytree(ROOT / "profile", tmp_path / "profile")
-    for key in values(tmp_path, {"PROFILE_PG_PASSWORD": "x", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}):
+    generated = {k: "x" for k, v in dotenv_values(tmp_path / ".env.example").items() if v == "generate"}
+    for key in values(tmp_path, generated):
         monkeypatch.delenv(key, raising=False)
     return tmp_path
 
@@ -26,15 +30,17 @@ def test_the_first_up_writes_env_with_fresh_secrets_and_keeps_it(root: Path) -> 
     first = env.read_text()
     secrets = values(root)
     assert env.stat().st_mode & 0o777 == 0o600
-    assert "generate" not in {secrets[k] for k in ("PROFILE_PG_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    assert len({secrets["PROFILE_PG_PASSWORD"], secrets["AWS_SECRET_ACCESS_KEY"]}) == 2
+    generated = ("PROFILE_PG_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PARCEL_API_KEY",
+                 "PROFILE_PREFECT_PASSWORD", "PROFILE_MLFLOW_PASSWORD", "PROFILE_MLFLOW_SECRET_KEY")
+    assert "generate" not in {secrets[k] for k in generated}
+    assert len({secrets[k] for k in generated}) == len(generated)
     assert "# PostgreSQL" in first                       # the documentation comes along
     ensure_env_file(root)
     assert env.read_text() == first                      # a second `up` never rotates them
 
 
 def test_a_secret_still_saying_generate_is_refused_with_what_to_do(root: Path) -> None:
-    with pytest.raises(SystemExit, match="PROFILE_PG_PASSWORD.*delete .env and rerun `make up`"):
+    with pytest.raises(SystemExit, match="PROFILE_PG_PASSWORD.*run `make up`, which generates them"):
         values(root)
 
 
@@ -79,3 +85,50 @@ def test_the_rendered_nginx_config_is_valid_and_points_at_the_live_bento(root: P
     upstream(p, 58102)
     assert "127.0.0.1:58102" in (p.dir / "nginx" / "upstream.conf").read_text()
     assert "127.0.0.1:58101" not in (p.dir / "nginx" / "upstream.conf").read_text()
+
+
+def test_a_secret_added_to_the_example_later_is_appended_without_rotating_the_others(root: Path) -> None:
+    env = ensure_env_file(root)
+    before = values(root)
+    env.write_text("".join(line + "\n" for line in env.read_text().splitlines() if not line.startswith("PARCEL_API_KEY=")))
+    ensure_env_file(root)
+    after = values(root)
+    assert after["PARCEL_API_KEY"] not in ("", "generate", before["PARCEL_API_KEY"])
+    assert {k: v for k, v in after.items() if k != "PARCEL_API_KEY"} == \
+        {k: v for k, v in before.items() if k != "PARCEL_API_KEY"}
+
+
+def test_clients_get_the_credentials_and_no_secret_is_on_a_command_line(root: Path, tmp_path_factory) -> None:
+    """`ps` shows every command line to everyone on the machine: the supervisor programs' commands, expanded
+    as supervisord expands them, hold none of the profile's secrets; the servers read them from their
+    environment, the clients get theirs from client_env."""
+    from mmcore.serving.bluegreen import program
+
+    fake_bin = tmp_path_factory.mktemp("pgbin")
+    (fake_bin / "postgres").write_text("")
+    ensure_env_file(root)
+    p = Profile.load(root, overrides={"PROFILE_PG_BIN": str(fake_bin)})
+    client, servers = p.client_env(), p.supervisor_env()
+    assert client["PREFECT_API_AUTH_STRING"] == f"parcel:{p.env['PROFILE_PREFECT_PASSWORD']}"
+    assert servers["PREFECT_SERVER_API_AUTH_STRING"] == client["PREFECT_API_AUTH_STRING"]
+    assert (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"]) == \
+        (servers["MLFLOW_AUTH_ADMIN_USERNAME"], servers["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    assert client["PARCEL_API_KEY"] == p.env["PARCEL_API_KEY"]
+    assert p.env["PROFILE_PG_PASSWORD"] in servers["MLFLOW_BACKEND_STORE_URI"]
+
+    conf = configparser.RawConfigParser()
+    conf.read(root / "profile" / "supervisord.conf")
+    conf.read(program(p, "blue", "parcel-condition:v1", 58101))          # a bento, as blue/green adds it
+    commands = [conf.get(s, "command") for s in conf.sections() if s.startswith("program:")]
+    assert len(commands) == 7
+    expanded = [re.sub(r"%\(ENV_(\w+)\)s", lambda m: servers[m.group(1)], c) for c in commands]
+    assert any("--app-name basic-auth" in c for c in expanded)
+    secrets = {k: v for k, v in p.env.items() if "PASSWORD" in k or "SECRET" in k or k == "PARCEL_API_KEY"}
+    leaked = {k for k, v in secrets.items() for c in expanded if v in c}
+    assert leaked == set(), leaked
+
+    ini = p.write_mlflow_auth_ini()
+    assert ini.stat().st_mode & 0o777 == 0o600
+    auth = configparser.ConfigParser()
+    auth.read(ini)
+    assert auth["mlflow"]["database_uri"].endswith("/mlflow_auth") and "admin_password" not in auth["mlflow"]

@@ -31,6 +31,8 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
 SENSOR = {"t_s": [0.0, 60.0, 120.0], "temperature_c": [4.0, 9.5, 4.2], "humidity_pct": [50.0, 51.0, 52.0],
           "shock_g": [0.1, 6.0, 0.2], "light_lux": [0.0, 0.0, 300.0]}
 KEY = "test-key-1"
+REVIEWERS = {"ana": KEY, "ben": "test-key-2"}
+SERVICE_KEY = "service-key-1"
 
 
 def jpeg(color: tuple[int, int, int] = (150, 120, 90)) -> bytes:
@@ -143,12 +145,13 @@ def test_an_answer_is_a_label_batch_the_label_feed_joins_onto_the_captured_recor
     queue, monitor = three
     labels = tmp_path / "labels"
     at = datetime(2026, 12, 2, 8, 30, 15, tzinfo=timezone.utc)
-    batch_id = queue.answer("p1", " Wet ", now=at)
+    batch_id = queue.answer("p1", " Wet ", now=at, labeller="ana")
 
     assert batch_id == "review-20261202T083015-p1" and RECORD_ID_RE.match(batch_id)
     assert sorted(p.name for p in labels.iterdir()) == [batch_id]      # no temp folder left behind
     assert json.loads((labels / batch_id / "labels.jsonl").read_text()) == {
-        "prediction_id": "p1", "label": "wet", "labelled_at": "2026-12-02T08:30:15+00:00", "source": "review"}
+        "prediction_id": "p1", "label": "wet", "labelled_at": "2026-12-02T08:30:15+00:00", "source": "review",
+        "labeller": "ana"}
     assert ids(queue) == ["p2", "p3"]
 
     line = json.loads(log_file(tmp_path / "cap", monitor).read_text().splitlines()[1])
@@ -164,15 +167,15 @@ def test_an_answer_is_a_label_batch_the_label_feed_joins_onto_the_captured_recor
 def test_bad_answers_are_refused_and_write_nothing(three: tuple[ReviewQueue, str], tmp_path: Path) -> None:
     queue, _ = three
     with pytest.raises(BadLabel, match="not one of the classes"):
-        queue.answer("p1", "squashed")
+        queue.answer("p1", "squashed", labeller="ana")
     with pytest.raises(NotFound, match="no captured answer routed to review"):
-        queue.answer("auto1", "normal")               # answered without review: not in the queue
+        queue.answer("auto1", "normal", labeller="ana")             # answered without review: not in the queue
     with pytest.raises(NotFound):
-        queue.answer("../p1", "normal")
+        queue.answer("../p1", "normal", labeller="ana")
     assert not (tmp_path / "labels").exists()
-    queue.answer("p1", "damaged")
+    queue.answer("p1", "damaged", labeller="ana")
     with pytest.raises(AlreadyLabelled, match="already has a label"):
-        queue.answer("p1", "wet")
+        queue.answer("p1", "wet", labeller="ana")
     assert len(list((tmp_path / "labels").iterdir())) == 1
 
 
@@ -209,7 +212,7 @@ def test_the_view_carries_what_a_reviewer_needs(three: tuple[ReviewQueue, str]) 
 
 def test_api_needs_the_key_and_explains_bad_requests(three: tuple[ReviewQueue, str], tmp_path: Path) -> None:
     queue, _ = three
-    client = TestClient(create_app(queue, KEY))
+    client = TestClient(create_app(queue, REVIEWERS, SERVICE_KEY))
     assert client.get("/").status_code == 200                          # the page holds no data
     assert client.get("/api/next").status_code == 401
     assert client.get("/api/next", headers={"x-api-key": "old-key"}).status_code == 401
@@ -231,10 +234,43 @@ def test_api_needs_the_key_and_explains_bad_requests(three: tuple[ReviewQueue, s
     assert post("nobody", b'{"label": "wet"}').status_code == 404
     assert not (tmp_path / "labels").exists()
 
+    service = client.post("/api/records/p1/label", content=b'{"label": "wet"}', headers={"x-api-key": SERVICE_KEY})
+    assert service.status_code == 403 and "cannot label" in service.json()["error"]   # the service's key labels nothing
+    assert client.get("/api/next", headers={"x-api-key": SERVICE_KEY}).status_code == 403
+    assert not (tmp_path / "labels").exists()
+
     ok = post("p1", b'{"label": "wet"}')
-    assert ok.status_code == 201 and ok.json()["batch_id"].endswith("-p1")
+    assert ok.status_code == 201 and ok.json()["batch_id"].endswith("-p1") and ok.json()["labeller"] == "ana"
+    written = json.loads((tmp_path / "labels" / ok.json()["batch_id"] / "labels.jsonl").read_text())
+    assert written["labeller"] == "ana"
     again = post("p1", b'{"label": "normal"}')
     assert again.status_code == 409 and "already has a label" in again.json()["error"]
     assert client.post("/api/records/p2/skip", headers=auth).json() == {"prediction_id": "p2", "skipped": True}
     assert client.get("/api/next", headers=auth).json()["record"]["prediction_id"] == "p3"
     assert client.get("/api/nowhere", headers=auth).status_code == 404
+    by_ben = client.post("/api/records/p3/label", content=b'{"label": "tampered"}', headers={"x-api-key": "test-key-2"})
+    written = json.loads((tmp_path / "labels" / by_ben.json()["batch_id"] / "labels.jsonl").read_text())
+    assert written["labeller"] == "ben"
+
+
+def test_an_open_review_app_warns_on_every_answer_and_records_anonymous(three: tuple[ReviewQueue, str],
+                                                                        tmp_path: Path) -> None:
+    client = TestClient(create_app(three[0], {}))
+    head = client.get("/api/next")
+    assert head.status_code == 200 and "open on purpose" in head.headers["x-auth-warning"]
+    ok = client.post("/api/records/p1/label", content=b'{"label": "wet"}')
+    assert ok.status_code == 201 and ok.json()["labeller"] == "anonymous"
+
+
+def test_the_review_app_refuses_to_start_without_reviewer_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mmcore.selective.review import main
+
+    for name in ("PARCEL_REVIEWER_KEYS", "PARCEL_REVIEWER_KEYS_FILE", "PARCEL_ALLOW_OPEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PARCEL_API_KEY", "service-key-1")      # the service's key is no reviewer key
+    args = ["--capture", str(tmp_path / "cap"), "--labels", str(tmp_path / "labels")]
+    with pytest.raises(SystemExit, match="PARCEL_REVIEWER_KEYS.*PARCEL_ALLOW_OPEN=1"):
+        main(args)
+    monkeypatch.setenv("PARCEL_REVIEWER_KEYS", "ana:service-key-1")
+    with pytest.raises(SystemExit, match="reviewers need keys of their own"):
+        main(args)
