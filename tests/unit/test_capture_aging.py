@@ -194,7 +194,7 @@ def test_the_review_queue_reports_routed_answers_capture_deleted_before_review(t
     [rotated] = log.parent.glob("data.0.log.*")
     write(s, [rec(T1 + timedelta(seconds=20), photo(9), "review", pid="kept")])
     queue = ReviewQueue([root], labels, s.monitor)
-    queue.answer("old0", "damaged")                       # one was reviewed in time
+    queue.answer("old0", "damaged", labeller="rev1")  # one was reviewed in time
     cb.capture_batch([root], landing, P1, monitor=s.monitor)
     out = aging.Ager(root, 0.0, 0).age()
     assert not rotated.exists() and sorted(out.review) == ["old0", "old1", "old2"]
