@@ -126,3 +126,16 @@ def test_through_ingest_a_back_dated_copy_and_a_future_label_leave_the_gate_set_
     table = pd.read_parquet(out).set_index("record_id")
     assert table.loc["orig", ["split", "label"]].tolist() == ["test", "damaged"]
     assert table.loc["copy", "split"] == "test" and report["gate"]["label_changes"] == []
+
+
+def test_the_run_report_shows_gate_set_label_changes() -> None:
+    from mmcore.report import render
+
+    change = {"record_id": "orig", "from": "damaged", "to": "wet", "applied": True, "label_source": "claim",
+              "labelled_at": "2026-03-05T00:00:00+00:00", "labeller": "<b>ana</b>", "audit_batch": "L1"}
+    split_report = {"membership": "kept", "gate": {"records": 2, "added": 1, "missing_from_raw": 0,
+                                                   "label_changes": [change], "label_changes_applied": 1,
+                                                   "label_changes_held": 0}}
+    page = render({"name": "r", "stages": []}, {"split": split_report}, {}, {})
+    assert "id='gate-set'" in page and "<td>orig</td><td>damaged</td><td>wet</td><td>applied</td>" in page
+    assert "&lt;b&gt;ana&lt;/b&gt;" in page                       # a labeller is text, never markup
