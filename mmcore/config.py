@@ -167,11 +167,11 @@ class IngestConfig:
     labels: str = "data/labels"       # label feed the ingest stage joins (dvc.yaml: ${ingest.labels}; DESIGN §2b)
     executor: str = "process"         # process: a local process pool; dask: a Dask cluster (dask_address)
     dask_address: str = ""            # dask scheduler address; "" starts a local cluster for the run
-    max_line_bytes: int = 1048576     # a longer records.jsonl or labels.jsonl line is quarantined unparsed (line_too_long)
+    max_line_bytes: int = 1048576     # a longer line of records.jsonl or labels.jsonl is not parsed (line_too_long)
     max_json_depth: int = 16          # a line nested deeper (brackets) is quarantined before json parses it (too_deep)
     max_sensor_bytes: int = 4194304   # a larger sensor file is quarantined on its size, never read (sensor_too_large)
-    earliest_timestamp: str = "2000-01-01T00:00:00+00:00"  # captured_at / labelled_at before it: bad_timestamp
-    max_future_skew_hours: float = 24.0  # captured_at / labelled_at later than now + this: bad_timestamp
+    earliest_timestamp: str = "2000-01-01T00:00:00+00:00"  # captured_at / labelled_at before it: timestamp_out_of_range
+    max_future_skew_hours: float = 24.0  # captured_at / labelled_at after now + this many hours: timestamp_out_of_range
 
     def __post_init__(self) -> None:
         if self.executor not in ("process", "dask"):
@@ -185,7 +185,8 @@ class IngestConfig:
                 raise ValueError(f"ingest.{name} must be a whole number >= 1, got {value!r}")
         earliest = _aware(self.earliest_timestamp)
         if earliest is None:
-            raise ValueError(f"ingest.earliest_timestamp must be ISO 8601 with a timezone, got {self.earliest_timestamp!r}")
+            raise ValueError("ingest.earliest_timestamp must be ISO 8601 with a timezone, "
+                             f"got {self.earliest_timestamp!r}")
         if not self.max_future_skew_hours >= 0:
             raise ValueError(f"ingest.max_future_skew_hours must be >= 0, got {self.max_future_skew_hours!r}")
 

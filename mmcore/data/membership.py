@@ -74,7 +74,8 @@ def save(path: Path, table: pd.DataFrame, cfg: SplitConfig) -> None:
 def merged(stored: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
     """This run's labelled records over the stored ones: a record keeps its row until it is seen again."""
     rest = stored[~stored["record_id"].isin(current["record_id"])]
-    return pd.concat([rest.astype(COLUMNS), current.astype(COLUMNS)], ignore_index=True)
+    now = current.reindex(columns=list(COLUMNS))        # a profile without a content key leaves it null
+    return pd.concat([rest.astype(COLUMNS), now.astype(COLUMNS)], ignore_index=True)
 
 
 def audited(audit: pd.DataFrame | None, record_id: str, old: Any, new: Any) -> dict[str, Any] | None:
@@ -103,7 +104,8 @@ def gate_label_changes(stored: pd.DataFrame, out: pd.DataFrame, profile: pd.Data
         if new is not None and new == old:
             continue
         entry = audited(audit, rid, old, new)
-        by = {c: _text(rows, rid, c) if entry is not None else None for c in ("label_source", "labelled_at", "labeller")}
+        by = {c: _text(rows, rid, c) if entry is not None else None
+              for c in ("label_source", "labelled_at", "labeller")}
         changes.append({"record_id": rid, "from": old, "to": new, "applied": entry is not None, **by,
                         "audit_batch": entry["batch_id"] if entry is not None else None})
         if entry is None:

@@ -88,13 +88,13 @@ def split_run(raw: Path, out: Path, cfg: SplitConfig) -> dict[str, Any]:
                                                    read_audit(raw))
     table = table.sort_values("record_id").reset_index(drop=True)
     keys = identity(profile)
-    current = table[["record_id", "split", "label"]].merge(keys[["record_id", *[k for k in CONTENT_KEYS if k in keys]]],
-                                                          on="record_id", how="left")
+    current = table[["record_id", "split", "label"]].merge(keys, on="record_id", how="left")
     write_atomic(path, lambda p: membership.save(p, membership.merged(stored.table, current), cfg))
     write_atomic(out, lambda p: table.to_parquet(p, index=False))
     gate_before = set(stored.table.loc[stored.table["split"] == membership.GATE, "record_id"])
     gate_now = set(table.loc[table["split"] == membership.GATE, "record_id"])
-    return {"records": int(len(table)), "splits": {k: int(v) for k, v in table["split"].value_counts().sort_index().items()},
+    counts = table["split"].value_counts().sort_index()
+    return {"records": int(len(table)), "splits": {k: int(v) for k, v in counts.items()},
             "membership": stored.status,
             "gate": {"records": len(gate_now), "added": len(gate_now - gate_before),
                      "missing_from_raw": len(gate_before - set(profile["record_id"])),

@@ -83,7 +83,8 @@ class Label:
 class LabelJoin:
     """What the label feed did to the raw records: per-record label columns, audit, quarantine, counts."""
 
-    columns: dict[str, dict[str, Any]] = field(default_factory=dict)   # record_id -> label, label_source, labelled_at, labeller
+    # record_id -> label, label_source, labelled_at, labeller
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     batches: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -165,7 +166,8 @@ def read_label_batch(bdir: Path, rules: LineRules = DEFAULT_RULES) -> list[Label
     return [*unreadable, *(check_label_line(bdir.name, i, ln, rules) for i, ln in enumerate(lines, start=1))]
 
 
-def read_label_batches(batch_dirs: list[Path], cfg: IngestConfig | None = None) -> list[tuple[str, list[Label | dict[str, Any]]]]:
+def read_label_batches(batch_dirs: list[Path],
+                       cfg: IngestConfig | None = None) -> list[tuple[str, list[Label | dict[str, Any]]]]:
     """Each finished label batch (ingest lists them with `ready_batches`) as its checked lines, in order."""
     rules = LineRules.of(cfg) if cfg is not None else DEFAULT_RULES
     return [(bdir.name, read_label_batch(bdir, rules)) for bdir in batch_dirs]
