@@ -186,6 +186,15 @@ def _quarantine_label(lab: Label, reason: Reason, detail: str) -> dict[str, Any]
     return _entry(lab.batch_id, lab.line or 0, ids["record_id"], ids["prediction_id"], reason, detail, lab.raw)
 
 
+def first_of_each(labels: list[Label]) -> tuple[list[Label], int]:
+    """Labels without exact repeats (the first delivery of each is kept, in order; batches are
+    read in name order), and how many repeats were dropped."""
+    kept: dict[tuple[Any, ...], Label] = {}
+    for lab in labels:
+        kept.setdefault(lab.content(), lab)
+    return list(kept.values()), len(labels) - len(kept)
+
+
 @dataclass
 class Resolved:
     """One label batch resolved: labels to join, exact repeats applied once, quarantine entries."""
@@ -210,10 +219,10 @@ def resolve_batch(batch_id: str, items: list[Label | dict[str, Any]], by_record:
     for labs in groups.values():
         rid = labs[0].record_id
         what = f"record_id {rid!r}" if rid else f"{labs[0].key} {labs[0].id!r}"
-        distinct = list({lab.content(): lab for lab in reversed(labs)}.values())[::-1]   # first of each, in order
-        if len({lab.label for lab in distinct}) > 1:
-            detail = (f"{len(labs)} lines give {what} different labels ({', '.join(sorted({x.label for x in labs}))}) "
-                      f"in label batch {batch_id}: none is applied")
+        distinct, repeats = first_of_each(labs)
+        if len(given := sorted({lab.label for lab in labs})) > 1:
+            detail = (f"{len(labs)} lines give {what} different labels ({', '.join(given)}) in label batch "
+                      f"{batch_id}: none is applied")
             out.quarantined += [_quarantine_label(lab, Reason.CONFLICTING_LABEL, detail) for lab in labs]
         elif rid is None:
             out.quarantined += [_quarantine_label(lab, Reason.UNKNOWN_ID, (
@@ -221,7 +230,7 @@ def resolve_batch(batch_id: str, items: list[Label | dict[str, Any]], by_record:
                 for lab in labs]
         else:
             out.joined += distinct
-            out.repeats += len(labs) - len(distinct)
+            out.repeats += repeats
     out.quarantined.sort(key=lambda q: q["line"])
     return out
 
@@ -232,13 +241,6 @@ def landing_label(row: dict[str, Any]) -> Label | None:
         return None
     return Label(row["batch_id"], None, "record_id", row["record_id"], row["label"], row["captured_at"],
                  LANDING_SOURCE, record_id=row["record_id"])
-
-
-def first_of_each(labels: list[Label]) -> tuple[list[Label], int]:
-    """A record's joined labels without exact repeats across batches (the first delivery is kept,
-    batches being read in name order), and how many repeats were dropped."""
-    kept = list({lab.content(): lab for lab in reversed(labels)}.values())[::-1]
-    return kept, len(labels) - len(kept)
 
 
 def audit_row(lost: Label, winner: Label, prediction_id: str | None) -> dict[str, Any]:
