@@ -125,13 +125,23 @@ def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason
             "reason": reason.value, "detail": detail, "raw": raw[:2000]}
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_line(raw_line: bytes, rules: LineRules) -> Any:
     """A .jsonl line (record or label) to its JSON value, each way it can fail a reason: too long or
     too deep (not parsed at all), not UTF-8, not JSON (an integer of 5,000 digits is a ValueError
-    too, a depth json still cannot take a RecursionError)."""
+    too, a depth json still cannot take a RecursionError), or a string holding half a UTF-16
+    surrogate pair (`"\\ud800"` is valid JSON but no text: Parquet cannot write it)."""
     check_size_and_depth(raw_line, rules)
     try:
-        return json.loads(raw_line.decode("utf-8"))
+        obj = json.loads(raw_line.decode("utf-8"))
+        if _SURROGATE_ESCAPE.search(raw_line):
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return obj
+    except UnicodeEncodeError as exc:
+        raise Rejected(Reason.BAD_ENCODING, "line has a lone UTF-16 surrogate escape (\\ud800-\\udfff): "
+                                            "not Unicode text") from exc
     except UnicodeDecodeError as exc:
         raise Rejected(Reason.BAD_ENCODING, f"line is not UTF-8: {exc}") from exc
     except RecursionError as exc:

@@ -97,6 +97,7 @@ def test_bad_label_lines_are_quarantined_with_their_reason(tmp_path: Path, inges
         (lab(at="2099-01-01T00:00:00+00:00", record_id="b"), "timestamp_out_of_range"),   # the future
         ({**lab(record_id="b"), "labeller": "<script>"}, "bad_labeller"),
         ({**lab(record_id="b"), "labeller": 7}, "bad_type"),
+        ({**lab(record_id="b"), "labeller": "ana\ud800"}, "bad_encoding"),
         ("[" * 100_000 + "]" * 100_000, "too_deep"),
         (json.dumps({**lab(record_id="b"), "pad": "x" * 1_100_000}), "line_too_long"),
         (lab(source="rumour", record_id="b"), "bad_source"),
