@@ -360,7 +360,6 @@ def check_sensor(data: bytes, cfg: IngestConfig) -> np.ndarray:
         raise Rejected(Reason.BAD_SENSOR, "sensor t_s is not strictly increasing")
     if not math.isclose(float(dt.max()), float(dt.min()), rel_tol=0.05, abs_tol=1e-6):
         raise Rejected(Reason.BAD_SENSOR, f"sensor rate is not fixed (steps {dt.min():g}..{dt.max():g} s)")
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all():   # 1e300 is finite, and infinite once stored as float32
+    if (np.abs(arr) > np.finfo(np.float32).max).any():   # 1e300 is finite, and infinite stored as float32
         raise Rejected(Reason.BAD_SENSOR, "sensor has values beyond the float32 range (|x| > 3.4e38)")
-    return out
+    return arr.astype(np.float32)
