@@ -17,7 +17,7 @@ REPORTS = Path("reports")
 RUNS = REPORTS / "runs"
 # stage -> the report files it writes (copied into the run folder when the stage ran this run)
 STAGE_FILES = {"ingest": ["ingest.json"], "validate": ["validation.json", "drift.json", "drift.md"],
-               "train": ["train.json"], "evaluate": ["metrics.json"], "gate": ["gate.json"],
+               "split": ["split.json"], "train": ["train.json"], "evaluate": ["metrics.json"], "gate": ["gate.json"],
                "package": ["package.json"]}
 NOTIFY_ON = {"rejected", "validation_failed", "failed"}
 

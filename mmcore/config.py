@@ -12,6 +12,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,6 +142,15 @@ class SynthConfig:
             raise ValueError(f"synth.shift.hub {self.shift.hub!r} is one of synth.hubs: a shift is a new hub")
 
 
+def _aware(value: Any) -> datetime | None:
+    """An ISO 8601 time with a timezone, or None when it is not one."""
+    try:
+        ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return ts if ts.utcoffset() is not None else None
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """The ingest stage (mmcore/data/ingest.py): landing batches into data/raw, or quarantined with a reason."""
@@ -157,6 +167,11 @@ class IngestConfig:
     labels: str = "data/labels"       # label feed the ingest stage joins (dvc.yaml: ${ingest.labels}; DESIGN §2b)
     executor: str = "process"         # process: a local process pool; dask: a Dask cluster (dask_address)
     dask_address: str = ""            # dask scheduler address; "" starts a local cluster for the run
+    max_line_bytes: int = 1048576     # a longer line of records.jsonl or labels.jsonl is not parsed (line_too_long)
+    max_json_depth: int = 16          # a line nested deeper (brackets) is quarantined before json parses it (too_deep)
+    max_sensor_bytes: int = 4194304   # a larger sensor file is quarantined on its size, never read (sensor_too_large)
+    earliest_timestamp: str = "2000-01-01T00:00:00+00:00"  # captured_at / labelled_at before it: timestamp_out_of_range
+    max_future_skew_hours: float = 24.0  # captured_at / labelled_at after now + this many hours: timestamp_out_of_range
 
     def __post_init__(self) -> None:
         if self.executor not in ("process", "dask"):
@@ -164,6 +179,16 @@ class IngestConfig:
         side = self.image_min_side
         if isinstance(side, bool) or not isinstance(side, int) or side < 1:
             raise ValueError(f"ingest.image_min_side must be a whole number of pixels >= 1, got {side!r}")
+        for name in ("max_line_bytes", "max_json_depth", "max_sensor_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ingest.{name} must be a whole number >= 1, got {value!r}")
+        earliest = _aware(self.earliest_timestamp)
+        if earliest is None:
+            raise ValueError("ingest.earliest_timestamp must be ISO 8601 with a timezone, "
+                             f"got {self.earliest_timestamp!r}")
+        if not self.max_future_skew_hours >= 0:
+            raise ValueError(f"ingest.max_future_skew_hours must be >= 0, got {self.max_future_skew_hours!r}")
 
 
 @dataclass(frozen=True)

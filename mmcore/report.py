@@ -88,6 +88,25 @@ def accounting_section(ingest: dict[str, Any] | None, new_batches: list[str]) ->
     return "".join(out)
 
 
+def gate_set_section(split: dict[str, Any] | None) -> str:
+    """What the split did to the gate set: its size, and every label change of a gate-set record
+    (applied with its audit entry, or held for want of one: mmcore/data/membership.py)."""
+    gate = (split or {}).get("gate")
+    if not gate:
+        return ""
+    changes = gate.get("label_changes") or []
+    out = [f"<h2 id='gate-set'>Gate set</h2><p>{fmt(gate.get('records'))} records, {fmt(gate.get('added'))} added "
+           f"this run; membership {esc(split.get('membership'))}; label changes applied "
+           f"<b>{fmt(gate.get('label_changes_applied'))}</b>, held <b>{fmt(gate.get('label_changes_held'))}</b>; "
+           f"missing from data/raw {fmt(gate.get('missing_from_raw'))}.</p>"]
+    if changes:
+        out.append(table(["record", "from", "to", "outcome", "source", "labelled at", "labeller", "audit batch"],
+                         [[c.get("record_id"), c.get("from"), c.get("to"), "applied" if c.get("applied") else "held",
+                           c.get("label_source"), c.get("labelled_at"), c.get("labeller"), c.get("audit_batch")]
+                          for c in changes]))
+    return "".join(out)
+
+
 def validation_section(validation: dict[str, Any] | None, docs_url: str | None) -> str:
     if not validation:
         return ""
@@ -173,6 +192,7 @@ def render(run: dict[str, Any], reports: dict[str, Any], plots: dict[str, bytes]
         stages_section(run),
         accounting_section(reports.get("ingest"), run.get("new_batches", [])),
         validation_section(reports.get("validation"), links.get("Data Docs")),
+        gate_set_section(reports.get("split")),
         drift_section(reports.get("drift")),
         metrics_section(reports.get("metrics"), plots),
         gate_section(reports.get("gate")),

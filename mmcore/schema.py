@@ -10,7 +10,7 @@ from enum import Enum
 
 from mmcore.config import CLASSES, SENSOR_CHANNELS
 
-RECORD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RECORD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # use fullmatch: "$" also matches before a final newline
 SENSOR_HEADER: tuple[str, ...] = ("t_s", *SENSOR_CHANNELS)
 RECORD_FIELDS: tuple[str, ...] = ("record_id", "shipment_id", "captured_at", "hub",
                                   "image", "note", "sensor", "label")
@@ -26,6 +26,9 @@ IMAGE_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG"})
 # of record_id / prediction_id, and these fields. `landing` is the label_source of a label that
 # came with its landing record (labelled at its captured_at); feeds may not claim it.
 LABEL_FIELDS: tuple[str, ...] = ("label", "labelled_at", "source")
+# Optional `labeller`: who gave the label (the review app writes the reviewer's name); absent or null = unknown.
+# Letters, digits and `_ . @ + -`, inner spaces allowed, 1..64 characters: a name or an e-mail, never markup.
+LABELLER_RE = re.compile(r"^[\w.@+-](?:[\w .@+-]{0,62}[\w.@+-])?\Z")
 LABEL_SOURCES: tuple[str, ...] = ("inspection", "claim", "review")
 LANDING_SOURCE = "landing"
 
@@ -53,11 +56,19 @@ class Reason(str, Enum):
     BATCH_REJECTED = "batch_rejected"
     BAD_PREDICTION_ID = "bad_prediction_id"
     DUPLICATE_PREDICTION_ID = "duplicate_prediction_id"
+    # poison lines and files (records and labels): refused before they are parsed or read
+    LINE_TOO_LONG = "line_too_long"        # over ingest.max_line_bytes: never parsed, kept cut in the quarantine
+    TOO_DEEP = "too_deep"                  # brackets nested deeper than ingest.max_json_depth: never parsed
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # no UTC time, or outside earliest..now + future skew
+    SENSOR_TOO_LARGE = "sensor_too_large"  # a sensor file over ingest.max_sensor_bytes (refused on its stat)
+    UNREADABLE_FILE = "unreadable_file"    # records.jsonl / labels.jsonl itself cannot be read (one entry, line 0)
+    INTERNAL_ERROR = "internal_error"      # a check raised what no rule foresaw: the line is kept, the batch goes on
     # label feed only
     AMBIGUOUS_ID = "ambiguous_id"          # a label line names both a record_id and a prediction_id
     UNKNOWN_ID = "unknown_id"              # the id is in no accepted record (yet: it joins once it lands)
     BAD_SOURCE = "bad_source"
-    DUPLICATE_LABEL = "duplicate_label"    # two or more labels for one record in one label batch
+    BAD_LABELLER = "bad_labeller"          # labeller not a string of 1..64 name characters (LABELLER_RE)
+    CONFLICTING_LABEL = "conflicting_label"  # different labels for one record in one label batch: none applied
 
 
 # Columns of data/raw/records.parquet: normalised fields plus the profile that
@@ -66,8 +77,9 @@ PROFILE_COLUMNS: dict[str, str] = {
     "record_id": "string", "shipment_id": "string", "captured_at": "string",
     "hub": "string", "prediction_id": "string",
     # label: the winning one (landing or label feed); label_source: landing, inspection, claim or review;
-    # labelled_at: UTC ISO 8601 (a landing label's is its record's captured_at); all null when unlabelled
-    "label": "string", "label_source": "string", "labelled_at": "string",
+    # labelled_at: UTC ISO 8601 (a landing label's is its record's captured_at); labeller: who gave it (feed's
+    # optional field, null for landing labels and when the feed did not say); all null when unlabelled
+    "label": "string", "label_source": "string", "labelled_at": "string", "labeller": "string",
     "batch_id": "string", "shard": "string",
     "content_sha256": "string",
     "has_image": "bool", "image_width": "Int64", "image_height": "Int64",
@@ -86,7 +98,7 @@ NOTE_LANGS: tuple[str, ...] = ("en", "zh", "empty", "other")
 # with the label that beat it. `line` is null for a landing label (it came with its record).
 AUDIT_COLUMNS: dict[str, str] = {
     "record_id": "string", "prediction_id": "string", "label": "string", "labelled_at": "string",
-    "source": "string", "batch_id": "string", "line": "Int64",
+    "source": "string", "labeller": "string", "batch_id": "string", "line": "Int64",
     "superseded_by_label": "string", "superseded_by_labelled_at": "string",
     "superseded_by_source": "string", "superseded_by_batch": "string",
 }

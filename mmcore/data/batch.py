@@ -8,7 +8,6 @@ that neither imports the other for it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from mmcore.config import IngestConfig
-from mmcore.data.checks import (Rejected, check_fields, check_image, check_note, check_sensor, check_timestamp,
-                                normalise_label, quarantine_entry, read_lines, safe_path, stuck_channels)
+from mmcore.data.checks import (LineRules, Rejected, batch_lines, check_fields, check_image, check_note,
+                                check_sensor, check_timestamp, normalise_label, parse_line, quarantine_entry,
+                                read_file, safe_path, stuck_channels)
 from mmcore.schema import Reason
 
 CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -37,6 +37,8 @@ class BatchResult:
     landed: int = 0
     accepted: list[Accepted] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    bad_share: float = 0.0
+    rejected: bool = False      # held back whole (ingest.max_bad_share): its ids were not reserved
 
 
 def note_language(note: str | None) -> str:
@@ -52,16 +54,19 @@ def check_record(batch_dir: Path, obj: Any, cfg: IngestConfig) -> Accepted:
     rec = check_fields(obj)
     row: dict[str, Any] = {
         "record_id": rec["record_id"], "shipment_id": rec["shipment_id"].strip(),
-        "captured_at": check_timestamp(rec["captured_at"]), "hub": rec["hub"].strip(),
-        "prediction_id": rec.get("prediction_id"), "label": normalise_label(rec["label"]), "batch_id": batch_dir.name,
+        "captured_at": check_timestamp(rec["captured_at"], "captured_at", LineRules.of(cfg)),
+        "hub": rec["hub"].strip(), "prediction_id": rec.get("prediction_id"), "label": normalise_label(rec["label"]),
+        "batch_id": batch_dir.name,
     }
     note = check_note(rec["note"], cfg)
     image = sensor = None
     if rec["image"] is not None:
-        image = safe_path(batch_dir, rec["image"]).read_bytes()
+        image = read_file(safe_path(batch_dir, rec["image"]), rec["image"], cfg.max_image_bytes,
+                          Reason.IMAGE_TOO_LARGE, "image")
         info = check_image(image, cfg)
     if rec["sensor"] is not None:
-        sensor = check_sensor(safe_path(batch_dir, rec["sensor"]).read_bytes(), cfg)
+        sensor = check_sensor(read_file(safe_path(batch_dir, rec["sensor"]), rec["sensor"], cfg.max_sensor_bytes,
+                                        Reason.SENSOR_TOO_LARGE, "sensor file"), cfg)
     if image is None and not note and sensor is None:
         raise Rejected(Reason.NO_MODALITY, "record has no image, no note text and no sensor trace")
     row.update(image_profile(image, info if image is not None else None))
@@ -101,22 +106,22 @@ def sensor_profile(arr: Any) -> dict[str, Any]:
 
 
 def check_line(batch_dir: Path, line_no: int, raw_line: bytes, cfg: IngestConfig) -> Accepted | dict[str, Any]:
-    """One landing line to an accepted record or a quarantine entry; never raises for bad data."""
+    """One landing line to an accepted record or a quarantine entry; never raises for bad data,
+    and not for a bug either: whatever a check raises is this line's `internal_error`, not the batch's."""
     line = raw_line.decode("utf-8", errors="replace")
     obj: Any = None
     try:
-        raw_line.decode("utf-8")
-        obj = json.loads(line)
+        obj = parse_line(raw_line, LineRules.of(cfg))
         acc = check_record(batch_dir, obj, cfg)
         acc.line_no = line_no
         return acc
-    except UnicodeDecodeError as exc:
-        return quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_ENCODING, f"line is not UTF-8: {exc}", line)
-    except json.JSONDecodeError as exc:
-        return quarantine_entry(batch_dir.name, line_no, None, Reason.BAD_JSON, str(exc), line)
     except Rejected as rej:
         rid = obj.get("record_id") if isinstance(obj, dict) else None
         return quarantine_entry(batch_dir.name, line_no, rid, rej.reason, rej.detail, line)
+    except Exception as exc:  # noqa: BLE001 - the last resort that keeps one line from stopping every run
+        rid = obj.get("record_id") if isinstance(obj, dict) else None
+        return quarantine_entry(batch_dir.name, line_no, rid, Reason.INTERNAL_ERROR,
+                                f"{type(exc).__name__}: {str(exc)[:300]}", line)
 
 
 def check_chunk(batch_dir: Path, start: int, lines: list[bytes], cfg: IngestConfig) -> list[Accepted | dict[str, Any]]:
@@ -126,43 +131,54 @@ def check_chunk(batch_dir: Path, start: int, lines: list[bytes], cfg: IngestConf
 
 def check_batch(batch_dir: Path, cfg: IngestConfig, pool: Executor | None,
                 chunk: int = 128) -> list[Accepted | dict[str, Any]]:
-    records_file = batch_dir / "records.jsonl"
-    lines = read_lines(records_file) if records_file.is_file() else []
+    lines, unreadable = batch_lines(batch_dir / "records.jsonl", batch_dir.name, cfg.max_line_bytes)
     starts = range(0, len(lines), chunk)
     args = [(batch_dir, s + 1, lines[s:s + chunk], cfg) for s in starts]
     if pool is None or len(args) < 2:
         parts = [check_chunk(*a) for a in args]
     else:
         parts = list(pool.map(check_chunk, *zip(*args)))
-    return [item for part in parts for item in part]
+    return [*unreadable, *(item for part in parts for item in part)]
 
 
-def duplicate(row: dict[str, Any], seen: set[str]) -> tuple[Reason, str] | None:
-    """A record_id or prediction_id seen before. Prediction ids share `seen` under a
-    `prediction_id:` prefix, which no record_id can carry (":" breaks the id rule)."""
-    if row["record_id"] in seen:
+def reserved(row: dict[str, Any]) -> set[str]:
+    """The ids an accepted row takes: its record_id and, under a `prediction_id:` prefix (which no
+    record_id can carry: ":" breaks the id rule), its prediction_id."""
+    pid = row.get("prediction_id")
+    return {row["record_id"]} | ({f"prediction_id:{pid}"} if pid is not None else set())
+
+
+def duplicate(row: dict[str, Any], *taken: set[str]) -> tuple[Reason, str] | None:
+    """A record_id or prediction_id seen before, in an earlier batch or earlier in this one."""
+    if any(row["record_id"] in t for t in taken):
         return Reason.DUPLICATE_RECORD_ID, f"record_id {row['record_id']!r} seen before"
     pid = row.get("prediction_id")
-    if pid is not None and f"prediction_id:{pid}" in seen:
+    if pid is not None and any(f"prediction_id:{pid}" in t for t in taken):
         return Reason.DUPLICATE_PREDICTION_ID, f"prediction_id {pid!r} seen before"
     return None
 
 
 def ingest_batch(batch_dir: Path, cfg: IngestConfig, seen: set[str], pool: Executor | None = None) -> BatchResult:
     """Check every line of one batch (in parallel shards); duplicates are resolved in line order,
-    with `seen` carrying record_ids and prediction_ids across batches."""
+    with `seen` carrying record_ids and prediction_ids across batches. Ids are reserved in `seen`
+    only once the batch's fate is known: a batch held back whole (`ingest.max_bad_share`)
+    reserves nothing, so its corrected redelivery lands instead of being quarantined as duplicates."""
     result = BatchResult(batch_dir.name)
+    mine: set[str] = set()
     for item in check_batch(batch_dir, cfg, pool):
         result.landed += 1
         if isinstance(item, dict):
             result.quarantined.append(item)
-        elif dup := duplicate(item.row, seen):
+        elif dup := duplicate(item.row, seen, mine):
             result.quarantined.append(quarantine_entry(batch_dir.name, item.line_no, item.row["record_id"], *dup, ""))
         else:
-            seen.add(item.row["record_id"])
-            if item.row.get("prediction_id") is not None:
-                seen.add(f"prediction_id:{item.row['prediction_id']}")
+            mine |= reserved(item.row)
             result.accepted.append(item)
+    result.bad_share = len(result.quarantined) / result.landed if result.landed else 0.0
+    if result.bad_share > cfg.max_bad_share:
+        reject_batch(result, result.bad_share, cfg.max_bad_share)
+    else:
+        seen |= mine
     return result
 
 
@@ -173,3 +189,4 @@ def reject_batch(result: BatchResult, share: float, limit: float) -> None:
         result.quarantined.append(quarantine_entry(result.batch_id, -1, acc.row["record_id"],
                                                    Reason.BATCH_REJECTED, detail, ""))
     result.accepted = []
+    result.rejected = True

@@ -2,16 +2,22 @@
 
 Each check either returns the normalised value or raises `Rejected` with a
 stable reason code, so ingest can quarantine a record with its reason instead
-of crashing or silently dropping it.
+of crashing or silently dropping it. What a line may hold is bounded before it is
+parsed (`LineRules`: bytes, bracket depth), every timestamp must convert to UTC and
+lie in a sane window, and every file is checked by `stat` before a byte of it is read.
 """
 from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import os
+import re
+import stat
 import warnings
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +37,84 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def read_lines(path: Path) -> list[bytes]:
+@dataclass(frozen=True)
+class LineRules:
+    """What one .jsonl line may hold and when its timestamps may lie: the settings of params `ingest`
+    that records and labels share (the review app, without params, uses `DEFAULT_RULES`)."""
+
+    max_line_bytes: int
+    max_json_depth: int
+    earliest: datetime
+    max_future: timedelta
+
+    @classmethod
+    def of(cls, cfg: IngestConfig) -> LineRules:
+        return _rules(cfg.max_line_bytes, cfg.max_json_depth, cfg.earliest_timestamp, cfg.max_future_skew_hours)
+
+
+@functools.lru_cache(maxsize=16)
+def _rules(max_line_bytes: int, max_json_depth: int, earliest: str, future_hours: float) -> LineRules:
+    start = datetime.fromisoformat(earliest.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return LineRules(max_line_bytes, max_json_depth, start, timedelta(hours=future_hours))
+
+
+def _default(name: str) -> Any:
+    return IngestConfig.__dataclass_fields__[name].default
+
+
+# IngestConfig's defaults, the one place they are written
+DEFAULT_RULES = _rules(_default("max_line_bytes"), _default("max_json_depth"), _default("earliest_timestamp"),
+                       _default("max_future_skew_hours"))
+_SKIP_CHUNK = 1 << 20
+
+
+def read_lines(path: Path, max_bytes: int = DEFAULT_RULES.max_line_bytes) -> list[bytes]:
     """A .jsonl file (records or labels) as raw lines; a BOM and CRLF line ends are tolerated,
-    blank lines skipped."""
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    return [ln.rstrip(b"\r") for ln in data.split(b"\n") if ln.strip()]
+    blank lines skipped. Read line by line, never whole: a line over `max_bytes` is kept as its
+    first `max_bytes + 1` bytes (enough for the check to see it is too long) and the rest is
+    skipped unread into memory, so one gigabyte line costs a megabyte."""
+    out = []
+    with path.open("rb") as f:
+        first = True
+        while raw := f.readline(max_bytes + 2):
+            if not raw.endswith(b"\n") and len(raw) > max_bytes + 1:
+                while (rest := f.readline(_SKIP_CHUNK)) and not rest.endswith(b"\n"):
+                    pass
+                raw = raw[:max_bytes + 1]
+            if first:
+                raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False
+            line = raw.rstrip(b"\n").rstrip(b"\r")
+            if line.strip():
+                out.append(line)
+    return out
+
+
+_JSON_TOKENS = re.compile(rb'\\.|[\[\]{}"]', re.S)
+
+
+def check_size_and_depth(raw: bytes, rules: LineRules) -> None:
+    """Bound a line before json parses it: its length, and how deep its brackets nest (json's
+    parser recurses per level: 100,000 `[` raise RecursionError). Counting brackets is C-speed;
+    only a line with more brackets than the limit is walked, stopping at the first level too deep."""
+    if len(raw) > rules.max_line_bytes:
+        raise Rejected(Reason.LINE_TOO_LONG, f"line has more than {rules.max_line_bytes} bytes "
+                                             "(ingest.max_line_bytes): not parsed")
+    if raw.count(b"[") + raw.count(b"{") <= rules.max_json_depth:
+        return
+    depth, in_string = 0, False
+    for m in _JSON_TOKENS.finditer(raw):
+        tok = m.group()
+        if tok == b'"':
+            in_string = not in_string
+        elif in_string or len(tok) > 1:
+            continue
+        elif tok in b"[{":
+            depth += 1
+            if depth > rules.max_json_depth:
+                raise Rejected(Reason.TOO_DEEP, f"line nests brackets deeper than {rules.max_json_depth} "
+                                                "(ingest.max_json_depth): not parsed")
+        else:
+            depth -= 1
 
 
 def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason, detail: str,
@@ -46,11 +125,46 @@ def quarantine_entry(batch_id: str, line_no: int, record_id: Any, reason: Reason
             "reason": reason.value, "detail": detail, "raw": raw[:2000]}
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def parse_line(raw_line: bytes, rules: LineRules) -> Any:
+    """A .jsonl line (record or label) to its JSON value, each way it can fail a reason: too long or
+    too deep (not parsed at all), not UTF-8, not JSON (an integer of 5,000 digits is a ValueError
+    too, a depth json still cannot take a RecursionError), or a string holding half a UTF-16
+    surrogate pair (`"\\ud800"` is valid JSON but no text: Parquet cannot write it)."""
+    check_size_and_depth(raw_line, rules)
+    try:
+        obj = json.loads(raw_line.decode("utf-8"))
+        if _SURROGATE_ESCAPE.search(raw_line):
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return obj
+    except UnicodeEncodeError as exc:
+        raise Rejected(Reason.BAD_ENCODING, "line has a lone UTF-16 surrogate escape (\\ud800-\\udfff): "
+                                            "not Unicode text") from exc
+    except UnicodeDecodeError as exc:
+        raise Rejected(Reason.BAD_ENCODING, f"line is not UTF-8: {exc}") from exc
+    except RecursionError as exc:
+        raise Rejected(Reason.TOO_DEEP, "line nests too deep for the JSON parser") from exc
+    except ValueError as exc:   # JSONDecodeError is one
+        raise Rejected(Reason.BAD_JSON, str(exc)[:300]) from exc
+
+
+def batch_lines(path: Path, batch_id: str, max_bytes: int) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """The lines of a batch's .jsonl (none when it is absent); a file that cannot be read at all is
+    one quarantine entry (line 0) instead, so it is counted and the other batches go on."""
+    try:
+        return (read_lines(path, max_bytes) if path.is_file() else []), []
+    except OSError as exc:
+        return [], [quarantine_entry(batch_id, 0, None, Reason.UNREADABLE_FILE,
+                                     f"{path.name} cannot be read: {exc.strerror or exc}", "")]
+
+
 def check_id(value: Any, name: str, reason: Reason) -> str:
     """record_id and prediction_id share one rule: ids end up in file names, URLs and joins."""
     if not isinstance(value, str):
         raise Rejected(Reason.BAD_TYPE, f"{name} must be a string")
-    if not RECORD_ID_RE.match(value):
+    if not RECORD_ID_RE.fullmatch(value):
         raise Rejected(reason, f"{name} {value[:80]!r} breaks [A-Za-z0-9_-]{{1,64}}")
     return value
 
@@ -74,15 +188,31 @@ def check_fields(obj: Any) -> dict[str, Any]:
     return obj
 
 
-def check_timestamp(value: str, name: str = "captured_at") -> str:
-    """ISO 8601 with a timezone, normalised to UTC so ordering is comparable across hubs."""
+def check_timestamp(value: str, name: str = "captured_at", rules: LineRules = DEFAULT_RULES,
+                    now: datetime | None = None) -> str:
+    """ISO 8601 with a timezone, normalised to UTC so ordering is comparable across hubs, and inside
+    the sane window: not before `ingest.earliest_timestamp`, not more than
+    `ingest.max_future_skew_hours` after now. A date at the calendar's edge (year 1 at +01:00, year
+    9999 at -05:00) does not exist in UTC; a label dated 9999 would win over every correction."""
+    shown = f"{name} {value[:40]!r}"
     try:
         ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Rejected(Reason.BAD_TIMESTAMP, f"{name} {value[:40]!r} is not ISO 8601") from exc
+        raise Rejected(Reason.BAD_TIMESTAMP, f"{shown} is not ISO 8601") from exc
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise Rejected(Reason.BAD_TIMESTAMP, f"{name} {value[:40]!r} has no timezone")
-    return ts.astimezone(timezone.utc).isoformat()
+        raise Rejected(Reason.BAD_TIMESTAMP, f"{shown} has no timezone")
+    try:
+        utc = ts.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise Rejected(Reason.TIMESTAMP_OUT_OF_RANGE, f"{shown} has no UTC time (outside year 1..9999)") from exc
+    if utc < rules.earliest:
+        raise Rejected(Reason.TIMESTAMP_OUT_OF_RANGE,
+                       f"{shown} is before {rules.earliest.isoformat()} (ingest.earliest_timestamp)")
+    latest = (now or datetime.now(timezone.utc)) + rules.max_future
+    if utc > latest:
+        raise Rejected(Reason.TIMESTAMP_OUT_OF_RANGE, f"{shown} is after {latest.isoformat(timespec='seconds')}, "
+                       f"more than {rules.max_future.total_seconds() / 3600:g} h ahead (ingest.max_future_skew_hours)")
+    return utc.isoformat()
 
 
 def normalise_label(value: str | None) -> str | None:
@@ -110,19 +240,56 @@ def _resolved(batch_dir: str) -> Path:
     return Path(batch_dir).resolve()
 
 
+# the file system's own limits (Linux NAME_MAX, a generous PATH_MAX share): longer is refused, not tried
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+
+
 def safe_path(batch_dir: Path, rel: str) -> Path:
-    """Resolve a record's file inside its batch; anything leaving the batch is a rule violation."""
+    """Resolve a record's file inside its batch; anything leaving the batch is a rule violation.
+    A name the OS cannot take (NUL or control characters, a lone surrogate, a part over 255 bytes)
+    is refused before the OS is asked, and any error the OS still raises is a reason, not a crash."""
     if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in rel[:3]:
         raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} must be relative to the batch folder")
+    if any(ord(c) < 32 or c == "\x7f" for c in rel):
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} contains NUL or control characters")
+    try:
+        encoded = rel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} is not valid Unicode") from exc
+    if len(encoded) > MAX_PATH_BYTES or any(len(p.encode()) > MAX_NAME_BYTES for p in rel.split("/")):
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r}... is longer than the file system allows "
+                                           f"({MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} in all)")
     if ".." in Path(rel).parts:
         raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} leaves the batch folder")
-    root = _resolved(str(batch_dir))
-    path = (batch_dir / rel).resolve()
+    try:
+        root = _resolved(str(batch_dir))
+        path = (batch_dir / rel).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:   # RuntimeError: a symlink loop (Python < 3.13)
+        raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} does not resolve: {exc}") from exc
     if root not in path.parents:
         raise Rejected(Reason.UNSAFE_PATH, f"path {rel[:80]!r} resolves outside the batch folder")
-    if not path.is_file():
-        raise Rejected(Reason.MISSING_FILE, f"file {rel[:80]!r} does not exist")
     return path
+
+
+def read_file(path: Path, rel: str, limit: int, reason: Reason, what: str) -> bytes:
+    """A record's file, its size checked on `stat` before anything is read (a 2 GB sparse "photo"
+    costs a stat), and never more than `limit + 1` bytes read should it grow meanwhile."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise Rejected(Reason.MISSING_FILE, f"file {rel[:80]!r} does not exist or is not a regular file")
+        if st.st_size > limit:
+            raise Rejected(reason, f"{what} has {st.st_size} bytes, limit {limit}")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError as exc:
+        raise Rejected(Reason.MISSING_FILE, f"file {rel[:80]!r} does not exist") from exc
+    except OSError as exc:
+        raise Rejected(Reason.MISSING_FILE, f"file {rel[:80]!r} cannot be read: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise Rejected(reason, f"{what} has more than {limit} bytes")
+    return data
 
 
 def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
@@ -147,15 +314,15 @@ def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
                 raise Rejected(Reason.IMAGE_TOO_SMALL,
                                f"image {img.width}x{img.height} px: at least {cfg.image_min_side} px a side")
             img.load()
+            upright = ImageOps.exif_transpose(img)   # a malformed EXIF block raises here too
+            brightness = float(ImageStat.Stat(upright.convert("L")).mean[0])
     except Rejected:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise Rejected(Reason.IMAGE_TOO_LARGE, f"decompression bomb refused: {exc}") from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise Rejected(Reason.BAD_IMAGE, f"image does not decode: {type(exc).__name__}: {exc}") from exc
-    upright = ImageOps.exif_transpose(img)
-    grey = upright.convert("L")
-    return {"width": upright.width, "height": upright.height, "brightness": float(ImageStat.Stat(grey).mean[0])}
+    return {"width": upright.width, "height": upright.height, "brightness": brightness}
 
 
 # Channels that always move on a live tracker; light stays at 0 in a closed box, so it is not here.
@@ -193,4 +360,6 @@ def check_sensor(data: bytes, cfg: IngestConfig) -> np.ndarray:
         raise Rejected(Reason.BAD_SENSOR, "sensor t_s is not strictly increasing")
     if not math.isclose(float(dt.max()), float(dt.min()), rel_tol=0.05, abs_tol=1e-6):
         raise Rejected(Reason.BAD_SENSOR, f"sensor rate is not fixed (steps {dt.min():g}..{dt.max():g} s)")
+    if (np.abs(arr) > np.finfo(np.float32).max).any():   # 1e300 is finite, and infinite stored as float32
+        raise Rejected(Reason.BAD_SENSOR, "sensor has values beyond the float32 range (|x| > 3.4e38)")
     return arr.astype(np.float32)

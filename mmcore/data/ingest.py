@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmcore.config import IngestConfig, load_params
-from mmcore.data.batch import Accepted, BatchResult, ingest_batch, reject_batch
+from mmcore.data.batch import Accepted, BatchResult, ingest_batch
 from mmcore.monitor.labels import LabelJoin, audit_frame, join_labels, read_label_batches
 from mmcore.progress import progress
 from mmcore.schema import PROFILE_COLUMNS, SENSOR_HEADER
@@ -139,10 +139,11 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
                                               encoding="utf-8"))
 
 
-def join_label_feed(accepted: list[Accepted], labels: Path | None) -> LabelJoin:
+def join_label_feed(accepted: list[Accepted], labels: Path | None, cfg: IngestConfig) -> LabelJoin:
     """Late labels onto the accepted rows (mmcore/monitor/labels.py); rows change only after
     both accountings hold, so a broken run writes nothing."""
-    joined = join_labels([a.row for a in accepted], read_label_batches(ready_batches(labels) if labels else []))
+    feed = read_label_batches(ready_batches(labels) if labels else [], cfg)
+    joined = join_labels([a.row for a in accepted], feed)
     if error := joined.accounting_error():
         raise RuntimeError(f"{error}; nothing was written")
     for a in accepted:
@@ -155,22 +156,16 @@ def ingest(landing: Path, raw: Path, quarantine: Path, cfg: IngestConfig,
     """Rebuild data/raw from every finished landing batch and the label feed (`labels`, none when
     None); returns the accounting."""
     results = check_batches(ready_batches(landing), cfg, workers)
-    batches = {}
-    for res in results:
-        share = len(res.quarantined) / res.landed if res.landed else 0.0
-        failed = share > cfg.max_bad_share
-        if failed:
-            reject_batch(res, share, cfg.max_bad_share)
-        batches[res.batch_id] = {"landed": res.landed, "accepted": len(res.accepted),
-                                 "quarantined": len(res.quarantined), "bad_share": round(share, 4),
-                                 "status": "rejected" if failed else "ok"}
+    batches = {res.batch_id: {"landed": res.landed, "accepted": len(res.accepted),
+                              "quarantined": len(res.quarantined), "bad_share": round(res.bad_share, 4),
+                              "status": "rejected" if res.rejected else "ok"} for res in results}
     accepted = [a for r in results for a in r.accepted]
     quarantined = [q for r in results for q in r.quarantined]
     landed = sum(r.landed for r in results)
     if landed != len(accepted) + len(quarantined):
         raise RuntimeError(f"accounting broken: landed {landed} != accepted {len(accepted)} "
                            f"+ quarantined {len(quarantined)}; nothing was written")
-    label_join = join_label_feed(accepted, labels)
+    label_join = join_label_feed(accepted, labels, cfg)
     staging = raw.with_name(f".{raw.name}.new")
     if staging.exists():
         shutil.rmtree(staging)

@@ -5,10 +5,14 @@ mmcore.selective), train. Each split's range is fixed by its fraction alone, so 
 records from train only: the gate set and val kept every record they had.
 
 A shipment's split depends only on its id and the salt, never on what else is in
-the data: the test split (the gate set) only grows as data arrives, so champion
-and challenger are always scored on the same records. Content seen before keeps
-the split of its first occurrence (in capture order): the same parcel landed again
-under a new record or shipment id cannot move a training record into the gate set.
+the data. Content seen before keeps the split of its first occurrence (in capture order):
+the same parcel landed again under a new record or shipment id cannot move a training
+record into the gate set. And what a split run gave is kept (mmcore/data/membership.py):
+a record stays in the split it was first given, and its content with it, so no later data,
+a back-dated copy included, can move a record out of the gate set; the test split only grows,
+and champion and challenger are always scored on the same records. A gate-set record's label
+changes only with its audit entry, and every change is in reports/split.json (the run report
+shows it).
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mmcore.config import SplitConfig, load_params
+from mmcore.data import membership
 from mmcore.data.ingest import write_atomic
 from mmcore.data.raw import load_profile
 from mmcore.leak import CONTENT_KEYS, identity
@@ -32,21 +38,31 @@ def assign(shipment_id: str, cfg: SplitConfig) -> str:
     return ("test", "val", "calib", "train")[int(np.searchsorted(bounds, h, side="right"))]
 
 
-def split(profile: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
+def split(profile: pd.DataFrame, cfg: SplitConfig, stored: pd.DataFrame | None = None) -> pd.DataFrame:
     """record_id -> split, labelled records only (unlabelled ones are kept in raw, not trained on).
 
-    First occurrences are looked up over every record, labelled or not, in capture order."""
+    Records in `stored` (the membership a previous run kept) keep their split, and so does their
+    content; first occurrences of the rest are looked up over every record, labelled or not, in
+    capture order."""
     ids = identity(profile)
     keys = [k for k in CONTENT_KEYS if k in ids.columns]
+    first: dict[tuple[str, str], str] = {}
+    assigned: dict[str, str] = {}
+    if stored is not None and len(stored):
+        rank = stored["split"].map(membership.PRIORITY).fillna(len(membership.PRIORITY))
+        for row in stored.assign(_rank=rank).sort_values(["_rank", "record_id"]).itertuples(index=False):
+            assigned[row.record_id] = row.split
+            for k in keys:
+                if not pd.isna(getattr(row, k)):
+                    first.setdefault((k, str(getattr(row, k))), row.split)
     when = pd.to_datetime(profile["captured_at"], utc=True, format="ISO8601")
     order = ids.assign(shipment_id=profile["shipment_id"].values, _when=when.values)
     order = order.sort_values(["_when", "record_id"], kind="stable")
-    first: dict[tuple[str, str], str] = {}
-    assigned: dict[str, str] = {}
     for row in order[["record_id", "shipment_id", *keys]].itertuples(index=False):
         content = [(k, str(v)) for k, v in zip(keys, row[2:]) if not pd.isna(v)]
-        seen = next((first[c] for c in content if c in first), None)
-        assigned[row.record_id] = seen or assign(row.shipment_id, cfg)
+        if row.record_id not in assigned:
+            seen = next((first[c] for c in content if c in first), None)
+            assigned[row.record_id] = seen or assign(row.shipment_id, cfg)
         for c in content:
             first.setdefault(c, assigned[row.record_id])
     labelled = profile[profile["label"].notna()]
@@ -57,16 +73,49 @@ def split(profile: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     return out.sort_values("record_id").reset_index(drop=True)
 
 
+def read_audit(raw: Path) -> pd.DataFrame | None:
+    path = Path(raw) / "label_audit.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def split_run(raw: Path, out: Path, cfg: SplitConfig) -> dict[str, Any]:
+    """The stage: splits from data/raw and the stored membership beside `out`; writes both and
+    returns the report (counts, and what happened to the gate set)."""
+    profile = load_profile(raw)
+    path = out.parent / membership.MEMBERSHIP_FILE
+    stored = membership.load(path, cfg)
+    table, changes = membership.gate_label_changes(stored.table, split(profile, cfg, stored.table), profile,
+                                                   read_audit(raw))
+    table = table.sort_values("record_id").reset_index(drop=True)
+    keys = identity(profile)
+    current = table[["record_id", "split", "label"]].merge(keys, on="record_id", how="left")
+    write_atomic(path, lambda p: membership.save(p, membership.merged(stored.table, current), cfg))
+    write_atomic(out, lambda p: table.to_parquet(p, index=False))
+    gate_before = set(stored.table.loc[stored.table["split"] == membership.GATE, "record_id"])
+    gate_now = set(table.loc[table["split"] == membership.GATE, "record_id"])
+    counts = table["split"].value_counts().sort_index()
+    return {"records": int(len(table)), "splits": {k: int(v) for k, v in counts.items()},
+            "membership": stored.status,
+            "gate": {"records": len(gate_now), "added": len(gate_now - gate_before),
+                     "missing_from_raw": len(gate_before - set(profile["record_id"])),
+                     "label_changes": changes, "label_changes_applied": sum(c["applied"] for c in changes),
+                     "label_changes_held": sum(not c["applied"] for c in changes)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Split data/raw by shipment.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="splits.parquet; membership.parquet is kept beside it")
+    ap.add_argument("--report", type=Path, help="the JSON report (reports/split.json)")
     args = ap.parse_args(argv)
-    table = split(load_profile(args.raw), load_params(args.params).split)
-    write_atomic(args.out, lambda p: table.to_parquet(p, index=False))
-    counts = table.groupby(["split", "label"]).size().unstack(fill_value=0)
-    print(f"split: {json.dumps(table['split'].value_counts().to_dict())}\n{counts}")
+    report = split_run(args.raw, args.out, load_params(args.params).split)
+    if args.report:
+        write_atomic(args.report, lambda p: p.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+    gate = report["gate"]
+    print(f"split: {json.dumps(report['splits'])} (membership {report['membership']}); gate set "
+          f"{gate['records']} records, {gate['added']} added, label changes applied {gate['label_changes_applied']}, "
+          f"held {gate['label_changes_held']}, missing from data/raw {gate['missing_from_raw']}")
     return 0
 
 

@@ -1,16 +1,26 @@
 """The label feed (DESIGN §2b): labels that arrive after their record, joined onto data/raw.
 
-    labels/<batch_id>/labels.jsonl   {"record_id" | "prediction_id": ..., "label", "labelled_at", "source"}
+    labels/<batch_id>/labels.jsonl   {"record_id" | "prediction_id": ..., "label", "labelled_at", "source",
+                                      "labeller"?}
     labels/<batch_id>/_SUCCESS       written last; a batch without it is not read yet
 
 Inspections, claims and reviews label a parcel days after its record landed, so labelled
 data grows without new records. Ingest rebuilds data/raw from every batch on each run and
-calls `join_labels` with the accepted rows, so the outcome depends only on the batches:
+calls `join_labels` with the accepted rows, so the outcome depends only on the batches (and on
+the clock, for a label dated in the future: it joins once its time is near):
 
-- A bad line is quarantined with its reason (bad_encoding, bad_json, bad_type, missing_field,
-  ambiguous_id, bad_record_id, bad_prediction_id, unknown_label, bad_timestamp, bad_source).
-- Two or more valid labels for one record in one label batch contradict each other or repeat
-  a producer's retry: all of them are quarantined (duplicate_label); no line order decides.
+- A bad line is quarantined with its reason (line_too_long, too_deep, bad_encoding, bad_json,
+  bad_type, missing_field, ambiguous_id, bad_record_id, bad_prediction_id, unknown_label,
+  bad_timestamp, timestamp_out_of_range, bad_source, bad_labeller; internal_error if a check
+  raised what no rule foresaw). `labelled_at` must lie in ingest's sane window (not before
+  `ingest.earliest_timestamp`, not more than `ingest.max_future_skew_hours` ahead): a label
+  dated 9999 would otherwise win over every later correction.
+- A feed delivers at least once: a line repeating an earlier one exactly (same record, label,
+  labelled_at, source and labeller, in this batch or an earlier one) is applied once; the copy
+  counts as joined and in `duplicate_lines`, and is neither quarantined nor audited.
+- Different labels for one record in one label batch contradict each other: all of those lines
+  are quarantined (conflicting_label); no line order decides. Lines that agree on the label but
+  not on the time or source are all joined, and the policy below picks one.
 - A label whose id names no accepted record is quarantined (unknown_id). It is not lost: the
   next run reads the batch again and joins it once its record has landed.
 - Several labels for one record (its landing label, labels from several batches): the latest
@@ -19,7 +29,8 @@ calls `join_labels` with the accepted rows, so the outcome depends only on the b
   Every label that lost goes to the audit table with the label that beat it.
 
 Accounting: labels landed = joined + quarantined, checked before ingest writes anything
-(a superseded label was joined, then outvoted: it is counted in `joined` and in the audit).
+(a superseded label was joined, then outvoted: it is counted in `joined` and in the audit;
+an exact repeat was joined, then applied once: it is counted in `joined` and `duplicate_lines`).
 """
 from __future__ import annotations
 
@@ -32,9 +43,10 @@ from typing import Any
 
 import pandas as pd
 
-from mmcore.data.checks import (Rejected, check_id, check_timestamp, normalise_label, quarantine_entry,
-                                read_lines)
-from mmcore.schema import AUDIT_COLUMNS, LABEL_FIELDS, LABEL_SOURCES, LANDING_SOURCE, Reason
+from mmcore.config import IngestConfig
+from mmcore.data.checks import (DEFAULT_RULES, LineRules, Rejected, batch_lines, check_id, check_timestamp,
+                                normalise_label, parse_line, quarantine_entry)
+from mmcore.schema import AUDIT_COLUMNS, LABEL_FIELDS, LABEL_SOURCES, LABELLER_RE, LANDING_SOURCE, Reason
 
 LABELS_FILE = "labels.jsonl"
 
@@ -55,6 +67,11 @@ class Label:
     source: str
     raw: str = ""
     record_id: str | None = None
+    labeller: str | None = None
+
+    def content(self) -> tuple[str | None, str, str, str, str | None]:
+        """What makes two lines the same label: a redelivered line is applied once."""
+        return self.record_id, self.label, self.labelled_at, self.source, self.labeller
 
     def order(self) -> tuple[datetime, int, str, int]:
         """The policy as a sort key: latest labelled_at, then label batch over landing, then batch name."""
@@ -66,12 +83,14 @@ class Label:
 class LabelJoin:
     """What the label feed did to the raw records: per-record label columns, audit, quarantine, counts."""
 
-    columns: dict[str, dict[str, Any]] = field(default_factory=dict)   # record_id -> label, label_source, labelled_at
+    # record_id -> label, label_source, labelled_at, labeller
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     batches: dict[str, dict[str, int]] = field(default_factory=dict)
     landed: int = 0
     joined: int = 0
+    duplicates: int = 0      # exact repeats of a joined line: counted in `joined`, applied once
 
     def accounting_error(self) -> str | None:
         """Every label line is joined or quarantined, never dropped; a message when one was."""
@@ -85,10 +104,22 @@ class LabelJoin:
         applied = sum(c["label_source"] not in (None, LANDING_SOURCE) for c in self.columns.values())
         return {"landed": self.landed, "joined": self.joined, "quarantined": len(self.quarantined),
                 "by_reason": dict(sorted(Counter(q["reason"] for q in self.quarantined).items())),
-                "superseded": len(self.audit), "applied": applied, "batches": self.batches}
+                "superseded": len(self.audit), "applied": applied, "duplicate_lines": self.duplicates,
+                "batches": self.batches}
 
 
-def parse_label(obj: Any, batch_id: str, line_no: int, raw: str) -> Label:
+def check_labeller(value: Any) -> str | None:
+    """Who gave the label: optional, bounded, a name or an e-mail (LABELLER_RE), never markup."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Rejected(Reason.BAD_TYPE, "labeller must be a string or null")
+    if not LABELLER_RE.fullmatch(value.strip()):
+        raise Rejected(Reason.BAD_LABELLER, f"labeller {value[:40]!r}: 1..64 letters, digits, spaces or _.@+-")
+    return value.strip()
+
+
+def parse_label(obj: Any, batch_id: str, line_no: int, raw: str, rules: LineRules = DEFAULT_RULES) -> Label:
     """All rules for one label line; raises Rejected with the first rule it breaks."""
     if not isinstance(obj, dict):
         raise Rejected(Reason.BAD_TYPE, f"a label must be a JSON object, got {type(obj).__name__}")
@@ -104,38 +135,42 @@ def parse_label(obj: Any, batch_id: str, line_no: int, raw: str) -> Label:
         if not isinstance(obj[name], str):
             raise Rejected(Reason.BAD_TYPE, f"{name} must be a string")
     label = normalise_label(obj["label"])
-    labelled_at = check_timestamp(obj["labelled_at"], "labelled_at")
+    labelled_at = check_timestamp(obj["labelled_at"], "labelled_at", rules)
     source = obj["source"].strip().lower()
     if source not in LABEL_SOURCES:
         raise Rejected(Reason.BAD_SOURCE, f"source {obj['source'][:40]!r} is not one of {list(LABEL_SOURCES)}")
-    return Label(batch_id, line_no, key, ident, label, labelled_at, source, raw)
+    return Label(batch_id, line_no, key, ident, label, labelled_at, source, raw,
+                 labeller=check_labeller(obj.get("labeller")))
 
 
-def check_label_line(batch_id: str, line_no: int, raw_line: bytes) -> Label | dict[str, Any]:
-    """One label line to a Label or a quarantine entry; never raises for bad data."""
+def check_label_line(batch_id: str, line_no: int, raw_line: bytes,
+                     rules: LineRules = DEFAULT_RULES) -> Label | dict[str, Any]:
+    """One label line to a Label or a quarantine entry; never raises, for bad data or a bug
+    (the review app reads the feed with this too: one line must not make it answer 500)."""
     line = raw_line.decode("utf-8", errors="replace")
     obj: Any = None
     try:
-        raw_line.decode("utf-8")
-        obj = json.loads(line)
-        return parse_label(obj, batch_id, line_no, line)
-    except UnicodeDecodeError as exc:
-        return quarantine_entry(batch_id, line_no, None, Reason.BAD_ENCODING, f"line is not UTF-8: {exc}", line)
-    except json.JSONDecodeError as exc:
-        return quarantine_entry(batch_id, line_no, None, Reason.BAD_JSON, str(exc), line)
-    except Rejected as rej:
+        obj = parse_line(raw_line, rules)
+        return parse_label(obj, batch_id, line_no, line, rules)
+    except Exception as exc:  # noqa: BLE001 - Rejected, or the last resort for what no rule foresaw
+        reason, detail = ((exc.reason, exc.detail) if isinstance(exc, Rejected)
+                          else (Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}"))
         ids = obj if isinstance(obj, dict) else {}
-        return _entry(batch_id, line_no, ids.get("record_id"), ids.get("prediction_id"), rej.reason, rej.detail, line)
+        return _entry(batch_id, line_no, ids.get("record_id"), ids.get("prediction_id"), reason, detail, line)
 
 
-def read_label_batches(batch_dirs: list[Path]) -> list[tuple[str, list[Label | dict[str, Any]]]]:
+def read_label_batch(bdir: Path, rules: LineRules = DEFAULT_RULES) -> list[Label | dict[str, Any]]:
+    """One finished label batch as its checked lines, in order (the review app reads one at a time)."""
+    lines, unreadable = batch_lines(bdir / LABELS_FILE, bdir.name, rules.max_line_bytes)
+    unreadable = [{**q, "prediction_id": None} for q in unreadable]
+    return [*unreadable, *(check_label_line(bdir.name, i, ln, rules) for i, ln in enumerate(lines, start=1))]
+
+
+def read_label_batches(batch_dirs: list[Path],
+                       cfg: IngestConfig | None = None) -> list[tuple[str, list[Label | dict[str, Any]]]]:
     """Each finished label batch (ingest lists them with `ready_batches`) as its checked lines, in order."""
-    out = []
-    for bdir in batch_dirs:
-        path = bdir / LABELS_FILE
-        lines = read_lines(path) if path.is_file() else []
-        out.append((bdir.name, [check_label_line(bdir.name, i, ln) for i, ln in enumerate(lines, start=1)]))
-    return out
+    rules = LineRules.of(cfg) if cfg is not None else DEFAULT_RULES
+    return [(bdir.name, read_label_batch(bdir, rules)) for bdir in batch_dirs]
 
 
 def _entry(batch_id: str, line_no: int, record_id: Any, prediction_id: Any, reason: Reason, detail: str,
@@ -151,32 +186,53 @@ def _quarantine_label(lab: Label, reason: Reason, detail: str) -> dict[str, Any]
     return _entry(lab.batch_id, lab.line or 0, ids["record_id"], ids["prediction_id"], reason, detail, lab.raw)
 
 
+def first_of_each(labels: list[Label]) -> tuple[list[Label], int]:
+    """Labels without exact repeats (the first delivery of each is kept, in order; batches are
+    read in name order), and how many repeats were dropped."""
+    kept: dict[tuple[Any, ...], Label] = {}
+    for lab in labels:
+        kept.setdefault(lab.content(), lab)
+    return list(kept.values()), len(labels) - len(kept)
+
+
+@dataclass
+class Resolved:
+    """One label batch resolved: labels to join, exact repeats applied once, quarantine entries."""
+
+    joined: list[Label] = field(default_factory=list)
+    repeats: int = 0
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+
 def resolve_batch(batch_id: str, items: list[Label | dict[str, Any]], by_record: set[str],
-                  by_prediction: dict[str, str]) -> tuple[list[Label], list[dict[str, Any]]]:
+                  by_prediction: dict[str, str]) -> Resolved:
     """One label batch: valid lines resolved to record_ids (joined), the rest quarantined in line order."""
-    quarantined = [i for i in items if isinstance(i, dict)]
-    valid = [i for i in items if isinstance(i, Label)]
+    out = Resolved(quarantined=[i for i in items if isinstance(i, dict)])
 
     def target(lab: Label) -> str | None:
         return (lab.id if lab.id in by_record else None) if lab.key == "record_id" else by_prediction.get(lab.id)
 
     groups: dict[str, list[Label]] = defaultdict(list)
-    for lab in valid:   # one group per record; an unresolved id groups by the id it was named by
-        groups[target(lab) or f"{lab.key}:{lab.id}"].append(lab)
-    joined = []
+    for lab in items:   # one group per record; an unresolved id groups by the id it was named by
+        if isinstance(lab, Label):
+            groups[target(lab) or f"{lab.key}:{lab.id}"].append(replace(lab, record_id=target(lab)))
     for labs in groups.values():
-        rid = target(labs[0])
-        if len(labs) > 1:
-            what = f"record_id {rid!r}" if rid else f"{labs[0].key} {labs[0].id!r}"
-            detail = f"{len(labs)} labels for {what} in label batch {batch_id}: none is applied"
-            quarantined += [_quarantine_label(lab, Reason.DUPLICATE_LABEL, detail) for lab in labs]
+        rid = labs[0].record_id
+        what = f"record_id {rid!r}" if rid else f"{labs[0].key} {labs[0].id!r}"
+        distinct, repeats = first_of_each(labs)
+        if len(given := sorted({lab.label for lab in labs})) > 1:
+            detail = (f"{len(labs)} lines give {what} different labels ({', '.join(given)}) in label batch "
+                      f"{batch_id}: none is applied")
+            out.quarantined += [_quarantine_label(lab, Reason.CONFLICTING_LABEL, detail) for lab in labs]
         elif rid is None:
-            lab = labs[0]
-            quarantined.append(_quarantine_label(lab, Reason.UNKNOWN_ID, (
-                f"no accepted record has {lab.key} {lab.id!r} (yet): a later run joins it once its record lands")))
+            out.quarantined += [_quarantine_label(lab, Reason.UNKNOWN_ID, (
+                f"no accepted record has {lab.key} {lab.id!r} (yet): a later run joins it once its record lands"))
+                for lab in labs]
         else:
-            joined.append(replace(labs[0], record_id=rid))
-    return joined, sorted(quarantined, key=lambda q: q["line"])
+            out.joined += distinct
+            out.repeats += repeats
+    out.quarantined.sort(key=lambda q: q["line"])
+    return out
 
 
 def landing_label(row: dict[str, Any]) -> Label | None:
@@ -189,7 +245,8 @@ def landing_label(row: dict[str, Any]) -> Label | None:
 
 def audit_row(lost: Label, winner: Label, prediction_id: str | None) -> dict[str, Any]:
     return {"record_id": lost.record_id, "prediction_id": prediction_id, "label": lost.label,
-            "labelled_at": lost.labelled_at, "source": lost.source, "batch_id": lost.batch_id, "line": lost.line,
+            "labelled_at": lost.labelled_at, "source": lost.source, "labeller": lost.labeller,
+            "batch_id": lost.batch_id, "line": lost.line,
             "superseded_by_label": winner.label, "superseded_by_labelled_at": winner.labelled_at,
             "superseded_by_source": winner.source, "superseded_by_batch": winner.batch_id}
 
@@ -204,22 +261,27 @@ def join_labels(rows: list[dict[str, Any]], feed: list[tuple[str, list[Label | d
     by_prediction = {r["prediction_id"]: r["record_id"] for r in rows if r.get("prediction_id") is not None}
     late: dict[str, list[Label]] = defaultdict(list)
     for batch_id, items in feed:
-        joined, quarantined = resolve_batch(batch_id, items, by_record, by_prediction)
-        for lab in joined:
+        res = resolve_batch(batch_id, items, by_record, by_prediction)
+        for lab in res.joined:
             late[lab.record_id].append(lab)
+        joined = len(res.joined) + res.repeats
         out.landed += len(items)
-        out.joined += len(joined)
-        out.quarantined += quarantined
-        out.batches[batch_id] = {"landed": len(items), "joined": len(joined), "quarantined": len(quarantined)}
+        out.joined += joined
+        out.duplicates += res.repeats
+        out.quarantined += res.quarantined
+        out.batches[batch_id] = {"landed": len(items), "joined": joined, "quarantined": len(res.quarantined)}
     for row in rows:
         first = landing_label(row)
-        candidates = sorted(([first] if first else []) + late.get(row["record_id"], []), key=Label.order)
+        feed_labels, repeats = first_of_each(late.get(row["record_id"], []))
+        out.duplicates += repeats
+        candidates = sorted(([first] if first else []) + feed_labels, key=Label.order)
         if not candidates:
-            out.columns[row["record_id"]] = {"label": None, "label_source": None, "labelled_at": None}
+            out.columns[row["record_id"]] = {"label": None, "label_source": None, "labelled_at": None,
+                                             "labeller": None}
             continue
         winner = candidates[-1]
         out.columns[row["record_id"]] = {"label": winner.label, "label_source": winner.source,
-                                         "labelled_at": winner.labelled_at}
+                                         "labelled_at": winner.labelled_at, "labeller": winner.labeller}
         out.audit += [audit_row(lost, winner, row.get("prediction_id")) for lost in candidates[:-1]]
     out.audit.sort(key=lambda a: (a["record_id"], a["labelled_at"], a["batch_id"], a["line"] or 0))
     return out

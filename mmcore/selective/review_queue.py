@@ -193,15 +193,12 @@ class LabelIndex:
 
 
 def labelled_ids(batch_dir: Path) -> set[str]:
-    """The prediction_ids the valid lines of one label batch name."""
-    from mmcore.data.checks import read_lines
-    from mmcore.monitor.labels import Label, check_label_line
+    """The prediction_ids the valid lines of one label batch name. Read with ingest's own reader, which
+    turns every poison line (and an unreadable file) into a quarantine entry: never a 500 on /api/next."""
+    from mmcore.monitor.labels import Label, read_label_batch
 
-    path = batch_dir / LABELS_FILE
-    lines = read_lines(path) if path.is_file() else []
     ids = set()
-    for i, raw in enumerate(lines, start=1):
-        lab = check_label_line(batch_dir.name, i, raw)
+    for lab in read_label_batch(batch_dir):
         if isinstance(lab, Label):
             if lab.key == "prediction_id":
                 ids.add(lab.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +29,10 @@ def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bad = generate_batch(root, "b1", 40, cfg, seed=2, workers=1)
     lines = (bad / "records.jsonl").read_text().splitlines()
     (bad / "records.jsonl").write_text("\n".join(["{not json"] + lines[1:]) + "\n")
+    broken = generate_batch(root, "b2", 4, cfg, seed=3, workers=1)     # held back whole, then redelivered
+    shutil.copytree(broken, root / "b3")
+    lines = (broken / "records.jsonl").read_text().splitlines()
+    (broken / "records.jsonl").write_text("\n".join(["{not json", "{not json"] + lines[2:]) + "\n")
     return root
 
 
@@ -67,7 +72,9 @@ def dask_cfg(address: str) -> Any:
 
 def assert_same_as_pool(summary: dict[str, Any], out: Path, pool_run: tuple[dict[str, Any], Path]) -> None:
     local, pool_out = pool_run
-    assert summary == local and summary["landed"] == 340 and summary["by_reason"] == {"bad_json": 1}
+    assert summary == local and summary["landed"] == 348
+    assert summary["by_reason"] == {"bad_json": 3, "batch_rejected": 2}
+    assert (summary["batches"]["b2"]["status"], summary["batches"]["b3"]["accepted"]) == ("rejected", 4)
     assert json.dumps(summary["batches"], sort_keys=True) == json.dumps(local["batches"], sort_keys=True)
     pd.testing.assert_frame_equal(pd.read_parquet(pool_out / "raw" / "records.parquet"),
                                   pd.read_parquet(out / "raw" / "records.parquet"))

@@ -46,6 +46,7 @@ CASES = {
     "zero_byte": ({"images/x.jpg": b""}, {}, "bad_image"),
     "bomb": ({"images/x.jpg": png_bomb()}, {}, "image_too_large"),
     "inf_sensor": ({"sensors/x.csv": sensor_csv().replace(",0.0\n", ",inf\n", 1)}, {}, "bad_sensor"),
+    "float32_overflow": ({"sensors/x.csv": sensor_csv().replace(",0.0\n", ",1e300\n", 1)}, {}, "bad_sensor"),
     "empty_sensor_value": ({"sensors/x.csv": sensor_csv().replace(",0.0\n", ",\n", 1)}, {}, "bad_sensor"),
     "missing_header": ({"sensors/x.csv": "\n".join(sensor_csv().splitlines()[1:])}, {}, "bad_sensor"),
     "too_few_rows": ({"sensors/x.csv": sensor_csv(rows=10)}, {}, "bad_sensor"),

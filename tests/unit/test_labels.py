@@ -61,7 +61,8 @@ def test_late_labels_join_by_record_id_and_by_prediction_id(tmp_path: Path, inge
     summary, df, audit, quarantined = run(tmp_path, ingest_cfg)
 
     assert summary["labels"] == {"landed": 2, "joined": 2, "quarantined": 0, "by_reason": {}, "superseded": 0,
-                                 "applied": 2, "batches": {"L1": {"landed": 2, "joined": 2, "quarantined": 0}}}
+                                 "applied": 2, "duplicate_lines": 0,
+                                 "batches": {"L1": {"landed": 2, "joined": 2, "quarantined": 0}}}
     assert df.loc["a", ["label", "label_source", "labelled_at"]].tolist() == [
         "damaged", "inspection", "2026-11-22T09:00:00+00:00"]
     assert df.loc["b", ["label", "label_source", "labelled_at"]].tolist() == [
@@ -90,12 +91,21 @@ def test_bad_label_lines_are_quarantined_with_their_reason(tmp_path: Path, inges
         (lab("crushed", record_id="b"), "unknown_label"),
         (lab(at="2026-11-22T09:00:00", record_id="b"), "bad_timestamp"),
         (lab(at="yesterday", record_id="b"), "bad_timestamp"),
+        (lab(at="0001-01-01T00:00:00+01:00", record_id="b"), "timestamp_out_of_range"),   # no UTC time
+        (lab(at="9999-12-31T23:59:59-05:00", record_id="b"), "timestamp_out_of_range"),
+        (lab(at="1999-12-31T23:59:59+00:00", record_id="b"), "timestamp_out_of_range"),   # before 2000
+        (lab(at="2099-01-01T00:00:00+00:00", record_id="b"), "timestamp_out_of_range"),   # the future
+        ({**lab(record_id="b"), "labeller": "<script>"}, "bad_labeller"),
+        ({**lab(record_id="b"), "labeller": 7}, "bad_type"),
+        ({**lab(record_id="b"), "labeller": "ana\ud800"}, "bad_encoding"),
+        ("[" * 100_000 + "]" * 100_000, "too_deep"),
+        (json.dumps({**lab(record_id="b"), "pad": "x" * 1_100_000}), "line_too_long"),
         (lab(source="rumour", record_id="b"), "bad_source"),
         (lab(source="landing", record_id="b"), "bad_source"),   # only a landing record's own label is `landing`
         (lab(record_id="nobody"), "unknown_id"),
         (lab(prediction_id="pred-nobody"), "unknown_id"),
-        (lab("wet", record_id="c"), "duplicate_label"),
-        (lab("damaged", record_id="c"), "duplicate_label"),
+        (lab("wet", record_id="c"), "conflicting_label"),
+        (lab("damaged", record_id="c"), "conflicting_label"),
     ]
     write_labels(tmp_path / "labels", "L1", [ln for ln, _ in lines])
     summary, df, audit, quarantined = run(tmp_path, ingest_cfg)
@@ -113,12 +123,39 @@ def test_bad_label_lines_are_quarantined_with_their_reason(tmp_path: Path, inges
 def test_two_labels_for_one_record_in_one_batch_apply_neither(tmp_path: Path, ingest_cfg) -> None:
     """Named once by record_id and once by prediction_id is still two labels for one record."""
     land(tmp_path, "b1", [record("a", label="normal", prediction_id="pred-a")])
-    write_labels(tmp_path / "labels", "L1", [lab("wet", record_id="a"), lab("wet", prediction_id="pred-a")])
+    write_labels(tmp_path / "labels", "L1", [lab("wet", record_id="a"), lab("damaged", prediction_id="pred-a")])
     summary, df, audit, quarantined = run(tmp_path, ingest_cfg)
-    assert [q["reason"] for q in quarantined] == ["duplicate_label", "duplicate_label"]
+    assert [q["reason"] for q in quarantined] == ["conflicting_label", "conflicting_label"]
     assert (quarantined[0]["record_id"], quarantined[1]["prediction_id"]) == ("a", "pred-a")
+    assert "damaged, wet" in quarantined[0]["detail"] and quarantined[0]["raw"] != quarantined[1]["raw"]
     assert df.loc["a", ["label", "label_source"]].tolist() == ["normal", "landing"] and audit.empty
     assert balanced(summary) and summary["labels"]["joined"] == 0
+
+
+def test_a_redelivered_label_line_is_applied_once(tmp_path: Path, ingest_cfg) -> None:
+    """At-least-once delivery: the same line twice in a batch, again in a later batch, or naming the record by
+    its prediction_id, is one label: applied, not quarantined, not audited against itself, counted."""
+    land(tmp_path, "b1", [record("a", label=None, prediction_id="pred-a"), record("b", label=None)])
+    line = {**lab("wet", record_id="a"), "labeller": "ana@hub"}
+    write_labels(tmp_path / "labels", "L1", [line, line, lab("damaged", record_id="b"), line])
+    write_labels(tmp_path / "labels", "L2", [line, {**line, "record_id": None, "prediction_id": "pred-a"}])
+    summary, df, audit, quarantined = run(tmp_path, ingest_cfg)
+    assert quarantined == [] and audit.empty and balanced(summary)
+    assert (summary["labels"]["joined"], summary["labels"]["duplicate_lines"]) == (6, 4)
+    assert df.loc["a", ["label", "label_source", "labeller"]].tolist() == ["wet", "inspection", "ana@hub"]
+    assert pd.isna(df.loc["b", "labeller"]) and df.loc["b", "label"] == "damaged"
+
+
+def test_agreeing_labels_at_different_times_are_not_a_conflict(tmp_path: Path, ingest_cfg) -> None:
+    land(tmp_path, "b1", [record("a", label=None)])
+    write_labels(tmp_path / "labels", "L1", [lab("wet", "2026-11-22T09:00:00+00:00", "claim", record_id="a"),
+                                             {**lab("wet", "2026-11-23T09:00:00+00:00", record_id="a"),
+                                              "labeller": "bo"}])
+    summary, df, audit, quarantined = run(tmp_path, ingest_cfg)
+    assert quarantined == [] and df.loc["a", ["label", "labeller"]].tolist() == ["wet", "bo"]
+    assert audit[["label", "source", "superseded_by_labelled_at"]].values.tolist() == [
+        ["wet", "claim", "2026-11-23T09:00:00+00:00"]] and audit["labeller"].isna().all()
+    assert summary["labels"]["duplicate_lines"] == 0 and balanced(summary)
 
 
 def test_a_later_labelled_at_supersedes_and_the_audit_keeps_the_earlier(tmp_path: Path, ingest_cfg) -> None:

@@ -126,6 +126,29 @@ def test_an_invalid_label_line_does_not_take_the_record_out(three: tuple[ReviewQ
     assert ids(queue) == ["p1", "p2", "p3"]
 
 
+def test_a_poison_label_batch_is_read_line_by_line_and_next_never_fails(three: tuple[ReviewQueue, str],
+                                                                         tmp_path: Path) -> None:
+    """Issue 25: a labelled_at with no UTC time made /api/next answer 500. Every poison line is
+    skipped as ingest quarantines it (p1 and p3 stay waiting); the good line beside them counts."""
+    queue, _ = three
+    line = {"prediction_id": "p1", "label": "wet", "source": "claim"}
+    poison = [json.dumps({**line, "labelled_at": at}).encode() for at in
+              ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "2099-01-01T00:00:00Z")]
+    poison += [b"[" * 100_000 + b"]" * 100_000, b"1" * 5000, b"\xff\xfe",
+               json.dumps({**line, "prediction_id": "p3", "labelled_at": "2026-12-02T09:00:00Z",
+                           "pad": "x" * 1_100_000}).encode(),
+               json.dumps({**line, "prediction_id": "p3\u0000", "labelled_at": "2026-12-02T09:00:00Z"}).encode()]
+    good = json.dumps({**line, "prediction_id": "p2", "labelled_at": "2026-12-02T09:00:00Z"}).encode()
+    bdir = tmp_path / "labels" / "poison"
+    bdir.mkdir(parents=True)
+    (bdir / "labels.jsonl").write_bytes(b"\n".join([*poison, good]) + b"\n")
+    (bdir / "_SUCCESS").write_text("")
+    client = TestClient(create_app(queue, KEY))
+    head = client.get("/api/next", headers={"x-api-key": KEY})
+    assert head.status_code == 200 and head.json()["waiting"] == 2 and head.json()["record"]["prediction_id"] == "p1"
+    assert ids(queue) == ["p1", "p3"]
+
+
 def test_skip_moves_a_record_to_the_back_and_writes_nothing(three: tuple[ReviewQueue, str], tmp_path: Path) -> None:
     queue, monitor = three
     queue.skip("p1")
@@ -160,7 +183,7 @@ def test_an_answer_is_a_label_batch_the_label_feed_joins_onto_the_captured_recor
     joined = join_labels([row], read_label_batches(ready_batches(labels)))
     assert joined.accounting_error() is None and joined.quarantined == []
     assert joined.columns["cap-p1"] == {"label": "wet", "label_source": "review",
-                                        "labelled_at": "2026-12-02T08:30:15+00:00"}
+                                        "labelled_at": "2026-12-02T08:30:15+00:00", "labeller": None}
     assert sorted(files) == ["images/cap-p1.jpg", "sensors/cap-p1.csv"]
 
 
