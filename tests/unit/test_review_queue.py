@@ -143,7 +143,7 @@ def test_a_poison_label_batch_is_read_line_by_line_and_next_never_fails(three: t
     bdir.mkdir(parents=True)
     (bdir / "labels.jsonl").write_bytes(b"\n".join([*poison, good]) + b"\n")
     (bdir / "_SUCCESS").write_text("")
-    client = TestClient(create_app(queue, KEY))
+    client = TestClient(create_app(queue, REVIEWERS))
     head = client.get("/api/next", headers={"x-api-key": KEY})
     assert head.status_code == 200 and head.json()["waiting"] == 2 and head.json()["record"]["prediction_id"] == "p1"
     assert ids(queue) == ["p1", "p3"]
@@ -183,7 +183,7 @@ def test_an_answer_is_a_label_batch_the_label_feed_joins_onto_the_captured_recor
     joined = join_labels([row], read_label_batches(ready_batches(labels)))
     assert joined.accounting_error() is None and joined.quarantined == []
     assert joined.columns["cap-p1"] == {"label": "wet", "label_source": "review",
-                                        "labelled_at": "2026-12-02T08:30:15+00:00", "labeller": None}
+                                        "labelled_at": "2026-12-02T08:30:15+00:00", "labeller": "ana"}
     assert sorted(files) == ["images/cap-p1.jpg", "sensors/cap-p1.csv"]
 
 
