@@ -20,7 +20,10 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000   # per image, counted as decoded (`image_cost`); ingest counts raw pixels
 MAX_SENSOR_ROWS = 5000
 MAX_NOTE_CHARS = 10_000
-MAX_RECORDS = 256
+# Records per request: model work grows with records, not bytes. At 256, a request of 233 kB (256 32-px
+# JPEGs with a note) took 2.6-4.7 s and one of 99 notes of 10,000 characters 2.0-4.9 s on the bench
+# machine (`python -m mmcore.bench serve --parts abuse`); at 64 each stays within the 2 s goal.
+MAX_RECORDS = 64
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body over this is a 413: send fewer records per request
 # Decoded megapixels one request may cost, all its images together (`image_cost`): the work of a
 # request grows with the pixels it decodes, not with its bytes (a 5 kB palette PNG decodes 40 MP).
@@ -96,12 +99,18 @@ def check_budget(costs: list[ImageCost]) -> None:
 
 
 def decode_check(data: bytes) -> None:
-    """The serving decode (mmcore.preprocess.decode_image) of an image whose header passed: truncated
-    or corrupt pixel data is a ValueError here, a 400 for its own request, never a failed batch."""
-    from mmcore.preprocess import decode_image
+    """Every pixel of an image whose header passed decoded, in its own mode, and its EXIF read: truncated
+    or corrupt data is a ValueError here, a 400 for its own request, never a failed batch. The model's
+    conversion to RGB (mmcore.preprocess.decode_image) runs once, in the predictor: it cannot fail on
+    decoded pixels, and for palette images it is most of the cost (20 MP: 18 ms to load, 338 ms to RGB)."""
+    import io
+
+    from PIL import Image
 
     try:
-        decode_image(data)
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img.getexif()
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ValueError(f"image is not a decodable JPEG/PNG ({type(exc).__name__})") from None
 
