@@ -101,7 +101,7 @@ def test_healthz_answers_while_a_request_is_checked_and_decoded(server: str) -> 
     # two RGB images filling the request's budget: their pixels are decoded (checked), then the
     # last record's truncated image fails its decode, so the whole request is checking and decoding;
     # on the event loop no /healthz could be answered until it ended
-    big = base64.b64encode(flat_image("RGB", side_for(MAX_REQUEST_MEGAPIXELS, 2, 1))).decode()
+    big = base64.b64encode(flat_image("RGB", side_for(MAX_REQUEST_MEGAPIXELS - 1, 2, 1))).decode()
     records = [{"image": big}, {"image": big}, {"image": base64.b64encode(truncated_png()).decode()}]
     status, answered = asyncio.run(healthz_while(server, json.dumps({"records": records}).encode()))
     assert status == 400
