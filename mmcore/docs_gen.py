@@ -145,9 +145,11 @@ def serve_abuse(data: dict[str, Any]) -> list[str]:
         Row("/healthz while they ran, slowest ms", "abuse.healthz_max_ms"),
         Row("/healthz polls", "abuse.healthz_polls"), Row("limits served", "abuse.limits"),
         Row("load average (1 min) before and after, and CPUs", "abuse.load_average_1m")), data)
-    lines += ["", "| request | bytes | status | seconds, each repeat |", "|---|---|---|---|"]
+    lines += ["", "| request | bytes | status | seconds, each repeat | slowest /healthz meanwhile, ms |",
+              "|---|---|---|---|---|"]
     for name, row in (lookup(data, "abuse.requests") or {}).items():
-        lines.append(f"| `{name}` | {fmt(row.get('bytes'))} | {fmt(row.get('status'))} | {fmt(row.get('seconds'))} |")
+        lines.append(f"| `{name}` | {fmt(row.get('bytes'))} | {fmt(row.get('status'))} | {fmt(row.get('seconds'))} "
+                     f"| {fmt(row.get('healthz_max_ms'))} |")
     return lines
 
 

@@ -31,10 +31,20 @@ def decode_image(data: bytes) -> Image.Image:
         arr = np.asarray(img, dtype=np.float32)
         img = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
+        img = on_white(img.convert("RGBA"))
     return img.convert("RGB")
+
+
+def on_white(img: Image.Image, band_pixels: int = 1_000_000) -> Image.Image:
+    """`img` (RGBA) over opaque white: Image.alpha_composite, pixel for pixel, in bands of about a
+    megapixel. Pillow holds the GIL through one alpha_composite call (a 20-megapixel palette image:
+    about 240 ms), which stalled the service's event loop while another thread decoded; between bands
+    other threads run."""
+    out = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    rows = max(1, band_pixels // max(img.width, 1))
+    for top in range(0, img.height, rows):
+        out.alpha_composite(img, dest=(0, top), source=(0, top, img.width, min(top + rows, img.height)))
+    return out
 
 
 def image_pixels(data: bytes, size: int) -> np.ndarray:

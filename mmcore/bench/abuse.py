@@ -102,19 +102,23 @@ async def _run(url: str, bodies: dict[str, bytes], repeats: int) -> dict[str, An
     import httpx
 
     healthz: list[float] = []
+    during: dict[str, list[float]] = {}   # the same polls by the request that was running
+    running = [""]
     done = asyncio.Event()
 
     async def poll(http: httpx.AsyncClient) -> None:
         while not done.is_set():
-            start = time.perf_counter()
+            start, name = time.perf_counter(), running[0]
             await http.get(f"{url}/healthz")
             healthz.append((time.perf_counter() - start) * 1000)
+            during.setdefault(name, []).append(healthz[-1])
             await asyncio.sleep(HEALTHZ_EVERY_S)
 
     per: dict[str, dict[str, Any]] = {}
     async with httpx.AsyncClient(timeout=300) as http, httpx.AsyncClient(timeout=30) as health:
         poller = asyncio.create_task(poll(health))
         for name, content in bodies.items():
+            running[0] = name
             seconds, statuses = [], []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -125,6 +129,9 @@ async def _run(url: str, bodies: dict[str, bytes], repeats: int) -> dict[str, An
                          "median_s": round(float(np.median(seconds)), 3), "answer": resp.text[:240]}
         done.set()
         await poller
+    for name, polls in during.items():
+        if name in per:
+            per[name]["healthz_max_ms"] = round(max(polls), 1)
     return {"requests": per, "healthz_ms": healthz}
 
 

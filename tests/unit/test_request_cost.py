@@ -112,3 +112,16 @@ def test_a_chunked_body_is_counted_against_the_limit() -> None:
     assert asyncio.run(read_body(receiver([b"ab", b"cd", b"e"]), 4)) is None
     with pytest.raises(ClientGone):
         asyncio.run(read_body(receiver([b"ab", b"cd"], gone=True), 4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(1, 300), height=st.integers(1, 300), band=st.integers(1, 5000), seed=st.integers(0, 2**16))
+def test_banded_compositing_is_pixel_for_pixel_alpha_composite(width: int, height: int, band: int, seed: int) -> None:
+    """mmcore.preprocess.on_white composites in bands so other threads run meanwhile; training and serving
+    see the same pixels as with one Image.alpha_composite call."""
+    from mmcore.preprocess import on_white
+
+    arr = np.random.default_rng(seed).integers(0, 256, (height, width, 4), np.uint8)
+    img = Image.fromarray(arr, "RGBA")
+    whole = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+    assert np.array_equal(np.asarray(on_white(img, band_pixels=band)), np.asarray(whole))
