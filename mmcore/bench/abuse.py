@@ -164,7 +164,8 @@ def bench_abuse(params_path: Path, work: Path, repeats: int = 3) -> dict[str, An
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARCEL_")}
     env.update(BENTOML_HOME=os.environ["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="True", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PATH=f"{BIN}:{os.environ.get('PATH', '')}",
-               PARCEL_MODEL_TAG=str(import_model(model_dir, MODEL_NAME, "0").tag))
+               PARCEL_MODEL_TAG=str(import_model(model_dir, MODEL_NAME, "0").tag),
+               PARCEL_MAX_REQUEST_MEGAPIXELS=str(limits.MAX_REQUEST_MEGAPIXELS))   # what the bodies are built for
     bodies = requests(limits.MAX_REQUEST_MEGAPIXELS, limits.MAX_IMAGE_PIXELS / 1e6, limits.MAX_RECORDS,
                       limits.MAX_NOTE_CHARS, limits.MAX_SENSOR_ROWS)
     with serving("service:ParcelCondition", ROOT, env, work / "logs" / "abuse.log") as url:
