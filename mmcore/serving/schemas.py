@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import os
 from typing import Annotated, Any, Literal
 
+import anyio
 import anyio.to_thread
 from bentoml import IODescriptor
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -99,20 +101,29 @@ def decode_within_budget(records: list[Record]) -> list[Record]:
 Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS), AfterValidator(decode_within_budget)]
 
 
+PARSE_THREADS = min(4, os.cpu_count() or 1)   # bodies parsed at once: each may decode a budget's pixels
+_parse_limiter: anyio.CapacityLimiter | None = None
+
+
 class PredictInput(IODescriptor):
     """/predict's body. BentoML parses a body on the event loop (`from_http_request`, then the API
     function in its thread pool); here the parse, the checks and the decodes run in a worker thread,
     so a costly request never stalls /healthz or other requests, and still ends before adaptive
-    batching merges it with others. The body guard admits only application/json here."""
+    batching merges it with others. At most PARSE_THREADS bodies are parsed at once (memory: each may
+    hold a budget's decoded pixels); the others wait without holding the loop. The body guard admits
+    only application/json here."""
 
     records: Records
 
     @classmethod
     async def from_http_request(cls, request: Any, serde: Any) -> "PredictInput":
+        global _parse_limiter
         if serde.media_type != "application/json":   # BentoML's own path for what the guard let through
             return await super().from_http_request(request, serde)
         body = await request.body()
-        return await anyio.to_thread.run_sync(functools.partial(cls.model_validate_json, body or b"{}"))
+        _parse_limiter = _parse_limiter or anyio.CapacityLimiter(PARSE_THREADS)   # needs the running loop
+        return await anyio.to_thread.run_sync(functools.partial(cls.model_validate_json, body or b"{}"),
+                                              limiter=_parse_limiter)
 
 
 class Prediction(BaseModel):
