@@ -6,8 +6,10 @@ and the training loop cannot drift apart (no training/serving skew).
 from __future__ import annotations
 
 import io
+import operator
 import unicodedata
 import zlib
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -80,8 +82,10 @@ def note_ngrams(note: str | None, buckets: int) -> np.ndarray:
     if not note or buckets <= 0:
         return out
     text = unicodedata.normalize("NFKC", note).lower()
-    for gram in [*text, *(text[i:i + 2] for i in range(len(text) - 1))]:
-        out[zlib.crc32(gram.encode("utf-8")) % buckets] += 1.0
+    grams = Counter(text)                                # counted in C, each distinct gram hashed once:
+    grams.update(map(operator.add, text, text[1:]))      # a 10,000-character note was 13 ms of Python a gram at a time
+    for gram, count in grams.items():
+        out[zlib.crc32(gram.encode("utf-8")) % buckets] += count
     return out / np.linalg.norm(out)
 
 

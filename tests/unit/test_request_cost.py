@@ -125,3 +125,25 @@ def test_banded_compositing_is_pixel_for_pixel_alpha_composite(width: int, heigh
     img = Image.fromarray(arr, "RGBA")
     whole = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
     assert np.array_equal(np.asarray(on_white(img, band_pixels=band)), np.asarray(whole))
+
+
+def ngrams_one_at_a_time(note: str, buckets: int) -> np.ndarray:
+    """mmcore.preprocess.note_ngrams as it was written first: every gram hashed and added in turn."""
+    import unicodedata
+
+    out = np.zeros(buckets, np.float32)
+    text = unicodedata.normalize("NFKC", note).lower()
+    for gram in [*text, *(text[i:i + 2] for i in range(len(text) - 1))]:
+        out[zlib.crc32(gram.encode("utf-8")) % buckets] += 1.0
+    return out / np.linalg.norm(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(note=st.text(min_size=1, max_size=400).filter(str.strip), buckets=st.sampled_from([1, 7, 64, 256]))
+def test_counted_ngrams_are_the_ngrams_hashed_one_at_a_time(note: str, buckets: int) -> None:
+    """note_ngrams counts grams before hashing them (long notes were the costliest text requests): the
+    features, which a trained head reads, stay bit for bit what they were."""
+    from mmcore.preprocess import note_ngrams, prepare_note
+
+    prepared = prepare_note(note)
+    np.testing.assert_array_equal(note_ngrams(prepared, buckets), ngrams_one_at_a_time(prepared, buckets))
