@@ -22,12 +22,14 @@ MAX_SENSOR_ROWS = 5000
 MAX_NOTE_CHARS = 10_000
 # Records per request: model work grows with records, not bytes. At 256, a request of 233 kB (256 32-px
 # JPEGs with a note) took 2.6-4.7 s and one of 99 notes of 10,000 characters 2.0-4.9 s on the bench
-# machine (`python -m mmcore.bench serve --parts abuse`); at 64 each stays within the 2 s goal.
+# machine (`python -m mmcore.bench serve --parts abuse`); at 64, 0.5 s and 0.8-0.9 s (2026-12-07).
 MAX_RECORDS = 64
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a request body over this is a 413: send fewer records per request
 # Decoded megapixels one request may cost, all its images together (`image_cost`): the work of a
 # request grows with the pixels it decodes, not with its bytes (a 5 kB palette PNG decodes 40 MP).
-# Measured by `python -m mmcore.bench serve --parts abuse` (reports/bench/serve.json `abuse`).
+# At 48 the costliest legal request (two RGB PNGs filling it) took 1.2 s, at 32 0.8 s, on the bench
+# machine at a load of 3.5 on 2 CPUs (`python -m mmcore.bench serve --parts abuse`, 2026-12-07); 32 would
+# refuse a single image at the per-image limit. A bad value stops the service's start.
 MAX_REQUEST_MEGAPIXELS = float(os.environ.get("PARCEL_MAX_REQUEST_MEGAPIXELS", "48"))
 # Modes that mmcore.preprocess.decode_image takes through a second full-size image: palette and alpha
 # (to RGBA, then an alpha composite) and 16-bit (float32, rescaled). They count twice: measured 15-38 ms
