@@ -2,9 +2,10 @@
 
 POST /predict takes {"records": [...]}; each record may carry a note, an image
 as base64 and sensor channels as arrays, and any of them may be missing.
-Every check runs while the request is parsed (pydantic: mmcore/serving/schemas.py, limits.py),
-before adaptive batching merges requests: a bad record is a 400 for its own request, never a failed
-batch for its neighbours. Errors name the field at fault; logs never carry the payload (guards.py).
+Every check runs while the request is parsed (pydantic: mmcore/serving/schemas.py, limits.py), in a
+worker thread, before adaptive batching merges requests: a bad record is a 400 for its own request, never
+a failed batch for its neighbours; images that decode past the request's budget are a 413. Errors name
+the field at fault; logs never carry the payload (guards.py).
 Every answered record gets a prediction_id and is captured (mmcore/serving/capture.py, by adapter.py)
 for the capture step that lands served traffic as ordinary batches; capture never fails a request.
 This module is only the BentoML wiring that bentofile.yaml names (`service:ParcelCondition`).
@@ -25,10 +26,10 @@ from mmcore.serving.adapter import answer, warm_up_record
 from mmcore.serving.auth import KEY_ENV, SERVICE, ApiKeyMiddleware, configured_key, require_keys, service_middleware
 from mmcore.serving.capture import Capture, CaptureSettings
 from mmcore.serving.guards import BodyGuard, ClientErrorsWithoutPayload, guarded
-from mmcore.serving.limits import MAX_IMAGE_BYTES, MAX_NOTE_CHARS, MAX_RECORDS, check_image_bytes
+from mmcore.serving.limits import MAX_IMAGE_BYTES, MAX_NOTE_CHARS, check_image_bytes
 from mmcore.serving.middleware import CaptureMiddleware
 from mmcore.serving.runtime import load_predictor, threads_setting
-from mmcore.serving.schemas import LandingId, Prediction, Record, Sensor
+from mmcore.serving.schemas import LandingId, PredictInput, Prediction, Record, Records, Sensor
 
 
 class BentoArgs(BaseModel):
@@ -100,9 +101,9 @@ class ParcelCondition:
         """/readyz: 200 only once the model is loaded and a warm-up prediction has run."""
         return self.ready
 
-    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, records: Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS)]
-                ) -> list[Prediction]:
+    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS,
+                 input_spec=PredictInput)   # parsed and checked in a worker thread, not on the event loop
+    def predict(self, records: Records) -> list[Prediction]:
         """Label, class probabilities, the modalities used and the model version, per record."""
         return self._predict(records)
 
@@ -114,11 +115,12 @@ class ParcelCondition:
                      sensor: Sensor | None = None, shipment_id: LandingId | None = None,
                      hub: LandingId | None = None) -> Prediction:
         """Multipart form: one image file plus optional `note` and `sensor` (a JSON object of channel arrays)."""
+        # a sync API: this runs in BentoML's thread pool, so the image checks and decode are off the event loop
+        if (size := Path(image).stat().st_size) > MAX_IMAGE_BYTES:
+            raise bentoml.exceptions.InvalidArgument(f"image: {size} bytes, limit {MAX_IMAGE_BYTES}")
         data = Path(image).read_bytes()
-        if len(data) > MAX_IMAGE_BYTES:
-            raise bentoml.exceptions.InvalidArgument(f"image: {len(data)} bytes, limit {MAX_IMAGE_BYTES}")
         try:
-            check_image_bytes(data)
+            check_image_bytes(data)   # header, the request's budget (413), then the full decode
         except ValueError as exc:
             raise bentoml.exceptions.InvalidArgument(f"image: {exc}") from None
         rec = Record.model_construct(record_id=None, note=note, image=base64.b64encode(data).decode(), sensor=sensor,

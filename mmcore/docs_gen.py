@@ -135,6 +135,24 @@ def serve_batch_curve(data: dict[str, Any]) -> list[str]:
         Row("adaptive batching on by default", "batching.on_by_default")), data)]
 
 
+def serve_abuse(data: dict[str, Any]) -> list[str]:
+    """The costliest request of at most 1 MB and /healthz meanwhile, then each request sent."""
+    lines = rows_table((
+        Row("worst request, seconds (median of its repeats)", "abuse.max_request_seconds", "<=",
+            "abuse.goals.max_request_seconds.limit"),
+        Row("the worst request", "abuse.worst_request"),
+        Row("/healthz while they ran, p99 ms", "abuse.healthz_p99_ms", "<=", "abuse.goals.healthz_p99_ms.limit"),
+        Row("/healthz while they ran, slowest ms", "abuse.healthz_max_ms"),
+        Row("/healthz polls", "abuse.healthz_polls"), Row("limits served", "abuse.limits"),
+        Row("load average (1 min) before and after, and CPUs", "abuse.load_average_1m")), data)
+    lines += ["", "| request | bytes | status | seconds, each repeat | slowest /healthz meanwhile, ms |",
+              "|---|---|---|---|---|"]
+    for name, row in (lookup(data, "abuse.requests") or {}).items():
+        lines.append(f"| `{name}` | {fmt(row.get('bytes'))} | {fmt(row.get('status'))} | {fmt(row.get('seconds'))} "
+                     f"| {fmt(row.get('healthz_max_ms'))} |")
+    return lines
+
+
 FIGURES: dict[str, Figure] = {
     "quality": Figure("reports/quality.json", "make sweep", render=lambda q: _quality_table(q)),
     "bench-ingest": Figure(f"{SNAPSHOT}/ingest.json", "python -m mmcore.bench ingest --records 3000", rows=(
@@ -168,6 +186,8 @@ FIGURES: dict[str, Figure] = {
                                    render=serve_backends),
     "bench-serve-batching": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench serve --seconds 20",
                                    render=serve_batch_curve),
+    "bench-serve-abuse": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench serve --parts abuse",
+                                render=serve_abuse),
     "bench-serve-routing": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench serve --seconds 20", rows=(
         Row("served, concurrency 1, p50 ms, routed", "routing.p50_ms_c1.routed"),
         Row("served, concurrency 1, p50 ms, plain", "routing.p50_ms_c1.plain"),

@@ -292,11 +292,10 @@ def read_file(path: Path, rel: str, limit: int, reason: Reason, what: str) -> by
     return data
 
 
-def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
-    """The photo rules, for ingest and the service alike (mmcore/serving/limits.py calls this with its own):
-    JPEG or PNG by content, not by file name; within the byte and pixel limits; at least
-    `cfg.image_min_side` px a side. Format and size come from the header, before any pixel is
-    decoded; then the image is decoded fully, so truncated files are caught here, not in training."""
+def open_image(data: bytes, cfg: IngestConfig) -> Image.Image:
+    """The photo rules that the header answers, nothing decoded: JPEG or PNG by content, not by file
+    name; within the byte and pixel limits; at least `cfg.image_min_side` px a side. The service runs
+    these while it parses a request (mmcore/serving/limits.py), where a full decode would be costly."""
     if not data:
         raise Rejected(Reason.BAD_IMAGE, "image file is empty")
     if len(data) > cfg.max_image_bytes:
@@ -305,21 +304,28 @@ def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.format not in IMAGE_FORMATS:
-                raise Rejected(Reason.IMAGE_FORMAT, f"image format {img.format or 'unknown'}: JPEG or PNG only")
-            if img.width * img.height > cfg.max_image_pixels:
-                raise Rejected(Reason.IMAGE_TOO_LARGE,
-                               f"image is {img.width}x{img.height}, limit {cfg.max_image_pixels} pixels")
-            if min(img.width, img.height) < cfg.image_min_side:
-                raise Rejected(Reason.IMAGE_TOO_SMALL,
-                               f"image {img.width}x{img.height} px: at least {cfg.image_min_side} px a side")
-            img.load()
-            upright = ImageOps.exif_transpose(img)   # a malformed EXIF block raises here too
-            brightness = float(ImageStat.Stat(upright.convert("L")).mean[0])
-    except Rejected:
-        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise Rejected(Reason.IMAGE_TOO_LARGE, f"decompression bomb refused: {exc}") from exc
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise Rejected(Reason.BAD_IMAGE, f"image does not decode: {type(exc).__name__}: {exc}") from exc
+    if img.format not in IMAGE_FORMATS:
+        raise Rejected(Reason.IMAGE_FORMAT, f"image format {img.format or 'unknown'}: JPEG or PNG only")
+    if img.width * img.height > cfg.max_image_pixels:
+        raise Rejected(Reason.IMAGE_TOO_LARGE, f"image is {img.width}x{img.height}, limit {cfg.max_image_pixels} pixels")
+    if min(img.width, img.height) < cfg.image_min_side:
+        raise Rejected(Reason.IMAGE_TOO_SMALL,
+                       f"image {img.width}x{img.height} px: at least {cfg.image_min_side} px a side")
+    return img
+
+
+def check_image(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
+    """The photo rules, for ingest and the service alike: the header's (`open_image`), then a full
+    decode, so truncated files are caught here, not in training."""
+    img = open_image(data, cfg)
+    try:
+        img.load()
+        upright = ImageOps.exif_transpose(img)   # a malformed EXIF block raises here too
+        brightness = float(ImageStat.Stat(upright.convert("L")).mean[0])
     except Exception as exc:  # PIL raises many types for corrupt data
         raise Rejected(Reason.BAD_IMAGE, f"image does not decode: {type(exc).__name__}: {exc}") from exc
     return {"width": upright.width, "height": upright.height, "brightness": brightness}

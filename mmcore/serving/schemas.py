@@ -1,16 +1,26 @@
 """The service's request and answer bodies (pydantic). Every check runs while a request is parsed,
 before adaptive batching merges requests: a bad record is a 400 for its own request, never a
-failed batch for its neighbours. Errors name the field at fault and never quote the input."""
+failed batch for its neighbours. Errors name the field at fault and never quote the input.
+
+/predict's body is parsed and checked in a worker thread (`PredictInput`), not on the event loop:
+each image's header first (format, size, decoded cost), then the request's budget, then the full
+decode of each image (mmcore/serving/limits.py), so no pixel is decoded for a request over budget."""
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+import functools
+import os
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+import anyio
+import anyio.to_thread
+from bentoml import IODescriptor
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mmcore.serving.capture import RequestInfo
-from mmcore.serving.limits import MAX_IMAGE_BYTES, MAX_NOTE_CHARS, MAX_SENSOR_ROWS, check_image_bytes
+from mmcore.serving.limits import (MAX_IMAGE_BYTES, MAX_NOTE_CHARS, MAX_RECORDS, MAX_SENSOR_ROWS, ImageCost,
+                                   check_budget, decode_check, image_cost)
 from mmcore.serving.middleware import current_request
 
 FloatList = Annotated[list[float], Field(min_length=2, max_length=MAX_SENSOR_ROWS)]
@@ -38,6 +48,12 @@ class Sensor(BaseModel):
         return self
 
 
+class CheckedImage(str):
+    """A record's base64 image whose header passed, with what decoding it will cost."""
+
+    cost: ImageCost
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     record_id: str | None = Field(None, max_length=64)
@@ -59,14 +75,55 @@ class Record(BaseModel):
             data = base64.b64decode(v, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"image is not valid base64: {exc}") from None
-        check_image_bytes(data)
-        return v
+        checked = CheckedImage(v)
+        checked.cost = image_cost(data)   # the header only: decoded once the whole request fits its budget
+        return checked
 
     @model_validator(mode="after")
     def some_modality(self) -> "Record":
         if self.image is None and not (self.note or "").strip() and self.sensor is None:
             raise ValueError("no modality present: give at least one of image, note (non-blank) or sensor")
         return self
+
+
+def decode_within_budget(records: list[Record]) -> list[Record]:
+    """The request's images within its budget (413 otherwise), then each decoded in full (400 naming it)."""
+    images = [(i, r.image) for i, r in enumerate(records) if r.image is not None]
+    check_budget([getattr(im, "cost", None) or image_cost(base64.b64decode(im)) for _, im in images])
+    for i, im in images:
+        try:
+            decode_check(base64.b64decode(im))
+        except ValueError as exc:
+            raise ValueError(f"records[{i}].image: {exc}") from None
+    return records
+
+
+Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_RECORDS), AfterValidator(decode_within_budget)]
+
+
+PARSE_THREADS = min(4, os.cpu_count() or 1)   # bodies parsed at once: each may decode a budget's pixels
+_parse_limiter: anyio.CapacityLimiter | None = None
+
+
+class PredictInput(IODescriptor):
+    """/predict's body. BentoML parses a body on the event loop (`from_http_request`, then the API
+    function in its thread pool); here the parse, the checks and the decodes run in a worker thread,
+    so a costly request never stalls /healthz or other requests, and still ends before adaptive
+    batching merges it with others. At most PARSE_THREADS bodies are parsed at once (memory: each may
+    hold a budget's decoded pixels); the others wait without holding the loop. The body guard admits
+    only application/json here."""
+
+    records: Records
+
+    @classmethod
+    async def from_http_request(cls, request: Any, serde: Any) -> "PredictInput":
+        global _parse_limiter
+        if serde.media_type != "application/json":   # BentoML's own path for what the guard let through
+            return await super().from_http_request(request, serde)
+        body = await request.body()
+        _parse_limiter = _parse_limiter or anyio.CapacityLimiter(PARSE_THREADS)   # needs the running loop
+        return await anyio.to_thread.run_sync(functools.partial(cls.model_validate_json, body or b"{}"),
+                                              limiter=_parse_limiter)
 
 
 class Prediction(BaseModel):
