@@ -98,7 +98,7 @@ def requests(budget_mp: float, image_mp: float, max_records: int, max_note: int,
     return {k: v for k, v in out.items() if len(v) <= max_bytes}
 
 
-async def _run(url: str, bodies: dict[str, bytes], repeats: int) -> dict[str, Any]:
+async def _run(url: str, bodies: dict[str, bytes], repeats: int, key: str) -> dict[str, Any]:
     import httpx
 
     healthz: list[float] = []
@@ -115,6 +115,7 @@ async def _run(url: str, bodies: dict[str, bytes], repeats: int) -> dict[str, An
             await asyncio.sleep(HEALTHZ_EVERY_S)
 
     per: dict[str, dict[str, Any]] = {}
+    headers = {"content-type": "application/json", "x-api-key": key}
     async with httpx.AsyncClient(timeout=300) as http, httpx.AsyncClient(timeout=30) as health:
         poller = asyncio.create_task(poll(health))
         for name, content in bodies.items():
@@ -122,7 +123,7 @@ async def _run(url: str, bodies: dict[str, bytes], repeats: int) -> dict[str, An
             seconds, statuses = [], []
             for _ in range(repeats):
                 start = time.perf_counter()
-                resp = await http.post(f"{url}/predict", content=content, headers={"content-type": "application/json"})
+                resp = await http.post(f"{url}/predict", content=content, headers=headers)
                 seconds.append(round(time.perf_counter() - start, 3))
                 statuses.append(resp.status_code)
             per[name] = {"bytes": len(content), "status": sorted(set(statuses)), "seconds": seconds,
@@ -148,7 +149,7 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
 
 def bench_abuse(params_path: Path, work: Path, repeats: int = 3) -> dict[str, Any]:
     """The abuse figures against a served random-weight model (the serve bench's model and server)."""
-    from mmcore.bench.serve import (BIN, MODEL_NAME, ROOT, exported_bundle, serving, shipped_int8,
+    from mmcore.bench.serve import (BENCH_KEY, BIN, MODEL_NAME, ROOT, exported_bundle, serving, shipped_int8,
                                     synthetic_records)
     from mmcore.config import load_params
 
@@ -164,13 +165,13 @@ def bench_abuse(params_path: Path, work: Path, repeats: int = 3) -> dict[str, An
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARCEL_")}
     env.update(BENTOML_HOME=os.environ["BENTOML_HOME"], BENTOML_DO_NOT_TRACK="True", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PATH=f"{BIN}:{os.environ.get('PATH', '')}",
-               PARCEL_MODEL_TAG=str(import_model(model_dir, MODEL_NAME, "0").tag),
+               PARCEL_MODEL_TAG=str(import_model(model_dir, MODEL_NAME, "0").tag), PARCEL_API_KEY=BENCH_KEY,
                PARCEL_MAX_REQUEST_MEGAPIXELS=str(limits.MAX_REQUEST_MEGAPIXELS))   # what the bodies are built for
     bodies = requests(limits.MAX_REQUEST_MEGAPIXELS, limits.MAX_IMAGE_PIXELS / 1e6, limits.MAX_RECORDS,
                       limits.MAX_NOTE_CHARS, limits.MAX_SENSOR_ROWS)
     with serving("service:ParcelCondition", ROOT, env, work / "logs" / "abuse.log") as url:
         load_before = os.getloadavg()[0]
-        run = asyncio.run(_run(url, bodies, repeats))
+        run = asyncio.run(_run(url, bodies, repeats, BENCH_KEY))
     return {**summarise(run), "max_bytes": MAX_BYTES, "repeats": repeats,
             "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2),
                                 "cpus": os.cpu_count()},   # a shared machine: how busy it was

@@ -17,9 +17,10 @@ from PIL import Image
 
 from mmcore.bench.abuse import flat_image, images_body, side_for
 from mmcore.serving.limits import MAX_BODY_BYTES, MAX_IMAGE_PIXELS, MAX_REQUEST_MEGAPIXELS
+from tests.serve.conftest import AUTH
 
 pytestmark = pytest.mark.slow
-JSON = {"content-type": "application/json"}
+JSON = {"content-type": "application/json", **AUTH}
 IMAGE_MP = MAX_IMAGE_PIXELS / 1e6
 
 
@@ -42,7 +43,7 @@ def test_images_over_the_request_budget_get_a_413_saying_by_how_much(server: str
 
 def test_predict_file_counts_a_palette_image_at_its_decoded_size(server: str) -> None:
     side = side_for(IMAGE_MP, 1, 1)          # within the limit in pixels, twice over it decoded
-    resp = httpx.post(f"{server}/predict_file", files={"image": ("p.png", flat_image("P", side), "image/png")},
+    resp = httpx.post(f"{server}/predict_file", files={"image": ("p.png", flat_image("P", side), "image/png")}, headers=AUTH,
                       timeout=60)
     assert resp.status_code == 400, resp.text[:300]
     assert "40-megapixel limit per image" in resp.text and "P counts 2x" in resp.text
@@ -69,13 +70,13 @@ def test_a_chunked_body_over_the_limit_gets_a_413(server: str) -> None:
 
 def test_a_json_body_must_be_sent_as_json(server: str) -> None:
     body = json.dumps({"records": [{"note": "box dented"}]})
-    resp = httpx.post(f"{server}/predict", content=body, headers={"content-type": "text/plain"}, timeout=60)
+    resp = httpx.post(f"{server}/predict", content=body, headers={"content-type": "text/plain", **AUTH}, timeout=60)
     assert resp.status_code == 415 and "application/json" in resp.text
     on_file_route = httpx.post(f"{server}/predict_file", content=json.dumps({"image": "http://127.0.0.1/x.png"}),
                                headers=JSON, timeout=60)
     assert on_file_route.status_code == 415 and "multipart/form-data" in on_file_route.text
     as_text_field = httpx.post(f"{server}/predict_file", data={"image": "http://127.0.0.1/x.png"},
-                               files={"note": (None, "wet")}, timeout=60)
+                               files={"note": (None, "wet")}, headers=AUTH, timeout=60)
     assert as_text_field.status_code == 400 and "image must be a file part" in as_text_field.text
 
 
