@@ -10,7 +10,7 @@ from enum import Enum
 
 from mmcore.config import CLASSES, SENSOR_CHANNELS
 
-RECORD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")   # use fullmatch: "$" also matches before a final newline
+RECORD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")   # \Z, not $: "$" also matches before a final newline
 SENSOR_HEADER: tuple[str, ...] = ("t_s", *SENSOR_CHANNELS)
 RECORD_FIELDS: tuple[str, ...] = ("record_id", "shipment_id", "captured_at", "hub",
                                   "image", "note", "sensor", "label")

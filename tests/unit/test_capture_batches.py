@@ -161,3 +161,10 @@ def test_cli(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="whole second"):
         cb.parse_time("2026-11-30T10:00:00.5Z")
     assert os.listdir(tmp_path / "landing") == [PERIOD.batch_id]
+
+
+@pytest.mark.parametrize("pid, req", [("p1\n", "r1"), ("p1", "r1\n"), ("p/1", "r1"), ("p" * 61, "r1")])
+def test_a_captured_line_with_an_id_outside_the_rule_cannot_land(pid: str, req: str, tmp_path: Path) -> None:
+    """Ids become file names and record ids: a final newline ("$" matched before it) is outside the rule too."""
+    line = {"prediction_id": pid, "x_request_id": req, "answered_at": "2026-12-01T10:00:00+00:00", "note": "wet"}
+    assert cb.landing_record(line, cb.BlobStore(tmp_path)) == "bad_record"
