@@ -46,6 +46,7 @@ test: install
 bench: install
 	$(PY) -m mmcore.bench ingest --records 3000 --out reports/bench/ingest.json
 	$(PY) -m mmcore.bench serve --seconds 20 --out reports/bench/serve.json
+	$(PY) -m mmcore.bench abuse --out reports/bench/serve.json
 	$(PY) -m mmcore.bench train --out reports/bench/train.json
 	$(PY) -m mmcore.bench gate --out reports/bench/gate.json
 	$(PY) -m mmcore.bench monitor --out reports/bench/monitor.json

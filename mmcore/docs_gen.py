@@ -186,7 +186,7 @@ FIGURES: dict[str, Figure] = {
                                    render=serve_backends),
     "bench-serve-batching": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench serve --seconds 20",
                                    render=serve_batch_curve),
-    "bench-serve-abuse": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench serve --parts abuse",
+    "bench-serve-abuse": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench abuse",
                                 render=serve_abuse),
     "bench-serve-routing": Figure(f"{SNAPSHOT}/serve.json", "python -m mmcore.bench serve --seconds 20", rows=(
         Row("served, concurrency 1, p50 ms, routed", "routing.p50_ms_c1.routed"),
