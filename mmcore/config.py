@@ -318,11 +318,21 @@ class GateConfig:
     min_class_f1: float         # floor: the worst class's F1
     max_ece: float                  # floor: expected calibration error at most this
     max_latency_p95_ms: float   # budget: p95 latency in ms (CPU, batch 1, encoders included)
-    min_delta: float            # vs champion: the bootstrap interval's lower bound of the macro-F1 gain must exceed it
-    max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion
+    max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion (simultaneous band)
     max_slice_f1_drop: float    # no slice's macro-F1 (hub, note language, missing modality) may fall by more
-    min_slice_n: int            # slices with fewer records are reported in gate.json, not gated
+    min_slice_shipments: int = 30   # slices of fewer shipments are reported in gate.json, not gated
     max_behaviour_regression: float = 0.05  # no behavioural suite's failure rate may exceed the champion's by more
+    noninferiority_margin: float = 0.02  # vs champion: the macro-F1 gain's bootstrap low must exceed -margin
+    proper_score: str = "log_loss"  # vs champion: superiority on this score of the same records: log_loss | brier
+    min_score_gain: float = 0.0     # the proper score's improvement (bootstrap low) must exceed this
+    max_decline_from_best: float = 0.02  # never promote this far below the best macro-F1 seen on this gate set
+
+    def __post_init__(self) -> None:
+        if self.proper_score not in ("log_loss", "brier"):
+            raise ValueError(f"gate.proper_score: {self.proper_score!r}; allowed: log_loss, brier")
+        if self.noninferiority_margin < 0 or self.max_decline_from_best < 0 or self.min_slice_shipments < 1:
+            raise ValueError("gate.noninferiority_margin and max_decline_from_best must be >= 0, "
+                             "min_slice_shipments >= 1")
 
 
 @dataclass(frozen=True)

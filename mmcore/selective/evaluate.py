@@ -24,7 +24,8 @@ GOALS = {"automation_rate": 0.80, "auto_precision": 0.98, "coverage": 0.89, "con
 
 
 def routing_metrics(probs: np.ndarray, y: np.ndarray, dis: np.ndarray, cal: Calibration | None,
-                    labels: list[str]) -> dict[str, Any]:
+                    labels: list[str], shipments: np.ndarray | None = None, n_boot: int = 1000) -> dict[str, Any]:
+    """`shipments`: coverage also gets its shipment-bootstrap interval (`low`, `high`: the gate reads `high`)."""
     sets, why = review_reasons(probs, dis, cal)
     auto = np.array([not w for w in why])
     pred = probs.argmax(1)
@@ -42,7 +43,17 @@ def routing_metrics(probs: np.ndarray, y: np.ndarray, dis: np.ndarray, cal: Cali
             "automation_rate": float(auto.mean()) if len(y) else None, "auto_precision": precision,
             "auto_accuracy": float((pred[auto] == y[auto]).mean()) if auto.any() else None,
             "review_reasons": reasons,
-            "confidence_thresholds": None if cal is None else cal.confidence_thresholds}
+            "confidence_thresholds": None if cal is None else cal.confidence_thresholds} | _coverage_ci(
+                covered, shipments, n_boot)
+
+
+def _coverage_ci(covered: np.ndarray, shipments: np.ndarray | None, n_boot: int) -> dict[str, Any]:
+    if shipments is None or not len(covered):
+        return {}
+    from mmcore.bootstrap import mean_interval
+
+    ci = mean_interval(covered, shipments, n_boot, seed=0)
+    return {"coverage_ci": {"low": ci["low"], "high": ci["high"], "resampled_by": "shipment"}}
 
 
 def contradicted(batch: Batch, y: np.ndarray, modality: str, seed: int) -> tuple[Batch, np.ndarray]:
@@ -102,10 +113,10 @@ def _auroc(clean: np.ndarray, bad: np.ndarray, roc_auc_score: Any) -> float | No
 
 
 def selective_section(router: Router, probs: np.ndarray, batch: Batch, y: np.ndarray, labels: list[str],
-                      seed: int) -> dict[str, Any]:
+                      seed: int, shipments: np.ndarray | None = None) -> dict[str, Any]:
     with torch.inference_mode():
         dis = router.disagreement(batch)
-        out = routing_metrics(probs, y, dis, router.calibration, labels)
+        out = routing_metrics(probs, y, dis, router.calibration, labels, shipments)
         out["contradictions"] = contradiction_metrics(router, batch, y, seed, scores=dis)
     return out
 

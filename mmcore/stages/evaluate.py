@@ -9,6 +9,7 @@ Plots go to `--plots` (DVC plot data + PNGs) and, as PNGs, to the training run i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ def gate_set(raw: Path, splits: Path) -> GateSet:
     return GateSet(records, y, part["shipment_id"].astype(str).to_numpy(), profile, groups)
 
 
+def gate_fingerprint(gate: GateSet) -> dict[str, Any]:
+    """Which gate set this is: the best-seen score (slow-decline guard) is only compared on the same one."""
+    ids = sorted(str(r["record_id"]) for r in gate.records)
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return {"fingerprint": digest, "records": len(ids), "shipments": int(len(np.unique(gate.shipments)))}
+
+
 def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
     """Records where a modality is absent, as the model sees it (an empty note counts as missing text)."""
     mask = batch.mask.numpy()
@@ -97,7 +105,7 @@ def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: E
     metrics["slices"] = slice_scores(gate.y, probs.argmax(1), slices, n)
     metrics["behaviour"] = behaviour.score_cases(
         lambda recs: model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), cases)
-    metrics["selective"] = selective_section(router, probs, batch, gate.y, list(CLASSES), seed)
+    metrics["selective"] = selective_section(router, probs, batch, gate.y, list(CLASSES), seed, gate.shipments)
     return metrics, probs, slices
 
 
@@ -272,7 +280,11 @@ def run(args: argparse.Namespace) -> int:
                                               champ_router)
         metrics["champion"] = scored["champion"] = {"version": int(version), **champ_metrics}
         metrics["comparison"] = paired_bootstrap(gate.y, chal_probs.argmax(1), probs["champion"].argmax(1),
-                                                 gate.shipments, list(CLASSES), slices, cfg.n_boot, cfg.seed, cfg.ci)
+                                                 gate.shipments, list(CLASSES), slices, cfg.n_boot, cfg.seed, cfg.ci,
+                                                 probs=(chal_probs, probs["champion"]),
+                                                 family_min_shipments=p.gate.min_slice_shipments)
+    metrics["gate_set"] = gate_fingerprint(gate)
+    metrics["best_seen"] = registry.best_seen(p.registry.model_name, metrics["gate_set"]["fingerprint"])
     metrics["leak"] = leak_checks(p.registry.model_name, champ[0] if champ else None, args.raw, args.splits, gate)
     write_json(args.out, metrics)
     abl = ablation_report(metrics, cfg)

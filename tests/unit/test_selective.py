@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmcore.config import CLASSES, SelectiveConfig
-from mmcore.gate import decide, selective_rules
+from mmcore.gate import decide, precision_upper, selective_rules
 from mmcore.model import Batch
 from mmcore.selective.calibrate import Calibration, calibrate, conformal_sets, precision_thresholds
 from mmcore.selective.decide import (answers, leave_one_out_disagreement, pairwise_disagreement,
@@ -131,8 +131,10 @@ def test_routing_metrics_and_goals() -> None:
     assert g["coverage"]["value"] == m["coverage"]["overall"]
 
 
-def selective(coverage: float, precision: float | None, rate: float, n: int = 50) -> dict:
+def selective(coverage: float, precision: float | None, rate: float, n: int = 50, high: float | None = None) -> dict:
+    """A section as evaluate writes it; `high`: the coverage's bootstrap upper bound (coverage + 0.02 unless given)."""
     return {"calibrated": True, "coverage": {"overall": coverage},
+            "coverage_ci": {"low": coverage - 0.02, "high": coverage + 0.02 if high is None else high},
             "auto_precision": {c: {"precision": precision, "n": n if precision is not None else 0} for c in CLASSES},
             "automation_rate": rate}
 
@@ -141,12 +143,22 @@ def failed(metrics: dict) -> list[str]:
     return [r["rule"] for r in selective_rules(metrics, SEL) if not r["passed"]]
 
 
-def test_gate_enforces_coverage_precision_and_automation_drop() -> None:
+def test_gate_fails_selective_rules_only_on_evidence() -> None:
     assert failed({"selective": selective(0.9, 0.99, 0.8)}) == []
-    assert failed({"selective": selective(0.85, 0.99, 0.8)}) == ["selective_coverage"]
-    assert failed({"selective": selective(0.9, 0.97, 0.8)}) == [f"auto_precision:{c}" for c in CLASSES]
+    assert failed({"selective": selective(0.85, 0.99, 0.8)}) == ["selective_coverage"]       # upper 0.87 < 0.88
+    assert failed({"selective": selective(0.87, 0.99, 0.8, high=0.90)}) == []               # short, maybe by chance
+    assert failed({"selective": selective(0.9, 0.96, 0.8, n=50)}) == []       # 48/50: could still be 0.98
+    assert failed({"selective": selective(0.9, 0.9, 0.8, n=400)}) == [f"auto_precision:{c}" for c in CLASSES]
     assert failed({"selective": selective(0.9, None, 0.0)}) == []          # nothing automatic: nothing to check
     old = {"selective": selective(0.9, 0.99, 0.85)}
     assert failed({"selective": selective(0.9, 0.99, 0.81), "champion": old}) == []
     assert failed({"selective": selective(0.9, 0.99, 0.75), "champion": old}) == ["automation_drop"]
     assert "selective_coverage" in [r["rule"] for r in decide(scores(), CFG, SEL)[1] if not r["passed"]]
+
+
+def test_the_precision_bound_is_clopper_pearson() -> None:
+    from scipy.stats import binomtest
+
+    for k, n in [(45, 50), (390, 400), (10, 10), (0, 5)]:
+        upper = precision_upper(k, n, 0.05)
+        assert upper == 1.0 if k == n else abs(binomtest(k, n).proportion_ci(0.90, "exact").high - upper) < 1e-9
