@@ -151,6 +151,10 @@ def metrics_section(metrics: dict[str, Any] | None, plots: dict[str, bytes]) -> 
     if comp:
         out.append(f"<p>Macro-F1 gain of the challenger: {fmt(comp.get('observed'))}, {fmt(comp.get('ci'), 2)} "
                    f"bootstrap interval [{fmt(comp.get('low'))}, {fmt(comp.get('high'))}].</p>")
+        ll = (comp.get("scores") or {}).get("log_loss")
+        if ll:
+            out.append(f"<p>Log-loss improvement (champion minus challenger): {fmt(ll.get('observed'))}, "
+                       f"interval [{fmt(ll.get('low'))}, {fmt(ll.get('high'))}].</p>")
     per_class = metrics.get("per_class", {})
     out.append(table(["class", "precision", "recall", "F1", "support"],
                      [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]
