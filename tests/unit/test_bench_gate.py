@@ -70,7 +70,7 @@ def test_every_scenario_is_judged_by_the_rules_and_reported(world) -> None:
             "promoted", "rejected", "inconclusive"}
         assert r["ci95"][0] <= r["promotion_rate"] <= r["ci95"][1] and r["true_gap"] == r["truth"]["true_gap"]
         assert bool(r["rejected_by"]) == (r["promotion_rate"] < 1.0)      # every refusal names its rules
-    verdict, failed, _, width = judge(pop, pairs["equal"], p, np.random.default_rng(5), 600, 450)
+    verdict, failed, _, width, _ = judge(pop, pairs["equal"], p, np.random.default_rng(5), 600, 450)
     assert width > 0 and (verdict == "promoted") == (not failed)
 
 
