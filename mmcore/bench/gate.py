@@ -134,9 +134,9 @@ def summarise(name: str, pair: Pair, runs: list[tuple[str, list[str], float, flo
 
 
 def pairs(sim: Simulator, better_gap: float = SCENARIOS["better"]["gap"],
-          only: tuple[str, ...] = tuple(SCENARIOS)) -> dict[str, Pair]:
+          only: tuple[str, ...] = tuple(SCENARIOS), champion_f1: float = CHAMPION_F1) -> dict[str, Pair]:
     todo = {**SCENARIOS, "better": {"gap": better_gap}}
-    return {name: scenario_pair(sim, name, s["gap"], CHAMPION_F1, s.get("hub"), s.get("hub_gap", 0.0))
+    return {name: scenario_pair(sim, name, s["gap"], champion_f1, s.get("hub"), s.get("hub_gap", 0.0))
             for name, s in todo.items() if name in only}
 
 
@@ -169,19 +169,19 @@ def sweep(pop: Population, todo: dict[str, Pair], p: Params, reps: int, seed: in
 
 def bench(p: Params, reps: int, oracle: int, seed: int, noise: Noise, do_sweep: bool = False,
           gate_records: int | None = None, better_gap: float = SCENARIOS["better"]["gap"],
-          only: tuple[str, ...] = tuple(SCENARIOS)) -> dict[str, Any]:
+          only: tuple[str, ...] = tuple(SCENARIOS), champion_f1: float = CHAMPION_F1) -> dict[str, Any]:
     """`gate_records`: another gate-set size than the default data's (e.g. the loop scenario's)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):      # small matrices: BLAS threads only fight each other (17x slower on 2 busy cores)
-        return _bench(p, reps, oracle, seed, noise, do_sweep, gate_records, better_gap, only)
+        return _bench(p, reps, oracle, seed, noise, do_sweep, gate_records, better_gap, only, champion_f1)
 
 
 def _bench(p: Params, reps: int, oracle: int, seed: int, noise: Noise, do_sweep: bool, gate_records: int | None,
-           better_gap: float, only: tuple[str, ...]) -> dict[str, Any]:
+           better_gap: float, only: tuple[str, ...], champion_f1: float) -> dict[str, Any]:
     start = time.perf_counter()
     pop = population(p.synth, oracle, seed)
-    todo = pairs(Simulator(pop, noise, seed), better_gap, only)
+    todo = pairs(Simulator(pop, noise, seed), better_gap, only, champion_f1)
     default_gate, calib_records = split_sizes(p)
     gate_records = gate_records or default_gate
     result: dict[str, Any] = ({"sweep": sweep(pop, todo, p, reps, seed + 1)} if do_sweep else
@@ -192,7 +192,7 @@ def _bench(p: Params, reps: int, oracle: int, seed: int, noise: Noise, do_sweep:
                                 "(default synth params; records planned, content not rendered)",
                                 "gate_set_records": gate_records, "calib_records": calib_records,
                                 "models": "simulated per-record probabilities (mmcore/bench/gate_sim.py)",
-                                "noise": dataclasses.asdict(noise), "champion_macro_f1": CHAMPION_F1,
+                                "noise": dataclasses.asdict(noise), "champion_macro_f1": champion_f1,
                                 "gate": dataclasses.asdict(p.gate), "selective": dataclasses.asdict(p.selective),
                                 "n_boot": p.evaluate.n_boot, "not_simulated": list(NOT_SIMULATED)},
             "seconds": round(time.perf_counter() - start, 1), "load_average": list(os.getloadavg()),
@@ -212,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--better-gap", type=float, default=SCENARIOS["better"]["gap"],
                     help="the `better` scenario's true macro-F1 gain (the goals are for +0.03)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset to run")
+    ap.add_argument("--champion-f1", type=float, default=CHAMPION_F1, help="the champion's macro-F1 on the oracle")
     ap.add_argument("--sigma-model", type=float, default=Noise.sigma_model,
                     help="each model's own noise (default: calibrated to two retrains on the default data)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     result = bench(load_params(args.params), args.reps, args.oracle, args.seed, Noise(sigma_model=args.sigma_model),
                    args.sweep,
-                   args.gate_records, args.better_gap, tuple(args.scenarios.split(",")))
+                   args.gate_records, args.better_gap, tuple(args.scenarios.split(",")), args.champion_f1)
     result["command"] = " ".join(["python -m mmcore.bench gate", *(sys.argv[1:] if argv is None else argv)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

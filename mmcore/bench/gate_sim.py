@@ -120,7 +120,7 @@ class Simulator:
         return macro_f1(y, probs.argmax(1) if sel is None else probs[sel].argmax(1), len(CLASSES))
 
     def solve(self, target: float, own: np.ndarray, base: np.ndarray | None = None,
-              lo: float = 0.0, hi: float = 6.0, where: np.ndarray | None = None) -> float:
+              lo: float = 0.0, hi: float = 12.0, where: np.ndarray | None = None) -> float:
         """The signal weight (on `where`'s records, `base` elsewhere) whose macro-F1 on the oracle is `target`."""
         base = np.ones(len(self.pop)) if base is None else base
         mask = np.ones(len(self.pop), bool) if where is None else where
@@ -171,7 +171,7 @@ def scenario_pair(sim: Simulator, name: str, gap: float, champion_f1: float, hub
 
 
 def _solve_slice(sim: Simulator, own: np.ndarray, base: np.ndarray, where: np.ndarray, target: float) -> float:
-    lo, hi = 0.0, 6.0
+    lo, hi = 0.0, 12.0
     for _ in range(40):
         mid = (lo + hi) / 2
         if sim.macro_f1(sim.probs(np.where(where, mid, base), own), where) < target:
