@@ -223,8 +223,11 @@ class SelectiveConfig:
     """When the model decides alone (mmcore/selective): calibrated on the calib split at each retrain."""
 
     alpha: float = 0.1                  # prediction sets miss the true class at most this often
-    min_auto_precision: float = 0.98    # per class, automatic decisions must be right at least this often
+    min_auto_precision: float = 0.94    # automatic decisions agree with the observed label at least this often
     delta: float = 0.1                  # with confidence 1 - delta (Learn then Test)
+    label_noise: float = 0.03           # share of observed labels assumed wrong: observed precision <= 1 - this
+    per_class_min_records: int = 1000   # calib records (threshold part) every class needs for per-class targets
+    scaling_share: float = 0.5          # share of calib shipments fitting the temperature; the rest: sets, thresholds
     detector: str = "leave_one_out"     # modality disagreement: leave_one_out | pairwise (`mmcore.selective.sweep`)
     max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean records it may send to review
     coverage_slack: float = 0.02        # gate: gate-set coverage >= 1 - alpha - coverage_slack
@@ -234,6 +237,8 @@ class SelectiveConfig:
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 1 and 0 < self.delta < 1 and 0 < self.min_auto_precision < 1):
             raise ValueError("selective.alpha, delta and min_auto_precision must lie strictly between 0 and 1")
+        if not (0 <= self.label_noise < 1 and 0 <= self.scaling_share < 1):
+            raise ValueError("selective.label_noise and scaling_share must lie in [0, 1)")
         if self.detector not in ("leave_one_out", "pairwise"):
             raise ValueError(f"selective.detector: {self.detector!r}; allowed: leave_one_out, pairwise")
 
@@ -323,6 +328,7 @@ class GateConfig:
     max_slice_f1_drop: float    # no slice's macro-F1 (hub, note language, missing modality) may fall by more
     min_slice_n: int            # slices with fewer records are reported in gate.json, not gated
     max_behaviour_regression: float = 0.05  # no behavioural suite's failure rate may exceed the champion's by more
+    max_ece_classwise: float = 0.03  # floor: class-wise ECE of the served (temperature-scaled) probabilities
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ from mmcore import behaviour, plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
 from mmcore.data.raw import load_profile, load_records
 from mmcore.bootstrap import paired_bootstrap
-from mmcore.evaluate import (ablation, ablation_report, macro_f1, model_probs, percentiles_ms, reliability, score,
-                             slice_scores)
+from mmcore.evaluate import (ablation, ablation_report, ece_classwise, macro_f1, model_probs, percentiles_ms,
+                             reliability, score, slice_scores)
 from mmcore.features import Featurizer
 from mmcore.leak import fit_rows, leak_message, overlap
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
 from mmcore.selective.evaluate import goals as selective_goals
+from mmcore.selective.calibrate import scale
 from mmcore.selective.evaluate import selective_section
 from mmcore.selective.router import Router
 from mmcore.stages.common import read_json, write_json
@@ -67,6 +68,13 @@ def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
     return {f"missing={m}": mask[:, i] == 0 for i, m in enumerate(MODALITIES)}
 
 
+def modality_patterns(batch: Batch) -> dict[str, np.ndarray]:
+    """Records by which modalities they had, as the model sees them ("image+text+sensor", "sensor", ...)."""
+    mask = batch.mask.numpy() > 0
+    names = np.array(["+".join(m for m, has in zip(MODALITIES, row) if has) or "none" for row in mask])
+    return {name: names == name for name in sorted(set(names))}
+
+
 def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
     """The shared featurizer when its input settings match the bundle's, a fresh one on the same cache otherwise."""
     keys = ("image_size", "text_max_tokens", "sensor_length", "text_ngram_buckets")
@@ -90,13 +98,17 @@ def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: E
     if feat.versions() != bundle.encoders:
         raise ValueError(f"model was trained with encoders {bundle.encoders}, featurizer gives {feat.versions()}")
     batch = feat.batch(gate.records, bundle.sensor_mean, bundle.sensor_std)
-    probs = model_probs(bundle.model, batch)
+    probs = scale(model_probs(bundle.model, batch), router.calibration)      # what this version serves
     n, slices = len(CLASSES), {**gate.groups, **missing_groups(batch)}
     metrics = score(gate.y, probs, bundle.labels, cfg.ece_bins)
+    metrics["ece_classwise"] = ece_classwise(probs, gate.y, cfg.ece_bins)
+    metrics["ece_classwise_by_modalities"] = {
+        name: {"ece_classwise": ece_classwise(probs[sel], gate.y[sel], cfg.ece_bins), "n": int(sel.sum())}
+        for name, sel in modality_patterns(batch).items()}
     metrics["ablation"] = ablation(bundle.model, batch, gate.y, n)
     metrics["slices"] = slice_scores(gate.y, probs.argmax(1), slices, n)
-    metrics["behaviour"] = behaviour.score_cases(
-        lambda recs: model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), cases)
+    metrics["behaviour"] = behaviour.score_cases(lambda recs: scale(
+        model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), router.calibration), cases)
     metrics["selective"] = selective_section(router, probs, batch, gate.y, list(CLASSES), seed)
     return metrics, probs, slices
 
