@@ -1,6 +1,7 @@
 """evaluate stage: challenger, unimodal baselines and the current champion on the same gate set.
 
-Both fused models get the same numbers (macro-F1, accuracy, per-class, confusion, ECE,
+Both fused models get the same numbers, on the probabilities each serves (its calibration's temperature
+applied): macro-F1, accuracy, per-class, confusion, ECE, class-wise ECE (overall and per modality pattern),
 per-modality ablation, slices, behavioural suites on the same perturbed records (mmcore.behaviour),
 CPU latency at batch 1); the paired bootstrap of their macro-F1 difference is computed here, so the
 gate only reads reports/metrics.json.
@@ -246,10 +247,16 @@ def write_selective(path: Path, metrics: dict[str, Any]) -> None:
     write_json(path, {"model_version": metrics["model_version"], "challenger": chal, "champion": champ,
                       "champion_version": (metrics.get("champion") or {}).get("version"),
                       "goals": {"challenger": selective_goals(chal), "champion": selective_goals(champ)}})
+    nan = float("nan")
     print("evaluate: abstention " + "; ".join(
-        f"{who} automation {s['automation_rate']:.3f}, coverage {s['coverage']['overall']:.3f}, mean set size "
-        f"{s['mean_set_size']:.2f}, contradiction AUROC {(s['contradictions'].get('auroc') or float('nan')):.3f}"
+        f"{who} automation {s['automation_rate']:.3f}, pooled automatic precision "
+        f"{(s.get('auto_precision_pooled') or {}).get('precision') or nan:.3f} (lower bound "
+        f"{(s.get('auto_precision_pooled') or {}).get('lower_bound') or nan:.3f}), coverage "
+        f"{s['coverage']['overall']:.3f}, mean set size {s['mean_set_size']:.2f}, empty sets "
+        f"{s.get('empty_set_rate') or 0:.3f}, contradiction AUROC {(s['contradictions'].get('auroc') or nan):.3f}"
         for who, s in (("challenger", chal), ("champion", champ)) if s))
+    for name, why in ((chal.get("certified_on_calib") or {}).get("why_uncertified") or {}).items():
+        print(f"evaluate: WARNING the challenger automates nothing ({name}): {why}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -298,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
                                                    f"{'met' if t['met'] else 'NOT met'}"
                                                    for k, t in abl["targets"].items()))
     print(f"evaluate: fused macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}, "
-          f"ECE {metrics['ece']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
+          f"ECE {metrics['ece']:.3f}, class-wise ECE {metrics['ece_classwise']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
           f"{metrics['latency_ms']['p95']:.0f} ms, ablation {metrics['ablation']}, unimodal "
           f"{metrics['unimodal_macro_f1']}, champion {metrics['champion']['macro_f1'] if champ else None}"
           + (f", delta {comp['observed']:+.3f} [{comp['low']:+.3f}, {comp['high']:+.3f}]" if comp else ""))
