@@ -227,7 +227,8 @@ class SelectiveConfig:
     delta: float = 0.1                  # with confidence 1 - delta (Learn then Test)
     label_noise: float = 0.03           # share of observed labels assumed wrong: observed precision <= 1 - this
     per_class_min_records: int = 1000   # calib records (threshold part) every class needs for per-class targets
-    scaling_share: float = 0.5          # share of calib shipments fitting the temperature; the rest: sets, thresholds
+    scaling_split: str = "val"          # where the temperature is fitted: val (all calib then certifies) | calib
+    scaling_share: float = 0.5          # scaling_split calib: share of calib shipments fitting the temperature
     detector: str = "leave_one_out"     # modality disagreement: leave_one_out | pairwise (`mmcore.selective.sweep`)
     max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean records it may send to review
     coverage_slack: float = 0.02        # gate: gate-set coverage >= 1 - alpha - coverage_slack
@@ -239,6 +240,8 @@ class SelectiveConfig:
             raise ValueError("selective.alpha, delta and min_auto_precision must lie strictly between 0 and 1")
         if not (0 <= self.label_noise < 1 and 0 <= self.scaling_share < 1):
             raise ValueError("selective.label_noise and scaling_share must lie in [0, 1)")
+        if self.scaling_split not in ("val", "calib"):
+            raise ValueError(f"selective.scaling_split: {self.scaling_split!r}; allowed: val, calib")
         if self.detector not in ("leave_one_out", "pairwise"):
             raise ValueError(f"selective.detector: {self.detector!r}; allowed: leave_one_out, pairwise")
 

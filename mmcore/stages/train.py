@@ -87,10 +87,17 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
     y = np.array([CLASSES.index(lbl) for lbl in labels])
     table = pd.read_parquet(args.splits)
     shipments = table.loc[table["split"] == "calib", "shipment_id"].astype(str).to_numpy()   # split_records' order
-    cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective, shipments=shipments)
+    scaling = None
+    if p.selective.scaling_split == "val":
+        val_recs, val_labels = split_records(args.raw, args.splits, "val")
+        scaling = (model_probs(fused.model, feat.batch(val_recs, fused.sensor_mean, fused.sensor_std)),
+                   np.array([CLASSES.index(lbl) for lbl in val_labels]))
+    cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective, shipments=shipments,
+                    scaling=scaling)
     cal.save(args.out)
     print(f"train: calibrated on {len(y)} calib records: temperature {cal.temperature} fitted on "
-          f"{cal.info['scaling_records']}, on the other {cal.info['threshold_records']} set quantile "
+          f"{cal.info['scaling_records']} {cal.info['scaling_split']} records; on {cal.info['threshold_records']} "
+          "calib records set quantile "
           f"{cal.set_quantile:.4f}, {cal.info['mode']} confidence thresholds {cal.confidence_thresholds}; "
           f"disagreement threshold {cal.disagreement_threshold}")
     for name, why in cal.info["why_uncertified"].items():

@@ -212,6 +212,9 @@ def test_temperature_is_fitted_on_whole_shipments_and_changes_no_label() -> None
     assert fit_temperature(soft, y) == pytest.approx(0.5, rel=0.1)
     assert np.array_equal(apply_temperature(soft, 0.5).argmax(1), probs.argmax(1))
     assert apply_temperature(probs, 1.0) is probs
+    cal = calibrate(soft[:1000], y[:1000], np.zeros(1000), np.zeros(1000, bool), SEL, scaling=(soft[1000:], y[1000:]))
+    assert cal.info["threshold_records"] == 1000 and cal.info["scaling_split"] == "val"     # all of calib certifies
+    assert cal.temperature == pytest.approx(0.5, rel=0.1)
 
 
 @given(st.lists(st.lists(st.floats(1e-6, 1.0), min_size=K, max_size=K), min_size=1, max_size=20),
