@@ -7,7 +7,9 @@ contradictions (a note or a trace swapped in from a record of another class) and
 the threshold calibrated on the calib split (`selective.detector` takes the best AUROC). For several
 precision targets: the threshold Learn then Test certifies on the calib split, and the automation and
 per-class precision it gives on val (what `selective.min_auto_precision` and `delta` trade), and each
-class's precision among its most confident val predictions (the most any threshold could reach).
+class's precision among its most confident val predictions (the most any threshold could reach). Val is
+what is scored here, so the temperature is fitted on half of the calib shipments (`scaling_split: calib`),
+not on val as the train stage does by default.
 """
 from __future__ import annotations
 
