@@ -49,6 +49,8 @@ def floor_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
         _rule("min_accuracy", m.get("accuracy"), cfg.min_accuracy, lambda v: v >= cfg.min_accuracy),
         _rule("min_class_f1", f1s.get(worst), cfg.min_class_f1, lambda v: v >= cfg.min_class_f1, worst_class=worst),
         _rule("max_ece", m.get("ece"), cfg.max_ece, lambda v: v <= cfg.max_ece),
+        _rule("max_ece_classwise", m.get("ece_classwise"), cfg.max_ece_classwise,
+              lambda v: v <= cfg.max_ece_classwise),     # of the served (temperature-scaled) probabilities
         _rule("max_latency_p95_ms", _get(m, "latency_ms", "p95"), cfg.max_latency_p95_ms,
               lambda v: v <= cfg.max_latency_p95_ms),
     ]

@@ -40,7 +40,7 @@ import numpy as np
 from mmcore.bench.gate_sim import Noise, Pair, Population, Simulator, draw_shipments, population, scenario_pair
 from mmcore.bootstrap import paired_bootstrap
 from mmcore.config import CLASSES, Params, load_params
-from mmcore.evaluate import score, slice_scores
+from mmcore.evaluate import ece_classwise, score, slice_scores
 from mmcore.gate import BEHAVIOUR_SUITES, decide, verdict
 from mmcore.selective.calibrate import Calibration
 from mmcore.selective.evaluate import routing_metrics
@@ -83,6 +83,7 @@ def model_block(pop: Population, probs: np.ndarray, gate: np.ndarray, calib: np.
     y, pr = pop.y[gate], probs[gate]
     slices = {k: v[gate] for k, v in pop.slices.items()}
     m = score(y, pr, list(CLASSES), p.evaluate.ece_bins)
+    m["ece_classwise"] = ece_classwise(pr, y, p.evaluate.ece_bins)
     m["slices"] = slice_scores(y, pr.argmax(1), slices, len(CLASSES))
     cal = calibrate(probs[calib], pop.y[calib], p)
     m["selective"] = routing_metrics(pr, y, np.zeros(len(y)), cal, list(CLASSES), pop.shipments[gate], n_boot=500)

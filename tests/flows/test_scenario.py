@@ -71,7 +71,7 @@ SCENARIO = {
     "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1,
                  "behaviour_records": 40},
     "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
-             "max_latency_p95_ms": 60000},
+             "max_ece_classwise": 1.0, "max_latency_p95_ms": 60000},
     # a few dozen calib and gate-set records: abstention is checked, with room for that noise
     "selective": {"coverage_slack": 0.3, "max_automation_drop": 1.0},
     "monitor": {"min_new_labels": 250, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,

@@ -19,7 +19,7 @@ SHIPMENTS = {"hub=SHA01": 40, "missing=image": 5, "note_lang=empty": 35, "missin
 
 def scores(f1: float = 0.8, **over: Any) -> dict[str, Any]:
     """A model's numbers as the evaluate stage writes them."""
-    m = {"macro_f1": f1, "accuracy": f1, "ece": 0.05, "latency_ms": {"p50": 40.0, "p95": 90.0},
+    m = {"macro_f1": f1, "accuracy": f1, "ece": 0.05, "ece_classwise": 0.02, "latency_ms": {"p50": 40.0, "p95": 90.0},
          "per_class": {c: {"f1": f1} for c in CLASSES},
          "slices": {"hub=SHA01": {"macro_f1": f1, "n": 100}, "missing=image": {"macro_f1": f1, "n": 12}},
          "leak": {"challenger": {"records": 0}, "champion": {"records": 0}},
@@ -70,7 +70,7 @@ def test_first_model_is_judged_on_floors_and_latency_alone() -> None:
     promoted, rules = decide({**scores(0.7), "champion": None, "comparison": None}, CFG)
     assert promoted
     assert [r["rule"] for r in rules] == ["min_macro_f1", "min_accuracy", "min_class_f1", "max_ece",
-                                          "max_latency_p95_ms", "gate_set_held_out:challenger"]
+                                          "max_ece_classwise", "max_latency_p95_ms", "gate_set_held_out:challenger"]
     assert failed({**scores(0.5), "champion": None}) == ["min_macro_f1", "min_accuracy"]
 
 
@@ -81,6 +81,8 @@ def test_floors_each_fail_on_their_own() -> None:
     rule = next(r for r in decide(weak_class, CFG)[1] if r["rule"] == "min_class_f1")
     assert rule["worst_class"] == "wet" and rule["value"] == 0.3
     assert failed(scores(0.8, ece=0.2)) == ["max_ece"]
+    assert failed(scores(0.8, ece_classwise=0.031)) == ["max_ece_classwise"]
+    assert failed(scores(0.8, ece_classwise=0.03)) == []
 
 
 def test_latency_budget() -> None:
