@@ -223,8 +223,12 @@ class SelectiveConfig:
     """When the model decides alone (mmcore/selective): calibrated on the calib split at each retrain."""
 
     alpha: float = 0.1                  # prediction sets miss the true class at most this often
-    min_auto_precision: float = 0.98    # per class, automatic decisions must be right at least this often
+    min_auto_precision: float = 0.94    # automatic decisions agree with the observed label at least this often
     delta: float = 0.1                  # with confidence 1 - delta (Learn then Test)
+    label_noise: float = 0.03           # share of observed labels assumed wrong: observed precision <= 1 - this
+    per_class_min_records: int = 1000   # calib records (threshold part) every class needs for per-class targets
+    scaling_split: str = "val"          # where the temperature is fitted: val (all calib then certifies) | calib
+    scaling_share: float = 0.5          # scaling_split calib: share of calib shipments fitting the temperature
     detector: str = "leave_one_out"     # modality disagreement: leave_one_out | pairwise (`mmcore.selective.sweep`)
     max_clean_flag_rate: float = 0.05   # modality disagreement: share of clean records it may send to review
     coverage_slack: float = 0.02        # gate: gate-set coverage >= 1 - alpha - coverage_slack
@@ -234,6 +238,10 @@ class SelectiveConfig:
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 1 and 0 < self.delta < 1 and 0 < self.min_auto_precision < 1):
             raise ValueError("selective.alpha, delta and min_auto_precision must lie strictly between 0 and 1")
+        if not (0 <= self.label_noise < 1 and 0 <= self.scaling_share < 1):
+            raise ValueError("selective.label_noise and scaling_share must lie in [0, 1)")
+        if self.scaling_split not in ("val", "calib"):
+            raise ValueError(f"selective.scaling_split: {self.scaling_split!r}; allowed: val, calib")
         if self.detector not in ("leave_one_out", "pairwise"):
             raise ValueError(f"selective.detector: {self.detector!r}; allowed: leave_one_out, pairwise")
 
@@ -318,11 +326,22 @@ class GateConfig:
     min_class_f1: float         # floor: the worst class's F1
     max_ece: float                  # floor: expected calibration error at most this
     max_latency_p95_ms: float   # budget: p95 latency in ms (CPU, batch 1, encoders included)
-    min_delta: float            # vs champion: the bootstrap interval's lower bound of the macro-F1 gain must exceed it
-    max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion
+    max_class_f1_drop: float    # no class F1 may fall by more than this vs the champion (simultaneous band)
     max_slice_f1_drop: float    # no slice's macro-F1 (hub, note language, missing modality) may fall by more
-    min_slice_n: int            # slices with fewer records are reported in gate.json, not gated
+    min_slice_shipments: int = 30   # slices of fewer shipments are reported in gate.json, not gated
     max_behaviour_regression: float = 0.05  # no behavioural suite's failure rate may exceed the champion's by more
+    noninferiority_margin: float = 0.01  # vs champion: the macro-F1 gain's bootstrap low must exceed -margin
+    proper_score: str = "log_loss"  # vs champion: superiority on this score of the same records: log_loss | brier
+    min_score_gain: float = 0.0     # the proper score's improvement (bootstrap low) must exceed this
+    max_decline_from_best: float = 0.02  # never promote this far below the best macro-F1 seen on this gate set
+    max_ece_classwise: float = 0.03  # floor: class-wise ECE of the served (temperature-scaled) probabilities
+
+    def __post_init__(self) -> None:
+        if self.proper_score not in ("log_loss", "brier"):
+            raise ValueError(f"gate.proper_score: {self.proper_score!r}; allowed: log_loss, brier")
+        if self.noninferiority_margin < 0 or self.max_decline_from_best < 0 or self.min_slice_shipments < 1:
+            raise ValueError("gate.noninferiority_margin and max_decline_from_best must be >= 0, "
+                             "min_slice_shipments >= 1")
 
 
 @dataclass(frozen=True)

@@ -237,10 +237,12 @@ FIGURES: dict[str, Figure] = {
         Row("Prefect store", "prefect.db"), Row("Prefect rows per flow run", "prefect.rows_per_flow_run"),
         Row("Prefect bytes per flow run (upper bound, as above)", "prefect.bytes_per_flow_run"))),
     "bench-gate": Figure(f"{SNAPSHOT}/gate.json", "python -m mmcore.bench gate --out reports/bench/gate.json", rows=(
-        *(Row(f"{name} challenger: {what}", f"{name}.{key}") for name in ("better", "equal", "worse")
-          for what, key in (("promotion rate", "promotion_rate"), ("goal", "goal"), ("goal met", "met"),
-                            ("pairs", "n"))),
-        Row("all goals met", "all_goals_met"), Row("setup", "setup"))),
+        *(Row(f"{name} challenger: {what}", f"{name}.{key}")
+          for name in ("better", "equal", "slightly_worse", "worse_one_hub")
+          for what, key in (("true macro-F1 gap (oracle)", "true_gap"), ("promotion rate", "promotion_rate"),
+                            ("its 95% interval", "ci95"), ("goal", "goal"), ("goal met", "met"),
+                            ("repetitions", "n"))),
+        Row("all goals met", "all_goals_met"), Row("seconds", "seconds"), Row("setup", "setup"))),
     "serving-image": Figure(f"{SNAPSHOT}/serving_image.json", "python -m mmcore.serving.image_check --bento "
                             "parcel-condition:v1 --out reports/bench/serving_image.json", rows=(
         Row("serving install: site-packages, MB", "serving.site_packages_mb"),

@@ -3,11 +3,14 @@
 Every rule is `{"rule", "value", "limit", "passed"}` (plus context). A number the report
 lacks fails its rule: the gate never promotes on what it could not check. The first
 model (no champion) is judged on the floors and the latency budget alone; later ones
-also on the paired bootstrap intervals (resampled by shipment, one set of rounds for all) of the
-macro-F1 gain and of the per-class and per-slice drops: a drop fails only when its interval lies
-beyond its limit, and on the behavioural suites (mmcore.behaviour: invariance, directional,
+also on the paired bootstrap intervals (resampled by shipment, one set of rounds for all): macro-F1
+not worse than the champion's by more than `noninferiority_margin`, a proper score of the same records
+(log-loss or Brier) better, macro-F1 not far below the best seen on this gate set (slow decline), the
+per-class and per-slice drops within their limits on one simultaneous band (a drop fails only when
+the band lies beyond its limit), and on the behavioural suites (mmcore.behaviour: invariance, directional,
 minimum functionality): no suite's failure rate may exceed the champion's by more than
 `max_behaviour_regression` (the first model's rates are reported, not gated: nothing to compare with).
+`verdict` turns the rules into promoted, rejected or inconclusive (not proven better, not shown worse).
 `champion_rule` is checked by the gate stage just before the alias switch: the champion must
 still be the one the challenger was scored against.
 """
@@ -46,25 +49,54 @@ def floor_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
         _rule("min_accuracy", m.get("accuracy"), cfg.min_accuracy, lambda v: v >= cfg.min_accuracy),
         _rule("min_class_f1", f1s.get(worst), cfg.min_class_f1, lambda v: v >= cfg.min_class_f1, worst_class=worst),
         _rule("max_ece", m.get("ece"), cfg.max_ece, lambda v: v <= cfg.max_ece),
+        _rule("max_ece_classwise", m.get("ece_classwise"), cfg.max_ece_classwise,
+              lambda v: v <= cfg.max_ece_classwise),     # of the served (temperature-scaled) probabilities
         _rule("max_latency_p95_ms", _get(m, "latency_ms", "p95"), cfg.max_latency_p95_ms,
               lambda v: v <= cfg.max_latency_p95_ms),
     ]
 
 
-def delta_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
-    """Lower bound of the paired bootstrap interval of macro-F1(challenger) - macro-F1(champion)."""
+def noninferiority_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
+    """Macro-F1 not worse than the champion's by more than the margin: the gain's bootstrap low > -margin."""
     comp = m.get("comparison") or {}
-    return _rule("macro_f1_delta_ci_low", comp.get("low"), cfg.min_delta, lambda v: v > cfg.min_delta,
-                 champion_version=_get(m, "champion", "version"),
+    limit = -cfg.noninferiority_margin
+    return _rule("macro_f1_noninferiority", comp.get("low"), limit, lambda v: v > limit,
+                 champion_version=_get(m, "champion", "version"), measure="gain_ci_low",
                  **{k: comp[k] for k in ("observed", "mean", "high", "ci", "n_boot") if k in comp})
 
 
+def superiority_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
+    """Better on a proper scoring rule of the same records: score(champion) - score(challenger), bootstrap low.
+
+    Every record counts with its whole probability vector, not just whether its top class is right,
+    so a real gain shows on a gate set where macro-F1 alone would need several times more shipments."""
+    gain = _get(m, "comparison", "scores", cfg.proper_score) or {}
+    return _rule(f"{cfg.proper_score}_superiority", gain.get("low"), cfg.min_score_gain,
+                 lambda v: v > cfg.min_score_gain, measure="gain_ci_low",
+                 **{k: gain[k] for k in ("observed", "high", "champion", "challenger") if k in gain})
+
+
+def decline_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
+    """Macro-F1 at most `max_decline_from_best` below the best seen on this gate set (slow decline).
+
+    Non-inferiority lets each promotion lose up to its margin; chained, they could drift down. The
+    best is the larger of the champion's score here and the registry's best-seen tag for the same
+    gate set (`best_seen`, written by the gate stage)."""
+    seen = [v for v in (_get(m, "champion", "macro_f1"), _get(m, "best_seen", "macro_f1")) if v is not None]
+    best = max(seen) if seen else None
+    value = None if best is None or m.get("macro_f1") is None else round(m["macro_f1"] - best, 12)
+    limit = -cfg.max_decline_from_best
+    return _rule("decline_from_best", value, limit, lambda v: v >= limit, best_macro_f1=best,
+                 best_version=_get(m, "best_seen", "version"))
+
+
 def _drop_rule(name: str, drop: dict[str, Any] | None, limit: float, **extra: Any) -> Rule:
-    """A drop fails only when its whole bootstrap interval lies beyond the limit (lower bound > limit):
-    a drop that two equally good models show by chance passes."""
+    """A drop fails only when its simultaneous band's low end lies beyond the limit: a drop that two equally
+    good models show by chance passes, and so do all of them together at the band's level."""
     drop = drop or {}
-    return _rule(name, drop.get("low"), limit, lambda v: v <= limit, measure="drop_ci_low",
-                 **{k: drop[k] for k in ("observed", "high") if k in drop}, **extra)
+    low = drop.get("simultaneous_low", drop.get("low"))
+    return _rule(name, low, limit, lambda v: v <= limit, measure="drop_ci_low",
+                 **{k: drop[k] for k in ("observed", "high", "low") if k in drop}, **extra)
 
 
 def class_drop_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
@@ -77,15 +109,18 @@ def class_drop_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
 def slice_drop_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
     """Per slice: macro-F1(champion) - macro-F1(challenger) over the classes in the slice's labels.
 
-    Slices under min_slice_n records, and slices holding exactly another slice's records, are
-    listed as skipped (passed): too few records to mean anything, or gated once already."""
+    Slices under min_slice_shipments shipments (records of one shipment are not independent), and slices
+    holding exactly another slice's records, are listed as skipped (passed)."""
     drops = _get(m, "comparison", "slices") or {}
     out = []
     for name, info in sorted((_get(m, "slices") or {}).items()):
-        n, dup = info.get("n", 0), info.get("duplicate_of")
-        skip = (f"n={n} < min_slice_n={cfg.min_slice_n}" if n < cfg.min_slice_n
+        dup = info.get("duplicate_of")
+        ships = (drops.get(name) or {}).get("shipments", info.get("shipments"))
+        skip = (f"shipments={ships} < min_slice_shipments={cfg.min_slice_shipments}"
+                if ships is not None and ships < cfg.min_slice_shipments
                 else f"same records as {dup}" if dup else None)
-        rule = _drop_rule(f"slice_f1_drop:{name}", drops.get(name), cfg.max_slice_f1_drop, n=n)
+        rule = _drop_rule(f"slice_f1_drop:{name}", drops.get(name), cfg.max_slice_f1_drop, n=info.get("n", 0),
+                          shipments=ships)
         if skip:
             rule.update(passed=True, skipped=skip)
             rule.pop("note", None)
@@ -130,17 +165,35 @@ def held_out_rules(m: dict[str, Any]) -> list[Rule]:
     return out
 
 
+EVIDENCE_LEVEL = 0.05   # selective rules fail only when a one-sided bound at this level lies below the limit
+
+
+def precision_upper(k: int, n: int, level: float) -> float:
+    """One-sided Clopper-Pearson upper bound of a proportion k/n at confidence 1 - level."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(1 - level, k + 1, n - k))
+
+
 def selective_rules(m: dict[str, Any], sel: SelectiveConfig) -> list[Rule]:
-    """Abstention (mmcore.selective) on the gate set: the sets' coverage keeps its promise, every class's
-    automatic decisions are as precise as promised (a class decided automatically on no gate-set
-    record is skipped), and the challenger does not send much more to review than the champion."""
+    """Abstention (mmcore.selective) on the gate set; each rule fails only on evidence.
+
+    Coverage fails when its shipment-bootstrap upper bound (evaluate's `coverage_ci.high`) lies below
+    1 - alpha - coverage_slack; a class's automatic precision when its Clopper-Pearson upper bound
+    (Bonferroni over the classes) lies below min_auto_precision (a class decided on no record is skipped);
+    and the challenger fails when it automates more than max_automation_drop less than the champion."""
     s = m.get("selective") or {}
     floor = round(1 - sel.alpha - sel.coverage_slack, 12)
-    rules = [_rule("selective_coverage", _get(s, "coverage", "overall"), floor, lambda v: v >= floor)]
-    for cls, info in (s.get("auto_precision") or {}).items():
-        rule = _rule(f"auto_precision:{cls}", info.get("precision"), sel.min_auto_precision,
-                     lambda v: v >= sel.min_auto_precision, n=info.get("n"))
-        if not info.get("n"):
+    cov = _get(s, "coverage_ci", "high")
+    rules = [_rule("selective_coverage", cov, floor, lambda v: v >= floor, measure="coverage_ci_high",
+                   observed=_get(s, "coverage", "overall"))]
+    classes = s.get("auto_precision") or {}
+    for cls, info in classes.items():
+        n, p = info.get("n"), info.get("precision")
+        upper = None if p is None else precision_upper(round(p * n), n, EVIDENCE_LEVEL / max(len(classes), 1))
+        rule = _rule(f"auto_precision:{cls}", upper, sel.min_auto_precision,
+                     lambda v: v >= sel.min_auto_precision, n=n, observed=p, measure="clopper_pearson_high")
+        if not n:
             rule.update(passed=True, skipped="no automatic decisions of this class on the gate set")
             rule.pop("note", None)
         rules.append(rule)
@@ -159,9 +212,28 @@ def decide(metrics: dict[str, Any], cfg: GateConfig, sel: SelectiveConfig | None
     if sel is not None:
         rules += selective_rules(metrics, sel)
     if metrics.get("champion") is not None:
-        rules += [delta_rule(metrics, cfg), *class_drop_rules(metrics, cfg), *slice_drop_rules(metrics, cfg),
-                  *behaviour_rules(metrics, cfg)]
+        rules += [noninferiority_rule(metrics, cfg), superiority_rule(metrics, cfg), decline_rule(metrics, cfg),
+                  *class_drop_rules(metrics, cfg), *slice_drop_rules(metrics, cfg), *behaviour_rules(metrics, cfg)]
     return all(r["passed"] for r in rules), rules
+
+
+UNPROVEN = ("macro_f1_noninferiority", "log_loss_superiority", "brier_superiority")
+
+
+def verdict(rules: list[Rule]) -> str:
+    """promoted | rejected | inconclusive.
+
+    Inconclusive: every failed rule is one that asks for proof of benefit (superiority, non-inferiority)
+    and the macro-F1 gain's interval still reaches -margin (not shown worse). The champion stays; the
+    challenger stays registered as a candidate, to be judged again on a larger gate set. Any other
+    failure is evidence against the challenger: rejected."""
+    failed = [r for r in rules if not r["passed"]]
+    if not failed:
+        return "promoted"
+    shown_worse = any(r["rule"] == "macro_f1_noninferiority" and r.get("high") is not None
+                      and r["high"] <= r["limit"] for r in failed)
+    unproven = all(r["rule"] in UNPROVEN and r["value"] is not None for r in failed)
+    return "inconclusive" if unproven and not shown_worse else "rejected"
 
 
 def champion_rule(m: dict[str, Any], current: str | None) -> Rule:
@@ -187,9 +259,13 @@ def reasons(rules: list[Rule]) -> list[str]:
             out.append(r["message"])
             continue
         value = "missing" if r["value"] is None else f"{r['value']:.4f}"
+        nan = float("nan")
         if r.get("measure") == "drop_ci_low" and r["value"] is not None:
-            nan = float("nan")
             value = f"drop {r.get('observed', nan):.4f} [{value}, {r.get('high', nan):.4f}], low end"
+        elif r.get("measure") == "gain_ci_low" and r["value"] is not None:
+            value = f"gain {r.get('observed', nan):+.4f} [{value}, {r.get('high', nan):+.4f}], low end"
+        elif r.get("measure") in ("coverage_ci_high", "clopper_pearson_high") and r["value"] is not None:
+            value = f"{r.get('observed') or nan:.4f}, upper bound {value}"
         if r.get("skipped"):
             out.append(f"{r['rule']}: {value}, not gated ({r['skipped']})")
             continue

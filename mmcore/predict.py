@@ -10,6 +10,7 @@ import torch
 from mmcore.answer import answer_dicts
 from mmcore.features import Featurizer
 from mmcore.model import Batch, ModelBundle
+from mmcore.selective.calibrate import scale
 from mmcore.selective.router import Router
 
 
@@ -29,7 +30,8 @@ class Predictor:
         return self.bundle.labels
 
     def _forward(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, Batch, tuple[torch.Tensor, ...]]:
-        """Probabilities, the batch, and the fused model's tokens (the routing reuses them)."""
+        """Probabilities (the calibration's temperature applied: what serves), the batch, and the fused
+        model's tokens (the routing reuses them)."""
         batch = self.featurizer.batch(records, self.bundle.sensor_mean, self.bundle.sensor_std)
         model = self.bundle.model
         if model.training:
@@ -37,7 +39,7 @@ class Predictor:
         with torch.inference_mode():
             tokens = model.tokens(batch)
             probs = torch.softmax(model.classify(*tokens).float(), dim=-1).numpy()
-        return probs, batch, tokens
+        return scale(probs, self.router.calibration), batch, tokens
 
     def probabilities(self, records: list[dict[str, Any]]) -> np.ndarray:
         """(N, C) class probabilities."""

@@ -210,11 +210,41 @@ def promote(model_name: str, version: str) -> None:
     c.set_model_version_tag(model_name, version, "gate", "promoted")
 
 
-def tag_verdict(model_name: str, version: str, promoted: bool, failed: list[str]) -> None:
-    """The gate's verdict on the version itself, so lineage shows it next to the data and commit."""
+def tag_verdict(model_name: str, version: str, promoted: bool, failed: list[str], verdict: str | None = None) -> None:
+    """The gate's verdict on the version itself, so lineage shows it next to the data and commit.
+
+    `verdict` "inconclusive": not proven better, not shown worse; the version stays a candidate."""
     c = client()
-    c.set_model_version_tag(model_name, version, "gate", "promoted" if promoted else "rejected")
+    c.set_model_version_tag(model_name, version, "gate", verdict or ("promoted" if promoted else "rejected"))
     c.set_model_version_tag(model_name, version, "gate_failed", ",".join(failed)[:4000] or "none")
+
+
+BEST_SEEN = "gate_best_seen"   # registered-model tag: JSON {fingerprint, macro_f1, version} of one gate set
+
+
+def best_seen(model_name: str, fingerprint: str) -> dict[str, Any] | None:
+    """The best macro-F1 any scored version reached on this gate set (None: none recorded for it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = client().get_registered_model(model_name).tags.get(BEST_SEEN)
+    except MlflowException as e:
+        if _is_connection_error(e):
+            raise
+        return None
+    info = json.loads(raw) if raw else None
+    return info if info and info.get("fingerprint") == fingerprint else None
+
+
+def record_best_seen(model_name: str, fingerprint: str, scored: dict[str, float]) -> dict[str, Any]:
+    """Keep the best of the recorded score and the versions just scored (`{version: macro_F1}`) on this gate set."""
+    best = best_seen(model_name, fingerprint) or {"fingerprint": fingerprint, "macro_f1": float("-inf")}
+    for version, f1 in scored.items():
+        if f1 is not None and f1 > best["macro_f1"]:
+            best = {"fingerprint": fingerprint, "macro_f1": float(f1), "version": str(version)}
+    if "version" in best:
+        client().set_registered_model_tag(model_name, BEST_SEEN, json.dumps(best))
+    return best
 
 
 @contextlib.contextmanager

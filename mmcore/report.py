@@ -136,21 +136,32 @@ def metrics_section(metrics: dict[str, Any] | None, plots: dict[str, bytes]) -> 
     if not metrics:
         return ""
     champ = metrics.get("champion") or {}
-    rows = [[k, metrics.get(k), champ.get(k)] for k in ("macro_f1", "accuracy", "ece")]
+    rows = [[k, metrics.get(k), champ.get(k)] for k in ("macro_f1", "accuracy", "ece", "ece_classwise")]
     lat = metrics.get("latency_ms") or {}
     rows.append(["latency p95 (ms)", lat.get("p95"), (champ.get("latency_ms") or {}).get("p95")])
     sel, old = metrics.get("selective") or {}, champ.get("selective") or {}
     rows += [["automation rate (decided alone)", sel.get("automation_rate"), old.get("automation_rate")],
              ["prediction-set coverage", (sel.get("coverage") or {}).get("overall"),
               (old.get("coverage") or {}).get("overall")],
-             ["mean prediction-set size", sel.get("mean_set_size"), old.get("mean_set_size")]]
+             ["mean prediction-set size", sel.get("mean_set_size"), old.get("mean_set_size")],
+             ["automatic precision, pooled (observed labels)", (sel.get("auto_precision_pooled") or {}).get("precision"),
+              (old.get("auto_precision_pooled") or {}).get("precision")],
+             ["its lower bound", (sel.get("auto_precision_pooled") or {}).get("lower_bound"),
+              (old.get("auto_precision_pooled") or {}).get("lower_bound")]]
     out = ["<h2 id='metrics'>Metrics on the gate set</h2>",
            table(["metric", f"challenger v{metrics.get('model_version')}",
                   f"champion v{champ.get('version')}" if champ else "champion (none)"], rows)]
+    why = (sel.get("certified_on_calib") or {}).get("why_uncertified") or {}
+    out += [f"<p class='fail'>No confidence threshold certified ({esc(k)}): {esc(v)}; those answers all go to "
+            "review.</p>" for k, v in why.items()]
     comp = metrics.get("comparison")
     if comp:
         out.append(f"<p>Macro-F1 gain of the challenger: {fmt(comp.get('observed'))}, {fmt(comp.get('ci'), 2)} "
                    f"bootstrap interval [{fmt(comp.get('low'))}, {fmt(comp.get('high'))}].</p>")
+        ll = (comp.get("scores") or {}).get("log_loss")
+        if ll:
+            out.append(f"<p>Log-loss improvement (champion minus challenger): {fmt(ll.get('observed'))}, "
+                       f"interval [{fmt(ll.get('low'))}, {fmt(ll.get('high'))}].</p>")
     per_class = metrics.get("per_class", {})
     out.append(table(["class", "precision", "recall", "F1", "support"],
                      [[c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("support")]

@@ -1,7 +1,8 @@
 """From probabilities to an answer a hub can act on: the prediction set and `auto` or `review`.
 
 Pure numpy/scipy over the calibrated numbers (mmcore.selective.calibrate), so serving, evaluation
-and the MLflow pyfunc route records the same way, and serving imports no MAPIE.
+and the MLflow pyfunc route records the same way, and serving imports no MAPIE. `probs` here are the
+served ones: the calibration's temperature already applied (`mmcore.selective.calibrate.scale`).
 """
 from __future__ import annotations
 
@@ -63,11 +64,13 @@ def review_reasons(probs: np.ndarray, dis: np.ndarray, cal: Calibration | None) 
         return np.ones(probs.shape, dtype=bool), [["uncalibrated"] for _ in probs]
     sets = prediction_sets(probs, cal.set_quantile)
     top, pred = probs.max(1), probs.argmax(1)
+    empty = ~sets.any(1)
+    sets[empty, pred[empty]] = True      # never an empty set: the top class, and `set_size` sends it to review
     thresholds = list(cal.confidence_thresholds.values())
     out = []
     for i in range(len(probs)):
         why = []
-        if sets[i].sum() != 1:
+        if sets[i].sum() != 1 or empty[i]:
             why.append("set_size")
         if thresholds[pred[i]] is None or top[i] < thresholds[pred[i]]:
             why.append("low_confidence")

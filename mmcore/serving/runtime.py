@@ -16,7 +16,7 @@ import numpy as np
 
 from mmcore.answer import MODALITIES, answer_dicts
 from mmcore.preprocess import ngram_block, prepare_image, prepare_note, sensor_input
-from mmcore.selective.calibrate import Calibration
+from mmcore.selective.calibrate import Calibration, scale
 from mmcore.selective.decide import answers, leave_one_out_disagreement, pairwise_disagreement
 
 RUNTIME_FILE = "runtime.json"                # mmcore.serving.export writes it
@@ -132,7 +132,7 @@ class OnnxPredictor:
     def probabilities(self, records: list[dict[str, Any]]) -> np.ndarray:
         if not records:
             return np.zeros((0, len(self.labels)), np.float32)
-        return softmax(self.head.run(["logits"], self.inputs(records))[0])
+        return scale(softmax(self.head.run(["logits"], self.inputs(records))[0]), self.calibration)
 
     def disagreement(self, mask: np.ndarray, without_each: np.ndarray, opinions: np.ndarray) -> np.ndarray:
         """mmcore.selective.router.Router.disagreement, from the head's outputs."""
@@ -150,7 +150,7 @@ class OnnxPredictor:
             return []
         feeds = self.inputs(records)
         logits, without_each, opinions = self.head.run(None, feeds)
-        probs = softmax(logits)
+        probs = scale(softmax(logits), self.calibration)
         routed = answers(probs, self.disagreement(feeds["mask"], without_each, opinions), self.calibration, self.labels)
         return answer_dicts(records, probs, routed, self.labels, set(self.cfg["modalities"]))
 

@@ -1,6 +1,7 @@
 """evaluate stage: challenger, unimodal baselines and the current champion on the same gate set.
 
-Both fused models get the same numbers (macro-F1, accuracy, per-class, confusion, ECE,
+Both fused models get the same numbers, on the probabilities each serves (its calibration's temperature
+applied): macro-F1, accuracy, per-class, confusion, ECE, class-wise ECE (overall and per modality pattern),
 per-modality ablation, slices, behavioural suites on the same perturbed records (mmcore.behaviour),
 CPU latency at batch 1); the paired bootstrap of their macro-F1 difference is computed here, so the
 gate only reads reports/metrics.json.
@@ -9,6 +10,7 @@ Plots go to `--plots` (DVC plot data + PNGs) and, as PNGs, to the training run i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -23,13 +25,14 @@ from mmcore import behaviour, plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
 from mmcore.data.raw import load_profile, load_records
 from mmcore.bootstrap import paired_bootstrap
-from mmcore.evaluate import (ablation, ablation_report, macro_f1, model_probs, percentiles_ms, reliability, score,
-                             slice_scores)
+from mmcore.evaluate import (ablation, ablation_report, ece_classwise, macro_f1, model_probs, percentiles_ms,
+                             reliability, score, slice_scores)
 from mmcore.features import Featurizer
 from mmcore.leak import fit_rows, leak_message, overlap
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
 from mmcore.selective.evaluate import goals as selective_goals
+from mmcore.selective.calibrate import scale
 from mmcore.selective.evaluate import selective_section
 from mmcore.selective.router import Router
 from mmcore.stages.common import read_json, write_json
@@ -61,10 +64,24 @@ def gate_set(raw: Path, splits: Path) -> GateSet:
     return GateSet(records, y, part["shipment_id"].astype(str).to_numpy(), profile, groups)
 
 
+def gate_fingerprint(gate: GateSet) -> dict[str, Any]:
+    """Which gate set this is: the best-seen score (slow-decline guard) is only compared on the same one."""
+    ids = sorted(str(r["record_id"]) for r in gate.records)
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return {"fingerprint": digest, "records": len(ids), "shipments": int(len(np.unique(gate.shipments)))}
+
+
 def missing_groups(batch: Batch) -> dict[str, np.ndarray]:
     """Records where a modality is absent, as the model sees it (an empty note counts as missing text)."""
     mask = batch.mask.numpy()
     return {f"missing={m}": mask[:, i] == 0 for i, m in enumerate(MODALITIES)}
+
+
+def modality_patterns(batch: Batch) -> dict[str, np.ndarray]:
+    """Records by which modalities they had, as the model sees them ("image+text+sensor", "sensor", ...)."""
+    mask = batch.mask.numpy() > 0
+    names = np.array(["+".join(m for m, has in zip(MODALITIES, row) if has) or "none" for row in mask])
+    return {name: names == name for name in sorted(set(names))}
 
 
 def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
@@ -90,14 +107,18 @@ def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: E
     if feat.versions() != bundle.encoders:
         raise ValueError(f"model was trained with encoders {bundle.encoders}, featurizer gives {feat.versions()}")
     batch = feat.batch(gate.records, bundle.sensor_mean, bundle.sensor_std)
-    probs = model_probs(bundle.model, batch)
+    probs = scale(model_probs(bundle.model, batch), router.calibration)      # what this version serves
     n, slices = len(CLASSES), {**gate.groups, **missing_groups(batch)}
     metrics = score(gate.y, probs, bundle.labels, cfg.ece_bins)
+    metrics["ece_classwise"] = ece_classwise(probs, gate.y, cfg.ece_bins)
+    metrics["ece_classwise_by_modalities"] = {
+        name: {"ece_classwise": ece_classwise(probs[sel], gate.y[sel], cfg.ece_bins), "n": int(sel.sum())}
+        for name, sel in modality_patterns(batch).items()}
     metrics["ablation"] = ablation(bundle.model, batch, gate.y, n)
     metrics["slices"] = slice_scores(gate.y, probs.argmax(1), slices, n)
-    metrics["behaviour"] = behaviour.score_cases(
-        lambda recs: model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), cases)
-    metrics["selective"] = selective_section(router, probs, batch, gate.y, list(CLASSES), seed)
+    metrics["behaviour"] = behaviour.score_cases(lambda recs: scale(
+        model_probs(bundle.model, feat.batch(recs, bundle.sensor_mean, bundle.sensor_std)), router.calibration), cases)
+    metrics["selective"] = selective_section(router, probs, batch, gate.y, list(CLASSES), seed, gate.shipments)
     return metrics, probs, slices
 
 
@@ -234,10 +255,16 @@ def write_selective(path: Path, metrics: dict[str, Any]) -> None:
     write_json(path, {"model_version": metrics["model_version"], "challenger": chal, "champion": champ,
                       "champion_version": (metrics.get("champion") or {}).get("version"),
                       "goals": {"challenger": selective_goals(chal), "champion": selective_goals(champ)}})
+    nan = float("nan")
     print("evaluate: abstention " + "; ".join(
-        f"{who} automation {s['automation_rate']:.3f}, coverage {s['coverage']['overall']:.3f}, mean set size "
-        f"{s['mean_set_size']:.2f}, contradiction AUROC {(s['contradictions'].get('auroc') or float('nan')):.3f}"
+        f"{who} automation {s['automation_rate']:.3f}, pooled automatic precision "
+        f"{(s.get('auto_precision_pooled') or {}).get('precision') or nan:.3f} (lower bound "
+        f"{(s.get('auto_precision_pooled') or {}).get('lower_bound') or nan:.3f}), coverage "
+        f"{s['coverage']['overall']:.3f}, mean set size {s['mean_set_size']:.2f}, empty sets "
+        f"{s.get('empty_set_rate') or 0:.3f}, contradiction AUROC {(s['contradictions'].get('auroc') or nan):.3f}"
         for who, s in (("challenger", chal), ("champion", champ)) if s))
+    for name, why in ((chal.get("certified_on_calib") or {}).get("why_uncertified") or {}).items():
+        print(f"evaluate: WARNING the challenger automates nothing ({name}): {why}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,7 +299,11 @@ def run(args: argparse.Namespace) -> int:
                                               champ_router)
         metrics["champion"] = scored["champion"] = {"version": int(version), **champ_metrics}
         metrics["comparison"] = paired_bootstrap(gate.y, chal_probs.argmax(1), probs["champion"].argmax(1),
-                                                 gate.shipments, list(CLASSES), slices, cfg.n_boot, cfg.seed, cfg.ci)
+                                                 gate.shipments, list(CLASSES), slices, cfg.n_boot, cfg.seed, cfg.ci,
+                                                 probs=(chal_probs, probs["champion"]),
+                                                 family_min_shipments=p.gate.min_slice_shipments)
+    metrics["gate_set"] = gate_fingerprint(gate)
+    metrics["best_seen"] = registry.best_seen(p.registry.model_name, metrics["gate_set"]["fingerprint"])
     metrics["leak"] = leak_checks(p.registry.model_name, champ[0] if champ else None, args.raw, args.splits, gate)
     write_json(args.out, metrics)
     abl = ablation_report(metrics, cfg)
@@ -286,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
                                                    f"{'met' if t['met'] else 'NOT met'}"
                                                    for k, t in abl["targets"].items()))
     print(f"evaluate: fused macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f}, "
-          f"ECE {metrics['ece']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
+          f"ECE {metrics['ece']:.3f}, class-wise ECE {metrics['ece_classwise']:.3f}, latency p50/p95 {metrics['latency_ms']['p50']:.0f}/"
           f"{metrics['latency_ms']['p95']:.0f} ms, ablation {metrics['ablation']}, unimodal "
           f"{metrics['unimodal_macro_f1']}, champion {metrics['champion']['macro_f1'] if champ else None}"
           + (f", delta {comp['observed']:+.3f} [{comp['low']:+.3f}, {comp['high']:+.3f}]" if comp else ""))

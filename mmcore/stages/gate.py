@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcore.config import GateConfig, SelectiveConfig, load_params
-from mmcore.gate import champion_rule, decide, reasons
+from mmcore.gate import champion_rule, decide, reasons, verdict
 from mmcore.stages.common import read_json, write_json
 
 
@@ -29,6 +29,7 @@ def run_gate(metrics: dict[str, Any], cfg: GateConfig, model_name: str,
         check = champion_rule(metrics, before)
         failed = [r["rule"] for r in [*rules, check] if not r["passed"]]
         promoted = not failed
+        outcome = verdict(rules) if check["passed"] else "rejected"
         if before != version:               # a re-run on the champion itself changes nothing
             if promoted:
                 with registry.reachable("The champion alias may or may not have moved: check it with "
@@ -36,16 +37,30 @@ def run_gate(metrics: dict[str, Any], cfg: GateConfig, model_name: str,
                     registry.promote(model_name, version)
             with registry.reachable(f"The champion alias is {'now ' + version if promoted else 'unchanged'}, "
                                     f"but the verdict tag of version {version} may be missing"):
-                registry.tag_verdict(model_name, version, promoted, failed)
+                registry.tag_verdict(model_name, version, promoted, failed, outcome)
+                record_best(metrics, model_name, version)
         with registry.reachable(f"The champion alias is {'now ' + version if promoted else 'unchanged'}"):
             champion = registry.alias_version(model_name, registry.CHAMPION)
     # `rules` and `reasons` stay aligned one to one (the flow's report zips them); the champion
     # re-check is reported on its own
-    return {"promoted": promoted, "challenger_version": int(version), "reasons": reasons(rules), "rules": rules,
+    return {"promoted": promoted, "verdict": outcome, "challenger_version": int(version), "reasons": reasons(rules),
+            "rules": rules,
             "champion_check": check, "champion_before": int(before) if before else None,
             "champion_version": int(champion) if champion else None,
             "compared_with": (metrics.get("champion") or {}).get("version"),
             "failed": failed, "comparison": metrics.get("comparison")}
+
+
+def record_best(metrics: dict[str, Any], model_name: str, version: str) -> None:
+    """The slow-decline guard's memory: the best macro-F1 scored on this gate set, challenger and champion alike."""
+    from mmcore import registry
+
+    fingerprint = (metrics.get("gate_set") or {}).get("fingerprint")
+    if fingerprint:
+        champ = metrics.get("champion") or {}
+        registry.record_best_seen(model_name, fingerprint, {version: metrics.get("macro_f1"),
+                                                           **({str(champ["version"]): champ.get("macro_f1")}
+                                                              if champ.get("version") else {})})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rules = [*report["rules"], report["champion_check"]]
     failed = [line for line, r in zip([*report["reasons"], report["champion_check"]["message"]], rules)
               if not r["passed"]]
-    print(f"gate: {'PROMOTED' if report['promoted'] else 'rejected'} version {report['challenger_version']}; "
+    print(f"gate: {'PROMOTED' if report['promoted'] else report['verdict']} version {report['challenger_version']}; "
           f"champion is {report['champion_version']}; {len(rules) - len(failed)}/{len(rules)} rules pass"
           + "".join(f"\n  FAILED {f}" for f in failed))
     return 0

@@ -85,18 +85,27 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
     probs = model_probs(fused.model, batch)
     present = router.opinion_probs(batch)[1]
     y = np.array([CLASSES.index(lbl) for lbl in labels])
-    cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective)
+    table = pd.read_parquet(args.splits)
+    shipments = table.loc[table["split"] == "calib", "shipment_id"].astype(str).to_numpy()   # split_records' order
+    scaling = None
+    if p.selective.scaling_split == "val":
+        val_recs, val_labels = split_records(args.raw, args.splits, "val")
+        scaling = (model_probs(fused.model, feat.batch(val_recs, fused.sensor_mean, fused.sensor_std)),
+                   np.array([CLASSES.index(lbl) for lbl in val_labels]))
+    cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective, shipments=shipments,
+                    scaling=scaling)
     cal.save(args.out)
-    print(f"train: calibrated on {len(y)} calib records: set quantile {cal.set_quantile:.4f}, confidence "
-          f"thresholds {cal.confidence_thresholds}, disagreement threshold {cal.disagreement_threshold}")
-    uncertified = [c for c, t in cal.confidence_thresholds.items() if t is None]
-    if uncertified:
-        print(f"train: WARNING no confidence threshold certifies precision {cal.min_auto_precision} with "
-              f"confidence {1 - cal.delta:.2f} for {', '.join(uncertified)} on {len(y)} calib records (a class "
-              f"needs about {cal.info['needed_per_class']} error-free decisions): those answers all go to review "
+    print(f"train: calibrated on {len(y)} calib records: temperature {cal.temperature} fitted on "
+          f"{cal.info['scaling_records']} {cal.info['scaling_split']} records; on {cal.info['threshold_records']} "
+          "calib records set quantile "
+          f"{cal.set_quantile:.4f}, {cal.info['mode']} confidence thresholds {cal.confidence_thresholds}; "
+          f"disagreement threshold {cal.disagreement_threshold}")
+    for name, why in cal.info["why_uncertified"].items():
+        print(f"train: WARNING no confidence threshold certified ({name}): {why}. Those answers all go to review "
               "until the calib split grows (review labels feed it) or selective.min_auto_precision / delta change",
               file=sys.stderr)
-    return {"records": len(y), "calibrated": True, **{k: v for k, v in asdict(cal).items() if k != "info"}}
+    return {"records": len(y), "calibrated": True, "why_uncertified": cal.info["why_uncertified"],
+            "threshold_mode": cal.info["mode"], **{k: v for k, v in asdict(cal).items() if k != "info"}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,18 @@ champion's bento behind nginx, switched blue/green after each promotion:
 Overrides that keep it small (SCENARIO below): small images, the concat head, few epochs, a short latency
 probe, 40 records for the behavioural suites, a 5 % calib split, and gate floors low enough for a first
 model judged on ~30 gate-set records. The
-comparative rules (bootstrap lower bound > min_delta 0.0, class and slice F1 drops) are the
-project's own, so day 1 must genuinely win and day 2 genuinely fail to.
+comparative rules (macro-F1 non-inferior within gate.noninferiority_margin and log-loss better, both on the
+shipment bootstrap's low end; class and slice F1 drops on one band) are the project's own, so day 1 must
+genuinely win and day 2 genuinely fail to.
+
+Day 8's promotion probability under the gate benchmark's figures (mmcore.bench.gate, simulated models;
+v4 taken as +0.065 macro-F1 over a 0.75 champion on a ~240-record gate set, the issue's figures):
+  python -m mmcore.bench gate --scenarios better --better-gap 0.065 --champion-f1 0.75 --gate-records 240
+         --reps 100 --sigma-model S --out x.json
+with the models' own noise S=0.45 calibrated to two retrains on the default data: 0.93 [0.86, 0.97]; with
+S=3.0, which reproduces the issue's 44 % for the old rule (0.43 here): 0.48 [0.39, 0.58], still near a
+coin toss. The gate alone does not make day 8 safe: the same setting reaches 0.89 at 600 gate-set records
+and 1.00 at 1200 (100 repetitions each), so day 8 needs more labelled new-hub data, not a looser gate.
 """
 from __future__ import annotations
 
@@ -61,7 +71,7 @@ SCENARIO = {
     "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1,
                  "behaviour_records": 40},
     "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
-             "max_latency_p95_ms": 60000},
+             "max_ece_classwise": 1.0, "max_latency_p95_ms": 60000},
     # a few dozen calib and gate-set records: abstention is checked, with room for that noise
     "selective": {"coverage_slack": 0.3, "max_automation_drop": 1.0},
     "monitor": {"min_new_labels": 250, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,
@@ -293,7 +303,7 @@ def test_day1_more_good_data_promotes_v2_and_builds_its_bento(scenario: Scenario
     assert day["state"] == "COMPLETED", day["logs"][-3000:]
     gate = json.loads((day["folder"] / "gate.json").read_text())
     assert gate["promoted"] is True, gate["reasons"]
-    assert gate["comparison"]["low"] > 0 and gate["compared_with"] == 1
+    assert gate["comparison"]["scores"]["log_loss"]["low"] > 0 and gate["compared_with"] == 1
     assert day["versions"] == {"champion": 2, "all": [1, 2]} and day["bentos"] == ["v1", "v2"]
     assert json.loads((day["folder"] / "package.json").read_text())["bento"] == "parcel-condition:v2"
     assert (day["folder"] / "drift.md").is_file() and day["posts"] == []

@@ -1,41 +1,80 @@
-"""The gate benchmark's simulation on in-memory tensors: real heads, the real rules, every figure written."""
+"""The gate benchmark's simulation: an oracle planned by the default generator, pairs with the true gaps
+asked for, whole shipments per gate set, and every scenario judged by the real rules."""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
-import torch
+import pytest
 
-from mmcore.bench.gate import GOALS, Problem, simulate
+from mmcore.bench.gate import GOALS, SCENARIOS, calibrate, judge, run_scenarios, wilson
+from mmcore.bench.gate_sim import Noise, Simulator, draw_shipments, population, scenario_pair
 from mmcore.config import load_params
 from tests.conftest import ROOT
-from tests.unit.test_model import MCFG, random_batch
 
 
-def learnable(n: int, seed: int) -> tuple:
-    """Five classes written faintly into the text embedding: a head can learn them, not perfectly."""
-    batch, y = random_batch(n, seed=seed), torch.arange(n) % 5
-    g = torch.Generator().manual_seed(seed + 100)
-    noisy = torch.where(torch.rand(n, generator=g) < 0.25, torch.randint(0, 5, (n,), generator=g), y)
-    batch.text.mul_(0.5)[:, :5] += torch.nn.functional.one_hot(noisy, 5)
-    return batch, y
-
-
-def test_the_simulation_judges_three_scenarios_with_the_gate_rules() -> None:
-    train, y = learnable(400, seed=1)
-    val, yv = learnable(150, seed=2)
-    test, yt = learnable(300, seed=3)
-    hubs = np.array(["A", "B", "C"])[np.arange(300) % 3]
-    prob = Problem(train, y, np.arange(400).astype(str), val, yv, test, yt.numpy(), (np.arange(300) // 2).astype(str),
-                   {f"hub={h}": hubs == h for h in "ABC"})
+@pytest.fixture(scope="module")
+def world():
     p = load_params(ROOT / "params.yaml")
-    p = dataclasses.replace(p, model=MCFG, train=dataclasses.replace(p.train, epochs=6, patience=6, batch_size=32),
-                            evaluate=dataclasses.replace(p.evaluate, n_boot=200))
-    out = simulate(prob, p, reps=2, weak_share=0.1, noise_share=0.95, progress=False)
+    p = dataclasses.replace(p, evaluate=dataclasses.replace(p.evaluate, n_boot=200))
+    pop = population(p.synth, 6000, seed=3)
+    return p, pop, Simulator(pop, Noise(), seed=3)
+
+
+def test_the_oracle_is_the_default_generators_records(world) -> None:
+    p, pop, _ = world
+    assert 5700 < len(pop) <= 6000                              # unlabelled records dropped (2 %)
+    assert (pop.y != pop.truth).mean() == pytest.approx(p.synth.label_noise, abs=0.01)
+    assert {f"hub={h}" for h in p.synth.hubs} <= set(pop.slices)
+    assert (pop.evidence[pop.truth == 0] == 0).all()          # normal parcels show no damage evidence
+
+
+def test_pairs_have_the_true_gaps_asked_for(world) -> None:
+    _, pop, sim = world
+    better = scenario_pair(sim, "better", 0.03, 0.885)
+    assert better.truth["champion_macro_f1"] == pytest.approx(0.885, abs=0.002)
+    assert better.truth["true_gap"] == pytest.approx(0.03, abs=0.002) and better.truth["log_loss_gain"] > 0
+    hub = scenario_pair(sim, "worse_one_hub", 0.0, 0.885, hub="AMS04", hub_gap=-0.15)
+    assert abs(hub.truth["true_gap"]) < 0.002 and hub.truth["true_hub_gap"] == pytest.approx(-0.15, abs=0.01)
+
+
+def test_gate_sets_are_whole_shipments_and_calib_is_disjoint(world) -> None:
+    _, pop, _ = world
+    rng = np.random.default_rng(0)
+    gate = draw_shipments(pop, 600, rng)
+    calib = draw_shipments(pop, 450, rng, exclude=gate)
+    ships = set(pop.ship_index[gate])
+    assert 600 <= len(gate) < 610 and set(np.flatnonzero(np.isin(pop.ship_index, list(ships)))) == set(gate)
+    assert not ships & set(pop.ship_index[calib])
+
+
+def test_calibration_keeps_its_coverage_and_thresholds_certify_or_abstain(world) -> None:
+    p, pop, sim = world
+    pair = scenario_pair(sim, "equal", 0.0, 0.885)
+    rng = np.random.default_rng(1)
+    calib, fresh = draw_shipments(pop, 1500, rng), draw_shipments(pop, 3000, rng)
+    cal = calibrate(pair.old[calib], pop.y[calib], p)
+    covered = 1 - pair.old[fresh][np.arange(len(fresh)), pop.y[fresh]] <= cal.set_quantile + 1e-9
+    assert covered.mean() >= 1 - p.selective.alpha - 0.03
+    assert all(t is None or 0.5 <= t <= 0.99 for t in cal.confidence_thresholds.values())
+
+
+def test_every_scenario_is_judged_by_the_rules_and_reported(world) -> None:
+    p, pop, sim = world
+    pairs = {name: scenario_pair(sim, name, s["gap"], 0.885, s.get("hub"), s.get("hub_gap", 0.0))
+             for name, s in SCENARIOS.items()}
+    out = run_scenarios(pop, pairs, p, reps=3, gate_records=600, calib_records=450, seed=0)
     assert set(out) == set(GOALS)
     for name, r in out.items():
-        assert r["n"] == 2 and 0.0 <= r["promotion_rate"] <= 1.0 and r["goal"].endswith(str(GOALS[name][1]))
-        assert r["met"] == (r["promotion_rate"] >= 0.9 if name == "better" else r["promotion_rate"] <= GOALS[name][1])
-        assert bool(r["rejected_by"]) == (r["promotion_rate"] < 1.0)      # every rejection names its rules
-    assert out["better"]["macro_f1_gain"]["mean"] > 0.02 and out["worse"]["macro_f1_gain"]["mean"] < 0
-    assert out["worse"]["promotion_rate"] == 0.0 and "macro_f1_delta_ci_low" in out["worse"]["rejected_by"]
+        assert r["n"] == 3 and sum(r["verdicts"].values()) == 3 and set(r["verdicts"]) <= {
+            "promoted", "rejected", "inconclusive"}
+        assert r["ci95"][0] <= r["promotion_rate"] <= r["ci95"][1] and r["true_gap"] == r["truth"]["true_gap"]
+        assert bool(r["rejected_by"]) == (r["promotion_rate"] < 1.0)      # every refusal names its rules
+    verdict, failed, _, width, _ = judge(pop, pairs["equal"], p, np.random.default_rng(5), 600, 450)
+    assert width > 0 and (verdict == "promoted") == (not failed)
+
+
+def test_wilson_interval() -> None:
+    assert wilson(0, 300)[0] == 0.0 and 0.01 < wilson(0, 300)[1] < 0.013
+    low, high = wilson(240, 300)
+    assert low < 0.8 < high and high - low < 0.1

@@ -16,9 +16,9 @@ def noisy_predictions(y: np.ndarray, accuracy: float, rng: np.random.Generator) 
     return np.where(wrong, (y + rng.integers(1, 5, len(y))) % 5, y)
 
 
-def run(y, new, old, shipments=None, slices=None, n_boot=500, seed=0):
+def run(y, new, old, shipments=None, slices=None, n_boot=500, seed=0, probs=None):
     shipments = np.arange(len(y)) if shipments is None else shipments
-    return paired_bootstrap(y, new, old, shipments, LABELS, slices or {}, n_boot=n_boot, seed=seed)
+    return paired_bootstrap(y, new, old, shipments, LABELS, slices or {}, n_boot=n_boot, seed=seed, probs=probs)
 
 
 def test_identical_models_differ_by_exactly_zero_everywhere() -> None:
@@ -97,3 +97,49 @@ def test_rounds_drawn_in_chunks_give_the_same_result(monkeypatch: pytest.MonkeyP
     whole = run(y, new, old, shipments=np.arange(200) // 3, n_boot=300)
     monkeypatch.setattr(bootstrap, "ROUNDS_PER_CHUNK", 7)
     assert run(y, new, old, shipments=np.arange(200) // 3, n_boot=300) == whole
+
+
+def test_proper_scores_see_a_gain_macro_f1_cannot_yet_show() -> None:
+    """A modestly sharper model on 300 records: the log-loss interval excludes 0 where macro-F1's does not."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 300)
+    base = rng.normal(size=(300, 5))
+    base[np.arange(300), y] += 1.6
+    old, new = base + rng.normal(scale=0.5, size=(300, 5)), base + rng.normal(scale=0.5, size=(300, 5))
+    new[np.arange(300), y] += 0.12                                 # each model's own noise, the challenger sharper
+    soft = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
+    new, old = soft(new), soft(old)
+    out = run(y, new.argmax(1), old.argmax(1), shipments=np.arange(300) // 2, probs=(new, old), n_boot=1000)
+    assert out["low"] < 0 < out["high"]
+    ll, brier = out["scores"]["log_loss"], out["scores"]["brier"]
+    assert 0 < ll["low"] < ll["observed"] and 0 < brier["low"]
+    assert ll["champion"] - ll["challenger"] == pytest.approx(ll["observed"])
+    same = run(y, old.argmax(1), old.argmax(1), probs=(old, old))
+    assert same["scores"]["log_loss"]["low"] == same["scores"]["log_loss"]["high"] == 0.0
+
+
+def test_the_simultaneous_band_is_wider_than_each_interval_and_holds_together() -> None:
+    rng = np.random.default_rng(10)
+    y = rng.integers(0, 5, 500)
+    new, old = noisy_predictions(y, 0.85, rng), noisy_predictions(y, 0.85, rng)
+    hubs = np.arange(500) % 4
+    ships = np.arange(500) // 2
+    out = run(y, new, old, shipments=ships, slices={f"hub={h}": hubs == h for h in range(4)}
+              | {"tiny": np.arange(500) < 20})
+    assert out["family"]["members"] == 5 + 4 and out["family"]["q"] > 1.96     # the tiny slice: 10 shipments, out
+    assert "simultaneous_low" not in out["slices"]["tiny"] and out["slices"]["tiny"]["shipments"] == 10
+    for info in [*out["classes"].values(), *(out["slices"][f"hub={h}"] for h in range(4))]:
+        assert info["simultaneous_low"] < info["low"]
+
+
+def test_the_band_covers_all_true_drops_at_once_about_as_promised() -> None:
+    """Equal models (true drops 0 everywhere): the band's lows all stay at or below 0 in ~97.5 % of gate sets."""
+    rng = np.random.default_rng(11)
+    held = 0
+    for seed in range(40):
+        y = rng.integers(0, 5, 400)
+        right_new, right_old = rng.random(400) < 0.85, rng.random(400) < 0.85
+        new, old = np.where(right_new, y, (y + 1) % 5), np.where(right_old, y, (y + 1) % 5)
+        out = run(y, new, old, n_boot=300, seed=seed)
+        held += all(v["simultaneous_low"] <= 0 for v in out["classes"].values())
+    assert held >= 36

@@ -6,8 +6,8 @@ import torch
 
 from mmcore.config import load_params
 from mmcore.bootstrap import pair_onehot, shipment_weights, weighted_f1
-from mmcore.evaluate import (ablation, ablation_report, class_f1, confusion, ece, macro_f1, mask_modality, model_probs,
-                             per_class, reliability, slice_scores)
+from mmcore.evaluate import (ablation, ablation_report, class_f1, confusion, ece, ece_classwise, macro_f1,
+                             mask_modality, model_probs, per_class, reliability, slice_scores)
 from mmcore.model import FusionModel
 from tests.conftest import ROOT
 from tests.unit.test_model import MCFG, random_batch
@@ -28,6 +28,17 @@ def test_ece_of_an_overconfident_model_is_the_gap() -> None:
     probs = two_class_probs(np.full(200, 0.99))
     y = np.array([0, 1] * 100)                         # 50 % right at 99 % confidence
     assert abs(ece(probs, y, bins=15) - 0.49) < 1e-9
+
+
+def test_classwise_ece_charges_the_classes_not_predicted() -> None:
+    """Three classes; the top class is calibrated (0.6 right at 0.6), so the top-label ECE is 0, but the
+    runner-up is said to be 0.3 likely and is the answer 0.4 of the time."""
+    probs = np.tile([0.6, 0.3, 0.1], (100, 1))
+    y = np.array([0] * 60 + [1] * 40)
+    assert ece(probs, y, bins=10) < 1e-9
+    assert abs(ece_classwise(probs, y, bins=10) - 0.2 / 3) < 1e-9   # |0.4 - 0.3| and |0 - 0.1|, over 3 classes
+    onehot = np.eye(3)[y]
+    assert ece_classwise(onehot, y) == 0.0 and ece_classwise(np.zeros((0, 3)), y[:0]) == 0.0
 
 
 def test_reliability_bins_cover_every_record_once() -> None:

@@ -1,22 +1,25 @@
 """Gate rules: floors, a latency budget and a held-out gate set for every model; against a champion,
-the bootstrap intervals of the macro-F1 gain and of per-class and per-slice drops. Every rule reports
-value, limit, verdict."""
+non-inferiority in macro-F1 with superiority on a proper score, the slow-decline guard, and per-class and
+per-slice drops on one simultaneous band. Every rule reports value, limit, verdict; `verdict` tells
+rejected from inconclusive."""
 from __future__ import annotations
 
 import copy
 from typing import Any
 
 from mmcore.config import CLASSES, GateConfig, load_params
-from mmcore.gate import BEHAVIOUR_SUITES, champion_rule, decide, reasons
+from mmcore.gate import BEHAVIOUR_SUITES, champion_rule, decide, reasons, verdict
 from tests.conftest import ROOT
 
 CFG = GateConfig(min_macro_f1=0.6, min_accuracy=0.6, min_class_f1=0.4, max_ece=0.15, max_latency_p95_ms=500,
-                 min_delta=0.0, max_class_f1_drop=0.05, max_slice_f1_drop=0.10, min_slice_n=30)
+                 max_class_f1_drop=0.05, max_slice_f1_drop=0.10, min_slice_shipments=30, noninferiority_margin=0.02,
+                 proper_score="log_loss", min_score_gain=0.0, max_decline_from_best=0.02)
+SHIPMENTS = {"hub=SHA01": 40, "missing=image": 5, "note_lang=empty": 35, "missing=text": 35}
 
 
 def scores(f1: float = 0.8, **over: Any) -> dict[str, Any]:
     """A model's numbers as the evaluate stage writes them."""
-    m = {"macro_f1": f1, "accuracy": f1, "ece": 0.05, "latency_ms": {"p50": 40.0, "p95": 90.0},
+    m = {"macro_f1": f1, "accuracy": f1, "ece": 0.05, "ece_classwise": 0.02, "latency_ms": {"p50": 40.0, "p95": 90.0},
          "per_class": {c: {"f1": f1} for c in CLASSES},
          "slices": {"hub=SHA01": {"macro_f1": f1, "n": 100}, "missing=image": {"macro_f1": f1, "n": 12}},
          "leak": {"challenger": {"records": 0}, "champion": {"records": 0}},
@@ -25,19 +28,28 @@ def scores(f1: float = 0.8, **over: Any) -> dict[str, Any]:
     return m
 
 
-def drop(observed: float, half_width: float = 0.03) -> dict[str, float]:
-    """A bootstrap interval of a drop (champion minus challenger) around `observed`."""
-    return {"observed": observed, "low": observed - half_width, "high": observed + half_width}
+def drop(observed: float, half_width: float = 0.03, band: float | None = None) -> dict[str, float]:
+    """A bootstrap interval of a drop (champion minus challenger) around `observed`; `band`: the
+    simultaneous band's half width (wider than the drop's own interval), the interval's unless given."""
+    band = half_width if band is None else band
+    return {"observed": observed, "low": observed - half_width, "high": observed + half_width,
+            "simultaneous_low": observed - band}
+
+
+def gain(low: float, high: float) -> dict[str, float]:
+    return {"observed": (low + high) / 2, "mean": (low + high) / 2, "low": low, "high": high}
 
 
 def with_champion(new: dict[str, Any], old: dict[str, Any], low: float, high: float = 0.05,
-                  **drops: dict[str, float]) -> dict[str, Any]:
-    """`drops` name a class (`tampered`) or a slice (`hub=SHA01`) and give its drop interval; others 0."""
+                  score: tuple[float, float] = (0.01, 0.05), **drops: dict[str, float]) -> dict[str, Any]:
+    """[low, high]: the macro-F1 gain's interval; `score`: the log-loss improvement's. `drops` name a class
+    (`tampered`) or a slice (`hub=SHA01`) and give its drop interval; others 0."""
     classes = {c: drops.get(c, drop(old["per_class"][c]["f1"] - new["per_class"][c]["f1"])) for c in CLASSES}
-    slices = {s: drops.get(s, drop(old["slices"][s]["macro_f1"] - v["macro_f1"])) for s, v in new["slices"].items()}
+    slices = {s: {**drops.get(s, drop(old["slices"][s]["macro_f1"] - v["macro_f1"])), "shipments": SHIPMENTS[s]}
+              for s, v in new["slices"].items()}
     return {**new, "champion": {"version": 1, **old},
-            "comparison": {"observed": (low + high) / 2, "mean": (low + high) / 2, "low": low, "high": high,
-                           "classes": classes, "slices": slices}}
+            "comparison": {**gain(low, high), "classes": classes, "slices": slices,
+                           "scores": {"log_loss": gain(*score), "brier": gain(*score)}}}
 
 
 def failed(metrics: dict[str, Any], cfg: GateConfig = CFG) -> list[str]:
@@ -47,7 +59,8 @@ def failed(metrics: dict[str, Any], cfg: GateConfig = CFG) -> list[str]:
 def test_every_rule_has_value_limit_and_verdict() -> None:
     _, rules = decide(with_champion(scores(0.85), scores(0.8), low=0.01), CFG)
     assert {"min_macro_f1", "min_accuracy", "min_class_f1", "max_ece", "max_latency_p95_ms",
-            "macro_f1_delta_ci_low", "class_f1_drop:wet", "slice_f1_drop:hub=SHA01"} <= {r["rule"] for r in rules}
+            "macro_f1_noninferiority", "log_loss_superiority", "decline_from_best", "class_f1_drop:wet",
+            "slice_f1_drop:hub=SHA01"} <= {r["rule"] for r in rules}
     for r in rules:
         assert {"rule", "value", "limit", "passed"} <= set(r)
     assert len(reasons(rules)) == len(rules)
@@ -57,7 +70,7 @@ def test_first_model_is_judged_on_floors_and_latency_alone() -> None:
     promoted, rules = decide({**scores(0.7), "champion": None, "comparison": None}, CFG)
     assert promoted
     assert [r["rule"] for r in rules] == ["min_macro_f1", "min_accuracy", "min_class_f1", "max_ece",
-                                          "max_latency_p95_ms", "gate_set_held_out:challenger"]
+                                          "max_ece_classwise", "max_latency_p95_ms", "gate_set_held_out:challenger"]
     assert failed({**scores(0.5), "champion": None}) == ["min_macro_f1", "min_accuracy"]
 
 
@@ -68,6 +81,8 @@ def test_floors_each_fail_on_their_own() -> None:
     rule = next(r for r in decide(weak_class, CFG)[1] if r["rule"] == "min_class_f1")
     assert rule["worst_class"] == "wet" and rule["value"] == 0.3
     assert failed(scores(0.8, ece=0.2)) == ["max_ece"]
+    assert failed(scores(0.8, ece_classwise=0.031)) == ["max_ece_classwise"]
+    assert failed(scores(0.8, ece_classwise=0.03)) == []
 
 
 def test_latency_budget() -> None:
@@ -82,20 +97,49 @@ def test_a_number_missing_from_the_report_fails_its_rule() -> None:
     assert "missing" in " ".join(reasons(decide(m, CFG)[1]))
     no_comparison = with_champion(scores(0.9), scores(0.8), low=0.1)
     del no_comparison["comparison"]
-    assert failed(no_comparison) == ["macro_f1_delta_ci_low", *(f"class_f1_drop:{c}" for c in CLASSES),
-                                     "slice_f1_drop:hub=SHA01"]       # every rule the bootstrap feeds
+    assert failed(no_comparison) == ["macro_f1_noninferiority", "log_loss_superiority",
+                                     *(f"class_f1_drop:{c}" for c in CLASSES), "slice_f1_drop:hub=SHA01",
+                                     "slice_f1_drop:missing=image"]     # every rule the bootstrap feeds
+    assert verdict(decide(no_comparison, CFG)[1]) == "rejected"          # unchecked is not "unproven"
 
 
-def test_bootstrap_lower_bound_must_exceed_min_delta() -> None:
-    better = with_champion(scores(0.85), scores(0.8), low=0.01, high=0.09)
-    unsure = with_champion(scores(0.85), scores(0.8), low=-0.01, high=0.11)   # better on average, not surely
-    same = with_champion(scores(0.8), scores(0.8), low=0.0, high=0.0)
-    assert decide(better, CFG)[0]
-    assert failed(unsure) == ["macro_f1_delta_ci_low"] and failed(same) == ["macro_f1_delta_ci_low"]
-    strict = GateConfig(**{**CFG.__dict__, "min_delta": 0.02})
-    assert failed(better, strict) == ["macro_f1_delta_ci_low"]
-    rule = next(r for r in decide(unsure, CFG)[1] if r["rule"] == "macro_f1_delta_ci_low")
-    assert rule["value"] == -0.01 and rule["limit"] == 0.0 and rule["high"] == 0.11 and rule["champion_version"] == 1
+def test_promotion_needs_noninferior_macro_f1_and_a_better_proper_score() -> None:
+    better = with_champion(scores(0.82), scores(0.8), low=-0.01, high=0.05, score=(0.005, 0.03))
+    assert decide(better, CFG)[0] and verdict(decide(better, CFG)[1]) == "promoted"
+    worse = with_champion(scores(0.78), scores(0.8), low=-0.04, high=0.0, score=(0.005, 0.03))
+    assert failed(worse) == ["macro_f1_noninferiority"]
+    same_scores = with_champion(scores(0.8), scores(0.8), low=0.0, high=0.0, score=(0.0, 0.0))
+    assert failed(same_scores) == ["log_loss_superiority"]
+    brier = GateConfig(**{**CFG.__dict__, "proper_score": "brier"})
+    assert failed(same_scores, brier) == ["brier_superiority"]
+    rule = next(r for r in decide(worse, CFG)[1] if r["rule"] == "macro_f1_noninferiority")
+    assert rule["value"] == -0.04 and rule["limit"] == -0.02 and rule["high"] == 0.0 and rule["champion_version"] == 1
+    assert "gain -0.0200 [-0.0400, +0.0000], low end" in reasons([rule])[0]
+
+
+def test_unproven_is_inconclusive_shown_worse_or_unsafe_is_rejected() -> None:
+    unproven = with_champion(scores(0.8), scores(0.8), low=-0.03, high=0.03, score=(-0.01, 0.02))
+    assert failed(unproven) == ["macro_f1_noninferiority", "log_loss_superiority"]
+    assert verdict(decide(unproven, CFG)[1]) == "inconclusive"
+    shown_worse = with_champion(scores(0.74), scores(0.8), low=-0.09, high=-0.03, score=(-0.01, 0.02))
+    assert verdict(decide(shown_worse, CFG)[1]) == "rejected"               # the whole interval below -margin
+    unsafe = with_champion(scores(0.8), scores(0.8), low=-0.03, high=0.03, score=(-0.01, 0.02),
+                           tampered=drop(0.2, 0.03))
+    assert verdict(decide(unsafe, CFG)[1]) == "rejected"
+    assert verdict(decide(with_champion(scores(0.85), scores(0.8), low=0.01), CFG)[1]) == "promoted"
+
+
+def test_never_promoted_far_below_the_best_seen_on_this_gate_set() -> None:
+    m = with_champion(scores(0.80), scores(0.79), low=-0.01, high=0.03)
+    assert failed(m) == []
+    m["best_seen"] = {"macro_f1": 0.83, "version": 5, "fingerprint": "x"}          # an earlier, better version
+    assert failed(m) == ["decline_from_best"]
+    rule = next(r for r in decide(m, CFG)[1] if r["rule"] == "decline_from_best")
+    assert abs(rule["value"] + 0.03) < 1e-12 and rule["best_version"] == 5 and rule["limit"] == -0.02
+    m["best_seen"]["macro_f1"] = 0.815
+    assert failed(m) == []
+    worse_than_champion = with_champion(scores(0.77), scores(0.8), low=-0.01, high=0.03)
+    assert "decline_from_best" in failed(worse_than_champion)               # no tag: the champion is the best
 
 
 def test_a_class_fails_only_when_its_interval_lies_beyond_the_limit() -> None:
@@ -107,6 +151,8 @@ def test_a_class_fails_only_when_its_interval_lies_beyond_the_limit() -> None:
     assert "drop 0.0900 [0.0600, 0.1200]" in reasons([rule])[0]
     noisy = with_champion(new, scores(0.8), low=0.01, tampered=drop(0.07, 0.05))       # [0.02, 0.12]: maybe noise
     assert failed(noisy) == []
+    family = with_champion(new, scores(0.8), low=0.01, tampered=drop(0.09, 0.03, band=0.05))
+    assert failed(family) == []           # beyond on its own interval, not on the band over all classes and slices
     del noisy["comparison"]["classes"]["wet"]
     assert failed(noisy) == ["class_f1_drop:wet"]                                       # missing: not checked
 
@@ -123,7 +169,7 @@ def test_slices_fail_on_their_interval_and_small_or_duplicate_slices_are_not_gat
     assert failed(metrics) == ["slice_f1_drop:hub=SHA01", "slice_f1_drop:note_lang=empty"]
     rules = {r["rule"]: r for r in decide(metrics, CFG)[1]}
     small, dup = rules["slice_f1_drop:missing=image"], rules["slice_f1_drop:missing=text"]
-    assert small["passed"] and "min_slice_n" in small["skipped"] and small["n"] == 12
+    assert small["passed"] and "min_slice_shipments" in small["skipped"] and small["shipments"] == 5
     assert dup["passed"] and dup["skipped"] == "same records as note_lang=empty"
     metrics["comparison"]["slices"]["hub=SHA01"] = drop(0.15, 0.08)                     # [0.07, 0.23]: not surely
     assert failed(metrics) == ["slice_f1_drop:note_lang=empty"]
@@ -144,7 +190,8 @@ def test_the_gate_refuses_when_fitted_records_are_in_the_gate_set() -> None:
 
 def test_project_params_configure_the_gate() -> None:
     p = load_params(ROOT / "params.yaml")
-    assert 0 < p.gate.min_macro_f1 < 1 and p.gate.min_delta >= 0
+    assert 0 < p.gate.min_macro_f1 < 1 and 0 <= p.gate.noninferiority_margin < 0.05
+    assert p.gate.min_slice_shipments >= 30 and p.gate.proper_score in ("log_loss", "brier")
     assert p.evaluate.n_boot >= 1000 and p.evaluate.ci == 0.95
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from mmcore.bench.serve import random_bundle, synthetic_records
 from mmcore.config import ServeConfig, load_params
+from mmcore.evaluate import model_probs
+from mmcore.selective.scaling import apply_temperature
 from mmcore.serving import runtime
 from mmcore.serving.export import export_model
 from mmcore.serving.runtime import OnnxPredictor, load_predictor, resolve_backend
@@ -50,6 +52,10 @@ def test_fp32_onnx_answers_as_torch(exported_dir: Path) -> None:
         assert np.abs(got - want).max() < 1e-4
     torch_ans, onnx_ans = torch_p.predict(recs), onnx_p.predict(recs)
     assert np.abs(probs(torch_ans) - probs(onnx_ans)).max() < 1e-4
+    raw = model_probs(torch_p.bundle.model, torch_p.featurizer.batch(recs, torch_p.bundle.sensor_mean,
+                                                                      torch_p.bundle.sensor_std))
+    assert onnx_p.calibration.temperature == 0.5          # both serve the version's scaled probabilities
+    assert np.abs(probs(onnx_ans) - apply_temperature(raw, 0.5)).max() < 1e-4 < np.abs(raw - probs(onnx_ans)).max()
     assert max(abs(a["disagreement"] - b["disagreement"]) for a, b in zip(torch_ans, onnx_ans)) < 1e-4
     for a, b in zip(torch_ans, onnx_ans):
         assert (a["label"], a["modalities"], a["prediction_set"]) == (b["label"], b["modalities"], b["prediction_set"])
