@@ -49,11 +49,20 @@ def floor_rules(m: dict[str, Any], cfg: GateConfig) -> list[Rule]:
         _rule("min_accuracy", m.get("accuracy"), cfg.min_accuracy, lambda v: v >= cfg.min_accuracy),
         _rule("min_class_f1", f1s.get(worst), cfg.min_class_f1, lambda v: v >= cfg.min_class_f1, worst_class=worst),
         _rule("max_ece", m.get("ece"), cfg.max_ece, lambda v: v <= cfg.max_ece),
-        _rule("max_ece_classwise", m.get("ece_classwise"), cfg.max_ece_classwise,
-              lambda v: v <= cfg.max_ece_classwise),     # of the served (temperature-scaled) probabilities
+        ece_classwise_rule(m, cfg),
         _rule("max_latency_p95_ms", _get(m, "latency_ms", "p95"), cfg.max_latency_p95_ms,
               lambda v: v <= cfg.max_latency_p95_ms),
     ]
+
+
+def ece_classwise_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
+    """Class-wise ECE of the served (temperature-scaled) probabilities: fails on evidence, when the shipment
+    bootstrap's low end is above the limit (a report without the interval is judged on its point value)."""
+    ci = m.get("ece_classwise_ci") or {}
+    value = ci.get("low", m.get("ece_classwise"))
+    return _rule("max_ece_classwise", value, cfg.max_ece_classwise, lambda v: v <= cfg.max_ece_classwise,
+                 measure="ci_low" if "low" in ci else "point", observed=m.get("ece_classwise"),
+                 **{k: ci[k] for k in ("high", "ci") if k in ci})
 
 
 def noninferiority_rule(m: dict[str, Any], cfg: GateConfig) -> Rule:
@@ -179,22 +188,26 @@ def selective_rules(m: dict[str, Any], sel: SelectiveConfig) -> list[Rule]:
     """Abstention (mmcore.selective) on the gate set; each rule fails only on evidence.
 
     Coverage fails when its shipment-bootstrap upper bound (evaluate's `coverage_ci.high`) lies below
-    1 - alpha - coverage_slack; a class's automatic precision when its Clopper-Pearson upper bound
-    (Bonferroni over the classes) lies below min_auto_precision (a class decided on no record is skipped);
+    1 - alpha - coverage_slack; automatic precision when its Clopper-Pearson upper bound lies below
+    min_auto_precision, pooled when the calibration certified it pooled, else per class (Bonferroni over the
+    classes; a class decided on no record is skipped);
     and the challenger fails when it automates more than max_automation_drop less than the champion."""
     s = m.get("selective") or {}
     floor = round(1 - sel.alpha - sel.coverage_slack, 12)
     cov = _get(s, "coverage_ci", "high")
     rules = [_rule("selective_coverage", cov, floor, lambda v: v >= floor, measure="coverage_ci_high",
                    observed=_get(s, "coverage", "overall"))]
-    classes = s.get("auto_precision") or {}
-    for cls, info in classes.items():
+    if _get(s, "certified_on_calib", "mode") == "per_class":
+        groups = {f"auto_precision:{c}": v for c, v in (s.get("auto_precision") or {}).items()}
+    else:       # certified pooled: the guarantee is on all automatic decisions together, and so is the rule
+        groups = {"auto_precision_pooled": s.get("auto_precision_pooled") or {}}
+    for name, info in groups.items():
         n, p = info.get("n"), info.get("precision")
-        upper = None if p is None else precision_upper(round(p * n), n, EVIDENCE_LEVEL / max(len(classes), 1))
-        rule = _rule(f"auto_precision:{cls}", upper, sel.min_auto_precision,
+        upper = None if p is None else precision_upper(round(p * n), n, EVIDENCE_LEVEL / max(len(groups), 1))
+        rule = _rule(name, upper, sel.min_auto_precision,
                      lambda v: v >= sel.min_auto_precision, n=n, observed=p, measure="clopper_pearson_high")
         if not n:
-            rule.update(passed=True, skipped="no automatic decisions of this class on the gate set")
+            rule.update(passed=True, skipped="no automatic decisions on the gate set")
             rule.pop("note", None)
         rules.append(rule)
     old = _get(m, "champion", "selective")

@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from mmcore.bench.gate_sim import Noise, Pair, Population, Simulator, draw_shipments, population, scenario_pair
-from mmcore.bootstrap import paired_bootstrap
+from mmcore.bootstrap import ece_classwise_interval, paired_bootstrap
 from mmcore.config import CLASSES, Params, load_params
 from mmcore.evaluate import ece_classwise, score, slice_scores
 from mmcore.gate import BEHAVIOUR_SUITES, decide, verdict
-from mmcore.selective.calibrate import Calibration
+from mmcore.selective.calibrate import Calibration, calibrate, scale
 from mmcore.selective.evaluate import routing_metrics
 
 GOALS = {"better": (">=", 0.80), "equal": ("<=", 0.10), "slightly_worse": ("<=", 0.05), "worse_one_hub": ("<=", 0.05)}
@@ -50,42 +50,27 @@ SCENARIOS = {"better": {"gap": 0.03}, "equal": {"gap": 0.0}, "slightly_worse": {
              "worse_one_hub": {"gap": 0.0, "hub": "AMS04", "hub_gap": -0.15}}
 NOT_SIMULATED = ("max_latency_p95_ms", "gate_set_held_out", "behaviour_regression")
 CHAMPION_F1 = 0.885          # the default model's gate-set macro-F1 (reports/metrics.json of `make run`)
-MIN_SUPPORT = 30             # a confidence threshold is tried only with this many calib decisions of its class
 
 
-def calibrate(probs: np.ndarray, y: np.ndarray, p: Params) -> Calibration:
-    """Split-conformal LAC quantile and per-class thresholds, most conservative first (Learn then Test,
-    fixed sequence, Clopper-Pearson at delta), on one calib draw: the shape of mmcore.selective."""
-    from scipy.stats import beta
-
-    sel = p.selective
-    n = len(y)
-    level = min(1.0, np.ceil((n + 1) * (1 - sel.alpha)) / n)
-    q = float(np.quantile(1 - probs[np.arange(n), y], level, method="higher"))
-    top, pred = probs.max(1), probs.argmax(1)
-    thresholds: dict[str, float | None] = {}
-    for c, name in enumerate(CLASSES):
-        chosen = None
-        for t in np.arange(0.99, 0.495, -0.01):
-            hit = (pred == c) & (top >= t)
-            k, m = int((y[hit] == c).sum()), int(hit.sum())
-            if m < MIN_SUPPORT:
-                continue
-            if (beta.ppf(sel.delta, k, m - k + 1) if k else 0.0) < sel.min_auto_precision:
-                break
-            chosen = float(t)
-        thresholds[name] = chosen
-    return Calibration(sel.alpha, q, thresholds, None, sel.min_auto_precision, sel.delta)
+def served(pop: Population, probs: np.ndarray, calib: np.ndarray, val: np.ndarray, p: Params) -> tuple[np.ndarray, Calibration]:
+    """One model's calibration as the train stage makes it (mmcore.selective.calibrate: temperature on the val
+    draw, conformal sets and Learn then Test on the calib draw) and its probabilities as served."""
+    cal = calibrate(probs[calib], pop.y[calib], np.zeros(len(calib)), np.zeros(len(calib), bool), p.selective,
+                    CLASSES, pop.shipments[calib], scaling=(probs[val], pop.y[val]))
+    return scale(probs, cal), cal
 
 
-def model_block(pop: Population, probs: np.ndarray, gate: np.ndarray, calib: np.ndarray, p: Params) -> dict[str, Any]:
-    """One model's part of the evaluation report on the gate set (as mmcore.stages.evaluate writes it)."""
+def model_block(pop: Population, probs: np.ndarray, cal: Calibration, gate: np.ndarray, p: Params) -> dict[str, Any]:
+    """One model's part of the evaluation report on the gate set (as mmcore.stages.evaluate writes it);
+    `probs` are the served ones (its temperature applied)."""
     y, pr = pop.y[gate], probs[gate]
     slices = {k: v[gate] for k, v in pop.slices.items()}
     m = score(y, pr, list(CLASSES), p.evaluate.ece_bins)
     m["ece_classwise"] = ece_classwise(pr, y, p.evaluate.ece_bins)
+    if m["ece_classwise"] > p.gate.max_ece_classwise:    # the interval's low end is below the point: only then needed
+        m["ece_classwise_ci"] = ece_classwise_interval(y, pr, pop.shipments[gate], 500, 0, p.evaluate.ci,
+                                                       p.evaluate.ece_bins)
     m["slices"] = slice_scores(y, pr.argmax(1), slices, len(CLASSES))
-    cal = calibrate(probs[calib], pop.y[calib], p)
     m["selective"] = routing_metrics(pr, y, np.zeros(len(y)), cal, list(CLASSES), pop.shipments[gate], n_boot=500)
     m["latency_ms"] = {"p50": 40.0, "p95": 90.0}
     m["behaviour"] = {s: {"failure_rate": 0.1, "n": 100, "examples": []} for s in BEHAVIOUR_SUITES}
@@ -98,12 +83,14 @@ def judge(pop: Population, pair: Pair, p: Params, rng: np.random.Generator, gate
     macro-F1 gain, the width of its interval, and whether the old rule (its low end above 0) held."""
     gate = draw_shipments(pop, gate_records, rng)
     calib = draw_shipments(pop, calib_records, rng, exclude=gate)
-    metrics = {**model_block(pop, pair.new, gate, calib, p), "champion": {"version": 1, **model_block(
-        pop, pair.old, gate, calib, p)}, "leak": {"challenger": {"records": 0}, "champion": {"records": 0}}}
+    val = draw_shipments(pop, calib_records, rng, exclude=np.r_[gate, calib])
+    (new, cal_new), (old, cal_old) = served(pop, pair.new, calib, val, p), served(pop, pair.old, calib, val, p)
+    metrics = {**model_block(pop, new, cal_new, gate, p), "champion": {"version": 1, **model_block(
+        pop, old, cal_old, gate, p)}, "leak": {"challenger": {"records": 0}, "champion": {"records": 0}}}
     metrics["comparison"] = paired_bootstrap(
-        pop.y[gate], pair.new[gate].argmax(1), pair.old[gate].argmax(1), pop.shipments[gate], list(CLASSES),
+        pop.y[gate], new[gate].argmax(1), old[gate].argmax(1), pop.shipments[gate], list(CLASSES),
         {k: v[gate] for k, v in pop.slices.items()}, p.evaluate.n_boot, int(rng.integers(1 << 31)), p.evaluate.ci,
-        probs=(pair.new[gate], pair.old[gate]), family_min_shipments=p.gate.min_slice_shipments)
+        probs=(new[gate], old[gate]), family_min_shipments=p.gate.min_slice_shipments)
     rules = decide(metrics, p.gate, p.selective)[1]
     comp = metrics["comparison"]
     return (verdict(rules), [r["rule"] for r in rules if not r["passed"]], comp["observed"], comp["high"] - comp["low"],

@@ -24,7 +24,7 @@ import torch
 from mmcore import behaviour, plots
 from mmcore.config import CLASSES, EvaluateConfig, load_params
 from mmcore.data.raw import load_profile, load_records
-from mmcore.bootstrap import paired_bootstrap
+from mmcore.bootstrap import ece_classwise_interval, paired_bootstrap
 from mmcore.evaluate import (ablation, ablation_report, ece_classwise, macro_f1, model_probs, percentiles_ms,
                              reliability, score, slice_scores)
 from mmcore.features import Featurizer
@@ -111,6 +111,8 @@ def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: E
     n, slices = len(CLASSES), {**gate.groups, **missing_groups(batch)}
     metrics = score(gate.y, probs, bundle.labels, cfg.ece_bins)
     metrics["ece_classwise"] = ece_classwise(probs, gate.y, cfg.ece_bins)
+    metrics["ece_classwise_ci"] = {**ece_classwise_interval(gate.y, probs, gate.shipments, cfg.n_boot, cfg.seed, cfg.ci,
+                                                            cfg.ece_bins), "ci": cfg.ci}
     metrics["ece_classwise_by_modalities"] = {
         name: {"ece_classwise": ece_classwise(probs[sel], gate.y[sel], cfg.ece_bins), "n": int(sel.sum())}
         for name, sel in modality_patterns(batch).items()}

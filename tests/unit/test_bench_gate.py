@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mmcore.bench.gate import GOALS, SCENARIOS, calibrate, judge, run_scenarios, wilson
+from mmcore.bench.gate import GOALS, SCENARIOS, judge, run_scenarios, served, wilson
 from mmcore.bench.gate_sim import Noise, Simulator, draw_shipments, population, scenario_pair
 from mmcore.config import load_params
 from tests.conftest import ROOT
@@ -48,15 +48,20 @@ def test_gate_sets_are_whole_shipments_and_calib_is_disjoint(world) -> None:
     assert not ships & set(pop.ship_index[calib])
 
 
-def test_calibration_keeps_its_coverage_and_thresholds_certify_or_abstain(world) -> None:
+def test_calibration_is_the_train_stages_and_keeps_its_coverage(world) -> None:
+    """The bench calibrates each simulated model with mmcore.selective.calibrate (temperature on a val draw,
+    sets and thresholds on a calib draw): its sets cover fresh records at 1 - alpha."""
     p, pop, sim = world
     pair = scenario_pair(sim, "equal", 0.0, 0.885)
     rng = np.random.default_rng(1)
-    calib, fresh = draw_shipments(pop, 1500, rng), draw_shipments(pop, 3000, rng)
-    cal = calibrate(pair.old[calib], pop.y[calib], p)
-    covered = 1 - pair.old[fresh][np.arange(len(fresh)), pop.y[fresh]] <= cal.set_quantile + 1e-9
+    calib = draw_shipments(pop, 1500, rng)
+    val = draw_shipments(pop, 500, rng, exclude=calib)
+    fresh = draw_shipments(pop, 3000, rng, exclude=np.r_[calib, val])
+    probs, cal = served(pop, pair.old, calib, val, p)
+    covered = 1 - probs[fresh][np.arange(len(fresh)), pop.y[fresh]] <= cal.set_quantile + 1e-9
     assert covered.mean() >= 1 - p.selective.alpha - 0.03
-    assert all(t is None or 0.5 <= t <= 0.99 for t in cal.confidence_thresholds.values())
+    assert cal.info["scaling_split"] == "val" and cal.temperature != 1.0
+    assert all(t is None or 0.5 <= t < 1.0 for t in cal.confidence_thresholds.values())
 
 
 def test_every_scenario_is_judged_by_the_rules_and_reported(world) -> None:

@@ -137,12 +137,14 @@ def test_routing_metrics_and_goals() -> None:
     assert g["coverage"]["value"] == m["coverage"]["overall"]
 
 
-def selective(coverage: float, precision: float | None, rate: float, n: int = 50, high: float | None = None) -> dict:
-    """A section as evaluate writes it; `high`: the coverage's bootstrap upper bound (coverage + 0.02 unless given)."""
-    return {"calibrated": True, "coverage": {"overall": coverage},
+def selective(coverage: float, precision: float | None, rate: float, n: int = 50, high: float | None = None,
+              mode: str = "per_class") -> dict:
+    """A section as evaluate writes it; `high`: the coverage's bootstrap upper bound (coverage + 0.02 unless given);
+    `mode`: how the calibration certified precision (per class: n records a class; pooled: n in all)."""
+    each = {"precision": precision, "n": n if precision is not None else 0}
+    return {"calibrated": True, "coverage": {"overall": coverage}, "certified_on_calib": {"mode": mode},
             "coverage_ci": {"low": coverage - 0.02, "high": coverage + 0.02 if high is None else high},
-            "auto_precision": {c: {"precision": precision, "n": n if precision is not None else 0} for c in CLASSES},
-            "automation_rate": rate}
+            "auto_precision": dict.fromkeys(CLASSES, each), "auto_precision_pooled": each, "automation_rate": rate}
 
 
 def failed(metrics: dict) -> list[str]:
@@ -156,6 +158,9 @@ def test_gate_fails_selective_rules_only_on_evidence() -> None:
     assert failed({"selective": selective(0.9, 0.96, 0.8, n=50)}) == []       # 48/50: could still be 0.94
     assert failed({"selective": selective(0.9, 0.9, 0.8, n=400)}) == [f"auto_precision:{c}" for c in CLASSES]
     assert failed({"selective": selective(0.9, None, 0.0)}) == []          # nothing automatic: nothing to check
+    # certified pooled: the pooled precision is what was promised and what is judged, not each class's
+    assert failed({"selective": selective(0.9, 0.9, 0.8, n=400, mode="pooled")}) == ["auto_precision_pooled"]
+    assert failed({"selective": selective(0.9, 0.96, 0.8, n=50, mode="pooled")}) == []
     old = {"selective": selective(0.9, 0.99, 0.85)}
     assert failed({"selective": selective(0.9, 0.99, 0.81), "champion": old}) == []
     assert failed({"selective": selective(0.9, 0.99, 0.75), "champion": old}) == ["automation_drop"]
