@@ -37,6 +37,7 @@ from mmcore.features import Featurizer
 from mmcore.monitor import quality
 from mmcore.monitor.capture_batches import PREFIX, Period, read_log
 from mmcore.monitor.embedding_drift import embedding_drift
+from mmcore.monitor.triggers import joined_labels
 
 ENCODERS = {"image": 0, "text": 1}   # column of Featurizer.embed's presence array
 ALPHA = 0.05 / len(ENCODERS)          # a window alarms if any encoder does: the family-wise rate stays 5%
@@ -113,7 +114,9 @@ def quality_section(profile: pd.DataFrame, preds: pd.DataFrame, gate: dict[str, 
     """Live quality per model version (and per hub) over the labelled answers of the lookback."""
     classes, cfg = list(CLASSES), p.monitor
     joined = quality.labelled_answers(profile, preds, classes)
-    out: dict[str, Any] = {"labelled_answers": int(len(joined)), "versions": {}}
+    # labelled_answers: over the lookback (live quality's input); labels_joined: cumulative, the triggers' counter
+    out: dict[str, Any] = {"labelled_answers": int(len(joined)), "labels_joined": joined_labels(profile),
+                           "versions": {}}
     for version, rows in joined.groupby("model_version"):
         entry: dict[str, Any] = {"n": int(len(rows)), "gate_set": gate.get(str(version))}
         if len(rows) >= cfg.min_live_labels:
