@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -145,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--out", type=Path, default=Path("reports/bench/triggers.json"))
     args = ap.parse_args(argv)
+    began = time.perf_counter()
     result = run(load_params(args.params).monitor, args.days, args.seeds)
+    result = {"command": f"python -m mmcore.bench triggers --days {args.days} --seeds {args.seeds}",
+              "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "wall_s": round(time.perf_counter() - began, 2), **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result["goals"]))
