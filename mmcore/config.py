@@ -360,7 +360,7 @@ class MonitorConfig:
     max_live_drop: float = 0.05     # trigger: live macro-F1's interval lies this far below the gate-set figure
     drift_windows: int = 3          # trigger: an encoder drifts in this many of the last drift_window_span windows
     drift_window_span: int = 4      # trigger: windows the drift rule counts in (k of n: one false alarm never retrains)
-    cooldown_hours: float = 24.0    # at most one monitor-started retrain per this many hours (an operator's is never held)
+    cooldown_hours: float = 24.0    # at most one monitor-started retrain per this many hours (operators: never held)
     min_retrain_labels: int = 50    # a live_drop or drift retrain needs this many labels joined since the last retrain
     max_estimated_drop: float = 0.10  # alert (no retrain): estimated macro-F1 this far below the gate-set figure
 

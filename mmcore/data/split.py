@@ -94,7 +94,8 @@ def route_by_source(table: pd.DataFrame, profile: pd.DataFrame) -> tuple[pd.Data
     counts = pd.crosstab(kept["split"].to_numpy(), source[~withheld].fillna("none").to_numpy())
     by_source = {str(sp): {str(src): int(n) for src, n in row.items() if n} for sp, row in counts.iterrows()}
     return kept, {"by_source": by_source, "model_chosen": int(chosen.sum()), "to_train_from_val": int(moved.sum()),
-                  "withheld": {s: int((withheld & (table["split"] == s).to_numpy(bool)).sum()) for s in (GATE, "calib")}}
+                  "withheld": {s: int((withheld & (table["split"] == s).to_numpy(bool)).sum())
+                               for s in (GATE, "calib")}}
 
 
 def read_audit(raw: Path) -> pd.DataFrame | None:

@@ -8,7 +8,9 @@ Inspections, claims and reviews label a parcel days after its record landed, so 
 data grows without new records. Each label keeps its source, its labeller and the batch that
 delivered it (`label_batch`: its join) into data/raw; a line without a source is `unknown`, which the
 split treats like `review` (never in the gate set or calib). No wall-clock join time is stored: ingest
-rebuilds data/raw from the batches and gives the same bytes for the same batches. Ingest rebuilds data/raw from every batch on each run and
+rebuilds data/raw from the batches and gives the same bytes for the same batches.
+
+Ingest rebuilds data/raw from every batch on each run and
 calls `join_labels` with the accepted rows, so the outcome depends only on the batches (and on
 the clock, for a label dated in the future: it joins once its time is near):
 
