@@ -119,6 +119,18 @@ def test_an_operator_retrain_resets_the_counters_without_a_cooldown(tmp_path: Pa
     assert [(f.kind, f.reason) for f in found] == [("retrain", "new_labels")]   # no cooldown from the operator's
 
 
+def test_an_operator_retrain_is_noted_with_the_labels_it_trained_on(tmp_path: Path) -> None:
+    import pandas as pd
+
+    (tmp_path / "raw").mkdir()
+    pd.DataFrame({"prediction_id": ["p1", "p2", None], "label_source": ["claim", "review", "landing"]}).to_parquet(
+        tmp_path / "raw" / "records.parquet")
+    OperatorRetrain.note(tmp_path / "op.json", T0, tmp_path / "raw")
+    assert OperatorRetrain.load(tmp_path / "op.json") == OperatorRetrain(at=T0.isoformat(), labels_joined=2)
+    OperatorRetrain.note(tmp_path / "none.json", T0, tmp_path / "missing")   # no data/raw yet: the window's count
+    assert OperatorRetrain.load(tmp_path / "none.json").labels_joined is None
+
+
 def test_a_state_file_from_an_older_version_loads(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"drift_streak": 3, "labels_at_retrain": 120, "windows": ["w1"]}))
