@@ -62,3 +62,14 @@ def test_hub_and_shipment_follow_the_id_rule(value: str) -> None:
             with pytest.raises(ValidationError) as err:
                 PredictInput.model_validate(body(**{field: value}))
             assert [e["loc"] for e in err.value.errors()] == [("records", 1, field)]
+
+
+def test_a_replayed_landing_record_is_a_valid_request_with_its_context(tmp_path) -> None:
+    """mmcore.monitor.replay sends a batch's records with their hub, shipment and capture time."""
+    from mmcore.monitor.replay import api_record
+    from tests.conftest import good_files, record, write_batch
+
+    rec = record("r1", hub="AMS04", shipment_id="S-9")
+    bdir = write_batch(tmp_path, "b1", [rec], good_files("r1"))
+    sent = PredictInput.model_validate({"records": [api_record(rec, bdir)]}).records[0]
+    assert (sent.hub, sent.shipment_id, sent.captured_at) == ("AMS04", "S-9", "2026-11-19T19:10:00+00:00")
