@@ -50,6 +50,7 @@ bench: install
 	$(PY) -m mmcore.bench train --out reports/bench/train.json
 	$(PY) -m mmcore.bench gate --out reports/bench/gate.json
 	$(PY) -m mmcore.bench monitor --out reports/bench/monitor.json
+	$(PY) -m mmcore.bench triggers --out reports/bench/triggers.json
 
 # Model selection on the validation split (sweep.yaml, DVC experiments), the winner trained and scored once
 # on the gate set (reports/quality.json: the docs' quality table is rendered from it). Needs a `make run`'s data.

@@ -29,7 +29,7 @@ from mmcore.serving.guards import BodyGuard, ClientErrorsWithoutPayload, guarded
 from mmcore.serving.limits import MAX_IMAGE_BYTES, MAX_NOTE_CHARS, check_image_bytes
 from mmcore.serving.middleware import CaptureMiddleware
 from mmcore.serving.runtime import load_predictor, threads_setting
-from mmcore.serving.schemas import LandingId, PredictInput, Prediction, Record, Records, Sensor
+from mmcore.serving.schemas import CaptureTime, LandingId, PredictInput, Prediction, Record, Records, Sensor
 
 
 class BentoArgs(BaseModel):
@@ -113,7 +113,7 @@ class ParcelCondition:
     @bentoml.api(route="/predict_file")
     def predict_file(self, image: Path, note: Annotated[str | None, Field(max_length=MAX_NOTE_CHARS)] = None,
                      sensor: Sensor | None = None, shipment_id: LandingId | None = None,
-                     hub: LandingId | None = None) -> Prediction:
+                     hub: LandingId | None = None, captured_at: CaptureTime | None = None) -> Prediction:
         """Multipart form: one image file plus optional `note` and `sensor` (a JSON object of channel arrays)."""
         # a sync API: this runs in BentoML's thread pool, so the image checks and decode are off the event loop
         if (size := Path(image).stat().st_size) > MAX_IMAGE_BYTES:
@@ -124,7 +124,7 @@ class ParcelCondition:
         except ValueError as exc:
             raise bentoml.exceptions.InvalidArgument(f"image: {exc}") from None
         rec = Record.model_construct(record_id=None, note=note, image=base64.b64encode(data).decode(), sensor=sensor,
-                                     shipment_id=shipment_id, hub=hub)
+                                     shipment_id=shipment_id, hub=hub, captured_at=captured_at)
         return self._predict([rec])[0]
 
     @bentoml.api(route="/labels")

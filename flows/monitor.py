@@ -7,7 +7,9 @@
 3. the window report (mmcore.monitor.window): answers, live and estimated quality, drift;
 4. triggers (mmcore.monitor.triggers): each alert and retrain request becomes a Prefect event
    (`parcel.monitor.alert`, `parcel.monitor.retrain`) and a POST to the notification block; the
-   `retrain-on-monitor` deployment (prefect.yaml) starts on the retrain event.
+   `retrain-on-monitor` deployment (prefect.yaml) starts on the retrain event. The state machine's
+   cooldown runs on the window's end; a retrain an operator started (flows/retrain.py writes
+   OPERATOR_RETRAIN) resets its counters.
 
 Steps 1-2 hold the `retrain` concurrency slot: the monitor and a retrain share one DVC workspace.
 
@@ -27,7 +29,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.concurrency.sync import concurrency
 
 from flows.publish import post_webhook
-from flows.retrain import SLOT, ensure_slot, repro
+from flows.retrain import OPERATOR_RETRAIN, SLOT, ensure_slot, repro
 from mmcore.config import Params, load_params
 from mmcore.monitor import page, triggers
 from mmcore.monitor.capture_batches import Period, capture_batch_waiting, make_period, parse_time
@@ -136,7 +138,8 @@ def monitor(since: str | None = None, until: str | None = None, capture: list[st
         report = report_window(period.batch_id, p, roots)
     report["capture"] = landed
     state = triggers.State.load(STATE)
-    findings, state = triggers.decide(report, state, p.monitor, period.batch_id)
+    findings, state = triggers.decide(report, state, p.monitor, period.batch_id, period.until,
+                                      triggers.OperatorRetrain.load(OPERATOR_RETRAIN))
     report["findings"] = [asdict(f) for f in findings]
     out = OUT / f"{period.batch_id}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,15 +42,20 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.publish import RUNS, notify, publish
 from mmcore.config import ParamsError, apply_overrides, check_overrides
+from mmcore.monitor.triggers import OperatorRetrain
 
 SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
 STATE = RUNS / "last_batches.json"   # batches (and their _SUCCESS times) the last finished run saw
 INPUTS = RUNS / "last_inputs.txt"    # fingerprint of params.yaml, dvc.yaml and mmcore at that run
+# the last retrain the monitor did not ask for (mmcore.monitor.triggers.OperatorRetrain): it resets the
+# monitor's counters and is never held by its cooldown
+OPERATOR_RETRAIN = Path("reports/monitor/operator_retrain.json")
+MONITOR_DEPLOYMENT = "retrain-on-monitor"   # prefect.yaml: the deployment the monitor's event starts
 # Failures worth retrying: the tracking server, object storage, the network, DVC's or SQLite's lock.
 TRANSIENT = re.compile(r"Connection ?(Error|refused|reset|aborted)|Max retries exceeded|timed? ?out|"
                        r"Temporary failure|Service Unavailable|Bad Gateway|Gateway Time-?out|Too Many Requests|"
@@ -355,6 +360,8 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
         if run["verdict"]["status"] != "failed":
             STATE.write_text(json.dumps(now))   # this data is dealt with (a validation failure included)
             INPUTS.write_text(fingerprint)
+            if run["stages"] and deployment.name != MONITOR_DEPLOYMENT:   # the monitor's own: it knows
+                OperatorRetrain.note(OPERATOR_RETRAIN, start, Path("data/raw"))
     logger.info(f"verdict: {run['verdict']['status']}: {run['verdict']['summary']}; report {page}")
     if advice := commit_advice(run["stages"], run.get("pushed")):
         logger.info(advice)   # DVC's per-stage advice, said once

@@ -358,13 +358,19 @@ class MonitorConfig:
     n_boot: int = 1000              # shipment bootstrap rounds of live quality's intervals
     min_new_labels: int = 200       # trigger: this many newly labelled production records since the last retrain
     max_live_drop: float = 0.05     # trigger: live macro-F1's interval lies this far below the gate-set figure
-    drift_windows: int = 2          # trigger: embedding drift in this many consecutive windows
+    drift_windows: int = 3          # trigger: an encoder drifts in this many of the last drift_window_span windows
+    drift_window_span: int = 4      # trigger: windows the drift rule counts in (k of n: one false alarm never retrains)
+    cooldown_hours: float = 24.0    # at most one monitor-started retrain per this many hours (operators: never held)
+    min_retrain_labels: int = 50    # a live_drop or drift retrain needs this many labels joined since the last retrain
     max_estimated_drop: float = 0.10  # alert (no retrain): estimated macro-F1 this far below the gate-set figure
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "capture_dirs", tuple(self.capture_dirs))
         if self.window_minutes < 1 or self.drift_windows < 1 or self.min_new_labels < 1:
             raise ValueError("monitor.window_minutes, drift_windows and min_new_labels must be at least 1")
+        if self.drift_windows > self.drift_window_span or self.cooldown_hours < 0 or self.min_retrain_labels < 1:
+            raise ValueError("monitor.drift_windows must be at most drift_window_span, cooldown_hours at least 0 "
+                             "and min_retrain_labels at least 1")
 
 
 @dataclass(frozen=True)

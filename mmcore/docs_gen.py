@@ -223,6 +223,18 @@ FIGURES: dict[str, Figure] = {
             "goals.capture_overhead_rps.limit"),
         Row("drift test: false-alarm rate", "false_alarm_rate", "<=", "goals.false_alarm_rate.limit"),
         Row("drift test: detection rate", "detection_rate", ">=", "goals.detection_rate.limit"))),
+    "bench-triggers": Figure(f"{SNAPSHOT}/triggers.json", "python -m mmcore.bench triggers", rows=(
+        Row("steady labelling: min_new_labels reached, no retrain within the cooldown", "goals.missed.value",
+            "<=", 0),
+        Row("steady labelling (15 labels/h): retrains", "steady_labelling.fast.retrains"),
+        Row("steady labelling (15 labels/h): longest wait for a retrain, h", "steady_labelling.fast.max_delay_hours"),
+        Row("persistent live drop: retrains", "persistent_live_drop.retrains"),
+        Row("persistent live drop: most retrains in a day", "goals.max_retrains_per_day.value", "<=", 1),
+        Row("no shift: drift retrains per 30 days (mean over replays)", "goals.spurious_per_30_days.value", "<=", 1),
+        Row("no shift: the k-of-n rule's spells per 30 days (before labels and cooldown)",
+            "no_shift.rule_spells_per_30_days"),
+        Row("new hub: replays with a drift retrain", "new_hub.detected"),
+        Row("new hub: hours to the drift retrain (median)", "new_hub.hours_to_drift_retrain_median"))),
     "bench-sizes": Figure(f"{SNAPSHOT}/sizes.json",
                           "python -m mmcore.profile.capacity --measure sizes --size-records 400", rows=(
         Row("landing batch, bytes/record", "landing_bytes_per_record"),

@@ -99,6 +99,12 @@ def gate_set_section(split: dict[str, Any] | None) -> str:
            f"this run; membership {esc(split.get('membership'))}; label changes applied "
            f"<b>{fmt(gate.get('label_changes_applied'))}</b>, held <b>{fmt(gate.get('label_changes_held'))}</b>; "
            f"missing from data/raw {fmt(gate.get('missing_from_raw'))}.</p>"]
+    if gate.get("by_source") is not None:   # only labels the model did not choose gate (mmcore/data/split.py)
+        withheld = (split.get("sources") or {}).get("withheld", {})
+        out.append("<p id='gate-sources'>By label source: " + (esc(", ".join(
+            f"{k} {v}" for k, v in sorted(gate["by_source"].items()))) or "none") + f"; model-chosen labels "
+            f"(review, unknown) withheld from the gate set {fmt(withheld.get('test'))}, from calib "
+            f"{fmt(withheld.get('calib'))}.</p>")
     if changes:
         out.append(table(["record", "from", "to", "outcome", "source", "labelled at", "labeller", "audit batch"],
                          [[c.get("record_id"), c.get("from"), c.get("to"), "applied" if c.get("applied") else "held",

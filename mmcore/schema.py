@@ -25,12 +25,18 @@ IMAGE_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG"})
 # The label feed (DESIGN §2b): labels/<batch>/labels.jsonl, one object per line with exactly one
 # of record_id / prediction_id, and these fields. `landing` is the label_source of a label that
 # came with its landing record (labelled at its captured_at); feeds may not claim it.
-LABEL_FIELDS: tuple[str, ...] = ("label", "labelled_at", "source")
+LABEL_FIELDS: tuple[str, ...] = ("label", "labelled_at")
 # Optional `labeller`: who gave the label (the review app writes the reviewer's name); absent or null = unknown.
 # Letters, digits and `_ . @ + -`, inner spaces allowed, 1..64 characters: a name or an e-mail, never markup.
 LABELLER_RE = re.compile(r"^[\w.@+-](?:[\w .@+-]{0,62}[\w.@+-])?\Z")
-LABEL_SOURCES: tuple[str, ...] = ("inspection", "claim", "review")
+# `source`: who chose the record to label. A line without one (older senders) is `unknown`: the contract
+# names no default, and a label whose choice is unknown is treated as the model's choice (review).
+UNKNOWN_SOURCE = "unknown"
+LABEL_SOURCES: tuple[str, ...] = ("inspection", "claim", "review", UNKNOWN_SOURCE)
 LANDING_SOURCE = "landing"
+# Labels not chosen by the model: the only ones the gate set and calib sample (mmcore/data/split.py). The
+# review app asks about answers the champion was unsure of; those label its hard cases, not served traffic.
+GATE_SOURCES: tuple[str, ...] = (LANDING_SOURCE, "inspection", "claim")
 
 
 class Reason(str, Enum):
@@ -79,7 +85,8 @@ PROFILE_COLUMNS: dict[str, str] = {
     # label: the winning one (landing or label feed); label_source: landing, inspection, claim or review;
     # labelled_at: UTC ISO 8601 (a landing label's is its record's captured_at); labeller: who gave it (feed's
     # optional field, null for landing labels and when the feed did not say); all null when unlabelled
-    "label": "string", "label_source": "string", "labelled_at": "string", "labeller": "string",
+    # label_batch: the batch that delivered the winning label (a label batch, or the record's own landing batch)
+    "label": "string", "label_source": "string", "labelled_at": "string", "labeller": "string", "label_batch": "string",
     "batch_id": "string", "shard": "string",
     "content_sha256": "string",
     "has_image": "bool", "image_width": "Int64", "image_height": "Int64",

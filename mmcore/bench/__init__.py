@@ -1,6 +1,7 @@
 """Benchmarks behind `make bench`, one module per benchmark and one entry point:
 
-    python -m mmcore.bench <ingest|train|serve|abuse|gate|monitor> [its options] --out reports/bench/<name>.json
+    python -m mmcore.bench <ingest|train|serve|abuse|gate|monitor|triggers> [its options] \\
+        --out reports/bench/<name>.json
 
 Each module's docstring says what it measures; every figure is set against a limit or a goal
 measured in the same run on the same machine, so a report stands on its own.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("ingest", "train", "serve", "abuse", "gate", "monitor")
+BENCHMARKS = ("ingest", "train", "serve", "abuse", "gate", "monitor", "triggers")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ a record stays in the split it was first given, and its content with it, so no l
 a back-dated copy included, can move a record out of the gate set; the test split only grows,
 and champion and challenger are always scored on the same records. A gate-set record's label
 changes only with its audit entry, and every change is in reports/split.json (the run report
-shows it).
+shows it). Labels the model chose (source review, or unknown) train but never enter the gate set or
+calib (`route_by_source`); the report gives each split's composition by label source.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from mmcore.data import membership
 from mmcore.data.ingest import write_atomic
 from mmcore.data.raw import load_profile
 from mmcore.leak import CONTENT_KEYS, identity
+from mmcore.schema import GATE_SOURCES
+
+GATE = membership.GATE
 
 
 def assign(shipment_id: str, cfg: SplitConfig) -> str:
@@ -73,6 +77,27 @@ def split(profile: pd.DataFrame, cfg: SplitConfig, stored: pd.DataFrame | None =
     return out.sort_values("record_id").reset_index(drop=True)
 
 
+def route_by_source(table: pd.DataFrame, profile: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Labels the model chose (review, and unknown: GATE_SOURCES) train but never gate or calibrate.
+
+    A review label exists only because the champion sent that answer to review: in the gate set it
+    leans the set toward the champion's hard cases (favouring any challenger), in calib it breaks the
+    conformal and threshold guarantees, which hold for served traffic. So such a record whose shipment
+    is in val goes to train, and one whose shipment is in test or calib is withheld from every split:
+    training on it would put a gate-set (or calib) parcel among the fitted records."""
+    source = table["record_id"].map(profile.set_index("record_id")["label_source"])
+    chosen = (source.notna() & ~source.isin(GATE_SOURCES)).to_numpy(bool)
+    withheld = chosen & table["split"].isin([GATE, "calib"]).to_numpy(bool)
+    moved = chosen & (table["split"] == "val").to_numpy(bool)
+    out = table.assign(split=table["split"].mask(moved, "train"))
+    kept = out[~withheld].reset_index(drop=True)
+    counts = pd.crosstab(kept["split"].to_numpy(), source[~withheld].fillna("none").to_numpy())
+    by_source = {str(sp): {str(src): int(n) for src, n in row.items() if n} for sp, row in counts.iterrows()}
+    return kept, {"by_source": by_source, "model_chosen": int(chosen.sum()), "to_train_from_val": int(moved.sum()),
+                  "withheld": {s: int((withheld & (table["split"] == s).to_numpy(bool)).sum())
+                               for s in (GATE, "calib")}}
+
+
 def read_audit(raw: Path) -> pd.DataFrame | None:
     path = Path(raw) / "label_audit.parquet"
     return pd.read_parquet(path) if path.is_file() else None
@@ -86,7 +111,7 @@ def split_run(raw: Path, out: Path, cfg: SplitConfig) -> dict[str, Any]:
     stored = membership.load(path, cfg)
     table, changes = membership.gate_label_changes(stored.table, split(profile, cfg, stored.table), profile,
                                                    read_audit(raw))
-    table = table.sort_values("record_id").reset_index(drop=True)
+    table, sources = route_by_source(table.sort_values("record_id").reset_index(drop=True), profile)
     keys = identity(profile)
     current = table[["record_id", "split", "label"]].merge(keys, on="record_id", how="left")
     write_atomic(path, lambda p: membership.save(p, membership.merged(stored.table, current), cfg))
@@ -95,8 +120,9 @@ def split_run(raw: Path, out: Path, cfg: SplitConfig) -> dict[str, Any]:
     gate_now = set(table.loc[table["split"] == membership.GATE, "record_id"])
     counts = table["split"].value_counts().sort_index()
     return {"records": int(len(table)), "splits": {k: int(v) for k, v in counts.items()},
-            "membership": stored.status,
+            "membership": stored.status, "sources": sources,
             "gate": {"records": len(gate_now), "added": len(gate_now - gate_before),
+                     "by_source": sources["by_source"].get(GATE, {}),
                      "missing_from_raw": len(gate_before - set(profile["record_id"])),
                      "label_changes": changes, "label_changes_applied": sum(c["applied"] for c in changes),
                      "label_changes_held": sum(not c["applied"] for c in changes)}}

@@ -5,9 +5,11 @@ so served records pass through the same ingest, quarantine and validation as eve
         --since 2026-12-01T10:00:00Z --until 2026-12-01T11:00:00Z [--wait 30] [--report out.json]
 
 A record answered in [since, until) lands as `cap-<prediction_id>` with its prediction_id, the
-client's shipment_id (else `req-<request id>`: the records of one request stay on one side of the
-split) and hub (else `unknown`), captured_at = the answer time, its image and sensor (t_s kept, or
-made at SENSOR_PERIOD_S when the client sent none) as files, and label null.
+client's shipment_id, hub and captured_at (sent with /predict, checked there as ingest checks them),
+its image and sensor (t_s kept, or made at SENSOR_PERIOD_S when the client sent none) as files, and
+label null. What a client did not send is not guessed: the record lands with the contract's
+placeholders (shipment `req-<request id>`: the records of one request stay on one side of the split;
+hub `unknown`; captured_at = the answer time) and is counted in `without_context`, per field.
 
 Accounting, checked before anything is written: for the period, the service's counts say every
 answered record was written, sampled out or dropped (queue_full, store_full, write_error, shutdown);
@@ -44,6 +46,7 @@ from mmcore.serving.capture_store import DROP_REASONS, BlobStore, read_counts
 SENSOR_PERIOD_S = 60.0  # t_s step when a client sent channels only (the synthetic feed's fixed period)
 PNG_MAGIC = b"\x89PNG"   # anything else the service accepted is a JPEG (ingest decodes by content anyway)
 CAPTURE_DROPS: tuple[str, ...] = ("blob_missing", "blob_corrupt", "duplicate_prediction_id", "bad_record")
+CONTEXT: tuple[str, ...] = ("shipment_id", "hub", "captured_at")   # what /predict may send of the landing contract
 PREFIX = "capture-"      # a capture batch's id: capture-<since>-<until>, UTC, %Y%m%dT%H%M%SZ
 ID_TIME = "%Y%m%dT%H%M%SZ"
 
@@ -152,8 +155,9 @@ def landing_record(line: dict[str, Any], blobs: BlobStore) -> tuple[dict[str, An
         return "bad_record"
     rid = f"cap-{pid}"
     files: dict[str, bytes] = {}
+    answered = datetime.fromisoformat(line["answered_at"]).astimezone(timezone.utc).isoformat()
     rec = {"record_id": rid, "shipment_id": line.get("shipment_id") or f"req-{req}",
-           "captured_at": datetime.fromisoformat(line["answered_at"]).astimezone(timezone.utc).isoformat(),
+           "captured_at": line.get("captured_at") or answered,
            "hub": line.get("hub") or "unknown", "image": None, "note": line.get("note"), "sensor": None,
            "label": None, "prediction_id": pid}
     if line.get("image") is not None:
@@ -173,6 +177,15 @@ def landing_record(line: dict[str, Any], blobs: BlobStore) -> tuple[dict[str, An
         rec["sensor"] = f"sensors/{rid}.csv"
         files[rec["sensor"]] = csv.encode()
     return {k: rec[k] for k in (*RECORD_FIELDS, "prediction_id")}, files
+
+
+def without_context(logs: list[Logged], landed: list[tuple[dict[str, Any], dict[str, bytes]]]) -> dict[str, int]:
+    """Landed records whose client sent no shipment_id, hub or captured_at (each), and no context at all."""
+    pids = {rec["prediction_id"] for rec, _ in landed}
+    lines = {ln.get("prediction_id"): ln for log in logs for ln in log.lines if ln.get("prediction_id") in pids}
+    out = {f: sum(not lines[p].get(f) for p in pids) for f in CONTEXT}
+    out["none"] = sum(not any(lines[p].get(f) for f in CONTEXT) for p in pids)
+    return out
 
 
 def collect(logs: list[Logged]) -> tuple[list[tuple[dict[str, Any], dict[str, bytes]]], Counter[str]]:
@@ -253,6 +266,7 @@ def capture_batch(roots: Iterable[Path], landing: Path, period: Period, monitor:
     counts = read_counts(roots, period.since, period.until)
     summary.update(account(counts, sum(len(log.lines) for log in logs), len(records), drops, accept_loss))
     summary["unreadable_lines"] = sum(log.unreadable for log in logs)
+    summary["without_context"] = without_context(logs, records)
     if not records:
         return {**summary, "status": "empty", **mark(roots, period)}
     write_batch(landing, period.batch_id, records)

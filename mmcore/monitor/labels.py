@@ -1,11 +1,16 @@
 """The label feed (DESIGN §2b): labels that arrive after their record, joined onto data/raw.
 
-    labels/<batch_id>/labels.jsonl   {"record_id" | "prediction_id": ..., "label", "labelled_at", "source",
+    labels/<batch_id>/labels.jsonl   {"record_id" | "prediction_id": ..., "label", "labelled_at", "source"?,
                                       "labeller"?}
     labels/<batch_id>/_SUCCESS       written last; a batch without it is not read yet
 
 Inspections, claims and reviews label a parcel days after its record landed, so labelled
-data grows without new records. Ingest rebuilds data/raw from every batch on each run and
+data grows without new records. Each label keeps its source, its labeller and the batch that
+delivered it (`label_batch`: its join) into data/raw; a line without a source is `unknown`, which the
+split treats like `review` (never in the gate set or calib). No wall-clock join time is stored: ingest
+rebuilds data/raw from the batches and gives the same bytes for the same batches.
+
+Ingest rebuilds data/raw from every batch on each run and
 calls `join_labels` with the accepted rows, so the outcome depends only on the batches (and on
 the clock, for a label dated in the future: it joins once its time is near):
 
@@ -46,7 +51,8 @@ import pandas as pd
 from mmcore.config import IngestConfig
 from mmcore.data.checks import (DEFAULT_RULES, LineRules, Rejected, batch_lines, check_id, check_timestamp,
                                 normalise_label, parse_line, quarantine_entry)
-from mmcore.schema import AUDIT_COLUMNS, LABEL_FIELDS, LABEL_SOURCES, LABELLER_RE, LANDING_SOURCE, Reason
+from mmcore.schema import (AUDIT_COLUMNS, LABEL_FIELDS, LABEL_SOURCES, LABELLER_RE, LANDING_SOURCE, UNKNOWN_SOURCE,
+                           Reason)
 
 LABELS_FILE = "labels.jsonl"
 
@@ -83,7 +89,7 @@ class Label:
 class LabelJoin:
     """What the label feed did to the raw records: per-record label columns, audit, quarantine, counts."""
 
-    # record_id -> label, label_source, labelled_at, labeller
+    # record_id -> label, label_source, labelled_at, labeller, label_batch
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
@@ -119,6 +125,18 @@ def check_labeller(value: Any) -> str | None:
     return value.strip()
 
 
+def check_source(value: Any) -> str:
+    """Who chose the record: one of LABEL_SOURCES; absent or null (an older sender) is `unknown`, which
+    never enters the gate set or calib (mmcore/data/split.py): no default may claim an unbiased choice."""
+    if value is None:
+        return UNKNOWN_SOURCE
+    if not isinstance(value, str):
+        raise Rejected(Reason.BAD_TYPE, "source must be a string or null")
+    if (source := value.strip().lower()) not in LABEL_SOURCES:
+        raise Rejected(Reason.BAD_SOURCE, f"source {value[:40]!r} is not one of {list(LABEL_SOURCES)}")
+    return source
+
+
 def parse_label(obj: Any, batch_id: str, line_no: int, raw: str, rules: LineRules = DEFAULT_RULES) -> Label:
     """All rules for one label line; raises Rejected with the first rule it breaks."""
     if not isinstance(obj, dict):
@@ -136,9 +154,7 @@ def parse_label(obj: Any, batch_id: str, line_no: int, raw: str, rules: LineRule
             raise Rejected(Reason.BAD_TYPE, f"{name} must be a string")
     label = normalise_label(obj["label"])
     labelled_at = check_timestamp(obj["labelled_at"], "labelled_at", rules)
-    source = obj["source"].strip().lower()
-    if source not in LABEL_SOURCES:
-        raise Rejected(Reason.BAD_SOURCE, f"source {obj['source'][:40]!r} is not one of {list(LABEL_SOURCES)}")
+    source = check_source(obj.get("source"))
     return Label(batch_id, line_no, key, ident, label, labelled_at, source, raw,
                  labeller=check_labeller(obj.get("labeller")))
 
@@ -277,11 +293,12 @@ def join_labels(rows: list[dict[str, Any]], feed: list[tuple[str, list[Label | d
         candidates = sorted(([first] if first else []) + feed_labels, key=Label.order)
         if not candidates:
             out.columns[row["record_id"]] = {"label": None, "label_source": None, "labelled_at": None,
-                                             "labeller": None}
+                                             "labeller": None, "label_batch": None}
             continue
         winner = candidates[-1]
         out.columns[row["record_id"]] = {"label": winner.label, "label_source": winner.source,
-                                         "labelled_at": winner.labelled_at, "labeller": winner.labeller}
+                                         "labelled_at": winner.labelled_at, "labeller": winner.labeller,
+                                         "label_batch": winner.batch_id}
         out.audit += [audit_row(lost, winner, row.get("prediction_id")) for lost in candidates[:-1]]
     out.audit.sort(key=lambda a: (a["record_id"], a["labelled_at"], a["batch_id"], a["line"] or 0))
     return out

@@ -40,7 +40,8 @@ def answers_plots(report: dict[str, Any]) -> str:
 
 
 def findings_section(findings: list[dict[str, Any]]) -> str:
-    kind = "retrain" if any(f["kind"] == "retrain" for f in findings) else ("alert" if findings else "quiet")
+    kinds = {f["kind"] for f in findings}   # a deferred retrain alone (cooldown, too few labels) is no alarm
+    kind = "retrain" if "retrain" in kinds else ("alert" if "alert" in kinds else "quiet")
     head = {"retrain": "Retrain requested", "alert": "Alert", "quiet": "Quiet: no alert"}[kind]
     rows = "".join(f"<li><b>{esc(f['kind'])}</b> ({esc(f['reason'])}): {esc(f['detail'])}</li>" for f in findings)
     return (f"<div id='findings' class='verdict' data-status='{kind}' style='background:{COLOURS[kind]}'>"

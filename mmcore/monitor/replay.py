@@ -23,7 +23,7 @@ from mmcore.schema import SENSOR_HEADER
 def api_record(rec: dict[str, Any], batch: Path) -> dict[str, Any]:
     """One landing record as an API record: image as base64, sensor CSV as channel lists."""
     out: dict[str, Any] = {"record_id": rec["record_id"], "shipment_id": rec.get("shipment_id"),
-                           "hub": rec.get("hub"), "note": rec.get("note")}
+                           "hub": rec.get("hub"), "captured_at": rec.get("captured_at"), "note": rec.get("note")}
     if rec.get("image"):
         out["image"] = base64.b64encode((batch / rec["image"]).read_bytes()).decode()
     if rec.get("sensor"):

@@ -37,6 +37,8 @@ from mmcore.features import Featurizer
 from mmcore.monitor import quality
 from mmcore.monitor.capture_batches import PREFIX, Period, read_log
 from mmcore.monitor.embedding_drift import embedding_drift
+from mmcore.monitor.triggers import joined_labels
+from mmcore.schema import GATE_SOURCES
 
 ENCODERS = {"image": 0, "text": 1}   # column of Featurizer.embed's presence array
 ALPHA = 0.05 / len(ENCODERS)          # a window alarms if any encoder does: the family-wise rate stays 5%
@@ -110,19 +112,33 @@ def answers_section(preds: pd.DataFrame, gate_y: np.ndarray, gate: dict[str, dic
 
 def quality_section(profile: pd.DataFrame, preds: pd.DataFrame, gate: dict[str, dict[str, Any]],
                     p: Params, seed: int) -> dict[str, Any]:
-    """Live quality per model version (and per hub) over the labelled answers of the lookback."""
+    """Live quality per model version (and per hub, and per label source) over the labelled answers of
+    the lookback. `live` and `hubs` use only labels the model did not choose (GATE_SOURCES): review
+    labels exist for the answers the champion was unsure of, so they would pull the figure below what
+    served traffic gets, and the live_drop trigger compares it with the gate set's."""
     classes, cfg = list(CLASSES), p.monitor
     joined = quality.labelled_answers(profile, preds, classes)
-    out: dict[str, Any] = {"labelled_answers": int(len(joined)), "versions": {}}
+    fed = profile[profile["prediction_id"].notna()].drop_duplicates("prediction_id").set_index("prediction_id")
+    joined["label_source"] = joined["prediction_id"].map(fed["label_source"])
+    # labelled_answers: over the lookback (live quality's input); labels_joined: cumulative, the triggers' counter
+    out: dict[str, Any] = {"labelled_answers": int(len(joined)), "labels_joined": joined_labels(profile),
+                           "versions": {}}
+    args = (classes, cfg.n_boot, seed, p.evaluate.ci)
+
+    def live(r: pd.DataFrame) -> dict[str, Any]:
+        return quality.live_quality(r["y"], r["predicted"], r["shipment_id"], *args)
+
     for version, rows in joined.groupby("model_version"):
-        entry: dict[str, Any] = {"n": int(len(rows)), "gate_set": gate.get(str(version))}
-        if len(rows) >= cfg.min_live_labels:
-            args = (classes, cfg.n_boot, seed, p.evaluate.ci)
-            entry["live"] = quality.live_quality(rows["y"], rows["predicted"], rows["shipment_id"], *args)
-            entry["hubs"] = {str(h): quality.live_quality(r["y"], r["predicted"], r["shipment_id"], *args)
-                             for h, r in rows.groupby("hub") if len(r) >= cfg.min_live_labels}
+        unbiased = rows[rows["label_source"].isin(GATE_SOURCES)]
+        entry: dict[str, Any] = {"n": int(len(rows)), "gate_set": gate.get(str(version)),
+                                 "sources": {str(src): live(r) if len(r) >= cfg.min_live_labels else {"n": int(len(r))}
+                                             for src, r in rows.groupby("label_source")}}
+        if len(unbiased) >= cfg.min_live_labels:
+            entry["live"] = live(unbiased)
+            entry["hubs"] = {str(h): live(r) for h, r in unbiased.groupby("hub") if len(r) >= cfg.min_live_labels}
         else:
-            entry["note"] = f"fewer than monitor.min_live_labels={cfg.min_live_labels} labels: see estimated"
+            entry["note"] = (f"fewer than monitor.min_live_labels={cfg.min_live_labels} inspection or claim labels: "
+                             "see estimated")
         out["versions"][str(version)] = entry
     return out
 

@@ -38,5 +38,6 @@ def answer(predictor: Any, version: str, capture: Capture, records: list[Record]
                       **{k: v for k, v in p.items() if k != "disagreement"}) for r, p in zip(records, preds)]
     for r, x, p in zip(records, inputs, out):  # O(1) each: a bounded queue, written in the background
         capture.offer_answer(r._request, x, p.model_dump(),
-                             {"record_id": r.record_id, "shipment_id": r.shipment_id, "hub": r.hub})
+                             {"record_id": r.record_id, "shipment_id": r.shipment_id, "hub": r.hub,
+                              "captured_at": r.captured_at})
     return out

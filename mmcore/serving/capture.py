@@ -106,6 +106,7 @@ class CapturedRecord:
     record_id: str | None = None
     shipment_id: str | None = None
     hub: str | None = None
+    captured_at: str | None = None      # the client's capture time (UTC ISO 8601, checked as ingest does)
     note: str | None = None
     image: bytes | None = None
     sensor: dict[str, Any] | None = None
@@ -186,7 +187,7 @@ class Capture:
     def offer_answer(self, request: RequestInfo, inputs: dict[str, Any], answer: dict[str, Any],
                      client: dict[str, str | None]) -> None:
         """Capture one answered record (`inputs` as `mmcore.predict` got them, `answer` the response
-        record with its prediction_id, `client` the record's record_id, shipment_id and hub)."""
+        record with its prediction_id, `client` the record's record_id, shipment_id, hub and captured_at)."""
         now = datetime.now(timezone.utc)
         try:
             item = CapturedRecord(
@@ -296,6 +297,7 @@ class Capture:
                 ("record_id", item.record_id, "feature", "categorical"),
                 ("shipment_id", item.shipment_id, "feature", "categorical"),
                 ("hub", item.hub, "feature", "categorical"),
+                ("captured_at", item.captured_at, "feature", "categorical"),
                 ("note", item.note, "feature", "categorical"),
                 ("image", image, "feature", "categorical"),
                 ("sensor", sensor, "feature", "categorical"),

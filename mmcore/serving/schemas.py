@@ -18,14 +18,35 @@ import anyio.to_thread
 from bentoml import IODescriptor
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mmcore.data.checks import Rejected, check_timestamp
+from mmcore.schema import RECORD_ID_RE
 from mmcore.serving.capture import RequestInfo
 from mmcore.serving.limits import (MAX_IMAGE_BYTES, MAX_NOTE_CHARS, MAX_RECORDS, MAX_SENSOR_ROWS, ImageCost,
                                    check_budget, decode_check, image_cost)
 from mmcore.serving.middleware import current_request
 
 FloatList = Annotated[list[float], Field(min_length=2, max_length=MAX_SENSOR_ROWS)]
-# shipment_id and hub follow the landing id rule: captured records land with them (DESIGN §2)
-LandingId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def landing_id(value: str) -> str:
+    """shipment_id and hub follow ingest's id rule (RECORD_ID_RE): captured records land with them."""
+    if not RECORD_ID_RE.fullmatch(value):
+        raise ValueError("must be 1..64 letters, digits, '_' or '-' (the landing contract's id rule)")
+    return value
+
+
+def landing_time(value: str) -> str:
+    """captured_at as ingest checks it (ISO 8601 with a timezone, inside ingest's sane window), in UTC."""
+    try:
+        return check_timestamp(value, "captured_at")
+    except Rejected as exc:
+        raise ValueError(exc.detail) from None
+
+
+LandingId = Annotated[str, Field(max_length=64, json_schema_extra={"pattern": "^[A-Za-z0-9_-]{1,64}$"}),
+                      AfterValidator(landing_id)]
+CaptureTime = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"}),
+                        AfterValidator(landing_time)]
 
 
 class Sensor(BaseModel):
@@ -57,8 +78,13 @@ class CheckedImage(str):
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     record_id: str | None = Field(None, max_length=64)
-    shipment_id: LandingId | None = Field(None, description="kept when captured traffic lands (default: per request)")
-    hub: LandingId | None = Field(None, description="kept when captured traffic lands (default: unknown)")
+    shipment_id: LandingId | None = Field(None, description="the parcel's shipment, as in landing batches; kept "
+                                          "when captured traffic lands (without it: one per request, counted)")
+    hub: LandingId | None = Field(None, description="the hub code, as in landing batches; kept when captured traffic "
+                                  "lands (without it: `unknown`, counted)")
+    captured_at: CaptureTime | None = Field(None, description="when the record was captured: ISO 8601 with a timezone, "
+                                            "as in landing batches; kept when captured traffic lands (without it: "
+                                            "the answer time, counted)")
     note: str | None = Field(None, max_length=MAX_NOTE_CHARS)
     image: str | None = Field(None, description="JPEG or PNG bytes, base64-encoded",
                               max_length=(MAX_IMAGE_BYTES + 2) // 3 * 4)

@@ -48,7 +48,7 @@ def make_profile(n: int = 100, seed: int = 0) -> pd.DataFrame:
                                          for i, lb in enumerate(label)],
         "labelled_at": [None if lb is None else "2024-05-03T08:00:00+00:00" if i % 10 == 3 else
                         "2024-05-01T10:00:00+00:00" for i, lb in enumerate(label)],
-        "labeller": [None] * n,
+        "labeller": [None] * n, "label_batch": [None] * n,
         "batch_id": ["b0001"] * n, "shard": ["shard-0000"] * n,
         "content_sha256": ["0" * 64] * n,
         "has_image": has_image,

@@ -56,6 +56,8 @@ def land_and_ingest(capture: Path, since: datetime, until: datetime, tmp_path: P
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "capture.json").read_text())
     assert (report["captured"], report["landed"], report["unaccounted"]) == (4, 4, 0)
+    # one record sent hub, shipment and capture time, one (predict_file) its hub only, two nothing: counted
+    assert report["without_context"] == {"shipment_id": 3, "hub": 2, "captured_at": 3, "none": 2}
     out = ingest(landing, tmp_path / "raw", tmp_path / "q", ingest_cfg, workers=1)
     assert (out["landed"], out["accepted"], out["quarantined"]) == (4, 4, 0)
     return pd.read_parquet(tmp_path / "raw" / "records.parquet").set_index("prediction_id")
@@ -65,8 +67,11 @@ def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path,
                                                                 ingest_cfg) -> None:
     since = next_second()
     recs = synthetic_records(2, seed=11)
-    recs[0].update(shipment_id="S-serve-1", hub="AMS04")
+    recs[0].update(shipment_id="S-serve-1", hub="AMS04", captured_at="2026-11-30T09:58:00+01:00")
     body = {"records": [recs[0], {"note": "tape cut, box resealed"}, {"sensor": recs[1]["sensor"]}]}
+    bad = httpx.post(f"{server}/predict", json={"records": [{"note": "ok"}, {"note": "x", "captured_at": "today"}]},
+                     headers=AUTH, timeout=120)
+    assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["records", 1, "captured_at"], bad.text
     resp = httpx.post(f"{server}/predict", json=body, headers=AUTH, timeout=120)
     assert resp.status_code == 200, resp.text
     preds = resp.json()
@@ -99,6 +104,7 @@ def test_answers_are_captured_and_land_as_a_batch_ingest_accepts(serve_ws: Path,
 
     raw = land_and_ingest(capture, since, until, tmp_path, ingest_cfg)
     assert set(raw.index) == set(pids) and raw.loc[pids[0], "shipment_id"] == "S-serve-1"
+    assert raw.loc[pids[0], "captured_at"] == "2026-11-30T08:58:00+00:00"     # the client's time, in UTC
     assert raw.loc[pids[3], "hub"] == "FRA05" and raw.loc[pids[1], "hub"] == "unknown"
 
 

@@ -64,7 +64,7 @@ def tree(root: Path) -> dict[str, bytes]:
 def mixed() -> list[CapturedRecord]:
     req = new_id()
     return [rec(1, note="corner crushed", image=image(), sensor=sensor(), shipment_id="S-77", hub="AMS04",
-                request_id=req),
+                captured_at="2026-11-30T09:58:00+00:00", request_id=req),
             rec(2, image=image("PNG"), request_id=req),                        # no shipment: per request
             rec(3, note="wet box", sensor=sensor([float(i) * 30 for i in range(40)])),  # t_s as sent
             rec(4, note="tape cut", record_id="client-7"),
@@ -85,7 +85,9 @@ def test_a_captured_period_becomes_a_batch_that_ingest_accepts_whole(tmp_path: P
     assert (first["shipment_id"], first["hub"]) == ("S-77", "AMS04")
     assert second["shipment_id"] == f"req-{records[1].request_id}" and second["hub"] == "unknown"
     assert second["image"].endswith(".png") and first["image"].endswith(".jpg")
-    assert first["captured_at"] == "2026-11-30T10:00:01.001234+00:00"
+    assert first["captured_at"] == "2026-11-30T09:58:00+00:00"       # the client's, kept
+    assert second["captured_at"] == "2026-11-30T10:00:02.001234+00:00"   # none sent: the answer time, counted
+    assert summary["without_context"] == {"shipment_id": 4, "hub": 4, "captured_at": 4, "none": 4}
     csv = (bdir / first["sensor"]).read_text().splitlines()
     assert csv[0] == "t_s,temperature_c,humidity_pct,shock_g,light_lux" and csv[2].startswith("60.0,")
     assert (bdir / lines[2]["sensor"]).read_text().splitlines()[2].startswith("30.0,")
@@ -168,3 +170,36 @@ def test_a_captured_line_with_an_id_outside_the_rule_cannot_land(pid: str, req: 
     """Ids become file names and record ids: a final newline ("$" matched before it) is outside the rule too."""
     line = {"prediction_id": pid, "x_request_id": req, "answered_at": "2026-12-01T10:00:00+00:00", "note": "wet"}
     assert cb.landing_record(line, cb.BlobStore(tmp_path)) == "bad_record"
+
+
+def test_captured_context_lands_and_the_gate_sees_the_hub(tmp_path: Path, ingest_cfg) -> None:
+    """Hub, shipment and capture time sent with /predict reach data/raw, the split by shipment and the
+    gate set's hub slices; a record sent without them is counted, and lands as hub `unknown`."""
+    from mmcore.config import SplitConfig
+    from mmcore.data.split import split_run
+    from mmcore.stages.evaluate import gate_set
+    from tests.unit.test_labels import lab, write_labels
+
+    records = [rec(i + 1, image=image(color=(40 * i, 90, 120)), note=f"box {i}", shipment_id=f"S-{i // 2}",
+                   hub="AMS04" if i % 2 else "FRA05", captured_at=f"2026-11-30T0{i}:00:00+01:00") for i in range(4)]
+    records.append(rec(9, image=image(color=(250, 10, 10)), note="no context"))
+    settings, _ = captured(tmp_path / "cap", records)
+    summary = land(settings, tmp_path / "landing")
+    assert summary["landed"] == 5 and summary["without_context"] == {"shipment_id": 1, "hub": 1, "captured_at": 1,
+                                                                     "none": 1}
+    write_labels(tmp_path / "labels", "inspections", [lab("wet", source="inspection", prediction_id=r.prediction_id)
+                                                      for r in records])
+    ingest(tmp_path / "landing", tmp_path / "raw", tmp_path / "q", ingest_cfg, workers=1, labels=tmp_path / "labels")
+    raw = pd.read_parquet(tmp_path / "raw" / "records.parquet").set_index("prediction_id")
+    utc = ["2026-11-29T23:00:00+00:00", "2026-11-30T00:00:00+00:00", "2026-11-30T01:00:00+00:00",
+           "2026-11-30T02:00:00+00:00"]
+    for i, r in enumerate(records[:4]):
+        assert raw.loc[r.prediction_id, ["shipment_id", "hub", "captured_at"]].tolist() == [f"S-{i // 2}", r.hub, utc[i]]
+    assert raw.loc[records[4].prediction_id, "hub"] == "unknown"
+
+    everything_gates = SplitConfig(val_fraction=0.0, test_fraction=1.0, calib_fraction=0.0, salt="ctx")
+    split_run(tmp_path / "raw", tmp_path / "split" / "splits.parquet", everything_gates)
+    gate = gate_set(tmp_path / "raw", tmp_path / "split" / "splits.parquet")
+    assert {k: int(v.sum()) for k, v in gate.groups.items() if k.startswith("hub=")} == {
+        "hub=AMS04": 2, "hub=FRA05": 2, "hub=unknown": 1}
+    assert set(gate.shipments) == {"S-0", "S-1", f"req-{records[4].request_id}"}

@@ -100,6 +100,7 @@ def test_bad_label_lines_are_quarantined_with_their_reason(tmp_path: Path, inges
         ({**lab(record_id="b"), "labeller": "ana\ud800"}, "bad_encoding"),
         ("[" * 100_000 + "]" * 100_000, "too_deep"),
         (json.dumps({**lab(record_id="b"), "pad": "x" * 1_100_000}), "line_too_long"),
+        ({**lab(record_id="b"), "source": 7}, "bad_type"),
         (lab(source="rumour", record_id="b"), "bad_source"),
         (lab(source="landing", record_id="b"), "bad_source"),   # only a landing record's own label is `landing`
         (lab(record_id="nobody"), "unknown_id"),

@@ -183,7 +183,8 @@ def test_an_answer_is_a_label_batch_the_label_feed_joins_onto_the_captured_recor
     joined = join_labels([row], read_label_batches(ready_batches(labels)))
     assert joined.accounting_error() is None and joined.quarantined == []
     assert joined.columns["cap-p1"] == {"label": "wet", "label_source": "review",
-                                        "labelled_at": "2026-12-02T08:30:15+00:00", "labeller": "ana"}
+                                        "labelled_at": "2026-12-02T08:30:15+00:00", "labeller": "ana",
+                                        "label_batch": "review-20261202T083015-p1"}
     assert sorted(files) == ["images/cap-p1.jpg", "sensors/cap-p1.csv"]
 
 
