@@ -32,6 +32,7 @@ p-value is the one MAPIE's `compute_hoeffding_bentkus_p_value(binary=True)` comp
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,6 +120,7 @@ def lower_bound(right: int, n: int, delta: float) -> float | None:
     return None if n == 0 else float(beta.ppf(delta, right, n - right + 1)) if right else 0.0
 
 
+@functools.lru_cache(maxsize=64)
 def start_support(target: float, delta: float, label_noise: float) -> int | None:
     """Automatic decisions the first tested threshold needs: the fewest with which a model whose only errors
     are the labels' noise is certified with probability START_POWER. Thresholds with less support are not
