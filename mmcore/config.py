@@ -359,12 +359,16 @@ class MonitorConfig:
     min_new_labels: int = 200       # trigger: this many newly labelled production records since the last retrain
     max_live_drop: float = 0.05     # trigger: live macro-F1's interval lies this far below the gate-set figure
     drift_windows: int = 2          # trigger: embedding drift in this many consecutive windows
+    min_drift_auc: float = 0.55     # an encoder's drift counts toward a retrain only at this held-out AUC or above
     max_estimated_drop: float = 0.10  # alert (no retrain): estimated macro-F1 this far below the gate-set figure
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "capture_dirs", tuple(self.capture_dirs))
         if self.window_minutes < 1 or self.drift_windows < 1 or self.min_new_labels < 1:
             raise ValueError("monitor.window_minutes, drift_windows and min_new_labels must be at least 1")
+        if not 0.5 <= self.min_drift_auc < 1:
+            raise ValueError(f"monitor.min_drift_auc: {self.min_drift_auc}; a held-out AUC in [0.5, 1) "
+                             "(0.5: every significant drift counts)")
 
 
 @dataclass(frozen=True)
