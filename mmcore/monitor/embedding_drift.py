@@ -81,7 +81,7 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, components: int 
         fit, held = group_halves(group, y, seed)
     if len(np.unique(y[fit])) < 2 or len(np.unique(y[held])) < 2:
         raise ValueError("need at least 2 shipments on each side (one fits the classifier, one tests it)")
-    clf = LogisticRegression(class_weight="balanced", max_iter=1000).fit(z[fit], y[fit])
+    clf = LogisticRegression(class_weight="balanced", solver="newton-cholesky", max_iter=100).fit(z[fit], y[fit])
     scores, y = clf.decision_function(z[held]), y[held]
     units_scores, units_y = (scores, y) if group is None else shipment_means(scores, y, group[held])
     test = mannwhitneyu(units_scores[units_y == 1], units_scores[units_y == 0], alternative="greater")
