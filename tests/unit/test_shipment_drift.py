@@ -58,7 +58,7 @@ POOL = pd.DataFrame({"record_id": [f"r{i}" for i in range(3000)], "hub": np.repe
 @given(mix=st.dictionaries(st.sampled_from(["A", "B", "C", "NEW", "unknown"]), st.integers(1, 50), min_size=1),
        n=st.integers(1, 1200), seed=st.integers(0, 2**16))
 def test_reference_follows_the_window_hub_mix(mix: dict[str, int], n: int, seed: int) -> None:
-    """Each hub the pool knows gets at least its window share of the reference; hub `unknown` and
+    """Each hub the pool knows gets at least its window share of the reference (or all its records); hub `unknown` and
     hubs the pool lacks (a new hub) are filled from the whole pool; no record twice."""
     hubs = pd.Series([h for h, k in mix.items() for _ in range(k)])
     ids = reference_sample(POOL, hubs, n, seed)
@@ -66,7 +66,7 @@ def test_reference_follows_the_window_hub_mix(mix: dict[str, int], n: int, seed:
     got = POOL.set_index("record_id").loc[ids, "hub"].value_counts()
     for hub, share in hubs.value_counts(normalize=True).items():
         if hub in ("A", "B", "C"):
-            assert got.get(hub, 0) >= int(share * n)
+            assert got.get(hub, 0) >= min(int(share * n), 1000)   # its share, or all the pool has
     assert reference_sample(POOL, hubs, n, seed) == ids                      # seeded by the window
     assert n < 10 or reference_sample(POOL, hubs, n, seed + 1) != ids       # and drawn anew per window
 
@@ -94,7 +94,7 @@ def test_drift_below_the_minimum_effect_is_reported_but_not_counted() -> None:
     assert counted_drift(strict) == ([], ["image", "text"])
     lenient = encoder_tests(ref, ref_has, cur, cur_has, 0, ship, min_auc=0.5)
     assert counted_drift(lenient) == (["image", "text"], [])
-    assert lenient["image"]["units"] == "shipments" and lenient["image"]["held_current"] == 1500
+    assert lenient["image"]["units"] == "shipments" and lenient["image"]["held_current"] == 2000   # two thirds tested
 
 
 def test_min_drift_auc_must_be_an_auc_above_chance() -> None:
