@@ -221,12 +221,12 @@ def drift_rates(work: Path, params: Params, resamples: int, shifted_resamples: i
                       for s in tqdm(range(shifted_resamples), desc=f"{sh:.0%} new hub")]
                  for i, sh in enumerate(shares)}
     false, test_false = sum(f["counted"] for f in quiet), sum(f["alarm"] for f in quiet)
-    detection = {f"{sh:.2f}": round(float(np.mean([f["counted"] for f in fs])), 4) for sh, fs in moved.items()}
+    detection = {f"{sh:.0%}": round(float(np.mean([f["counted"] for f in fs])), 4) for sh, fs in moved.items()}
     cuts = [0.5, 0.52, 0.54, 0.55, 0.56, 0.58, 0.6, 0.65, 0.7]
     return {"false_alarm_rate": round(false / resamples, 4), "false_alarm_upper": round(upper95(false, resamples), 4),
             "test_alarm_rate": round(test_false / resamples, 4),
             "test_alarm_upper": round(upper95(test_false, resamples), 4),
-            "detection_rate": detection.get("0.20"), "detection_by_share": detection,
+            "detection_rate": detection.get("20%"), "detection_by_share": detection,
             "drift": {"windows_no_shift": resamples, "windows_per_share": shifted_resamples,
                       "embed_seconds": round(embed_s, 1), "windows_seconds": round(time.perf_counter() - t0 - embed_s, 1),
                       "window": n, "reference": params.monitor.reference_records,
@@ -237,7 +237,7 @@ def drift_rates(work: Path, params: Params, resamples: int, shifted_resamples: i
                                                                               for f in quiet], q)), 4)
                                                  for q in (0.5, 0.9, 0.95, 0.99)},
                       "min_auc_sweep": {f"{c:.2f}": {"false_alarm_rate": round(sweep(quiet, c), 4),
-                                                     **{f"detection_{sh:.2f}": round(sweep(fs, c), 4)
+                                                     **{f"detection_{sh:.0%}": round(sweep(fs, c), 4)
                                                         for sh, fs in moved.items()}} for c in cuts}}}
 
 

@@ -15,10 +15,11 @@ are near-duplicates (photos of one parcel, one note), so their held-out scores a
 repeated, and Mann-Whitney on records counted them as several (7 false alarms in 100 no-shift
 windows at 5%). The held-out scores are averaged per shipment and Mann-Whitney ranks the shipment
 means, which are independent draws under no shift whatever the clustering. The effect size stays
-the record-level held-out AUC (how well the classifier tells a window record from a reference one). scikit-learn and SciPy
-do every step; nothing here is a new statistic. It replaced a KS test per PCA component with a
-Bonferroni correction, which caught 28% of windows whose fifth came from a new hub, where this
-test caught 83% (same windows, `make bench`, reports/bench/monitor.json). Evidently itself does not
+the record-level held-out AUC (how well the classifier tells a window record from a reference one).
+
+scikit-learn and SciPy do every step; nothing here is a new statistic. It replaced a KS test per PCA
+component with a Bonferroni correction, which caught 28% of windows whose fifth came from a new hub,
+where this test (then on records) caught 83% (same windows, `make bench` at the time). Evidently itself does not
 import next to pandas 3.1 (it imports `pandas.core.dtypes.common.infer_dtype_from_object`, removed
 in 3.0).
 """

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from mmcore.config import MonitorConfig
 from mmcore.monitor import embedding_drift as ed
-from mmcore.monitor.window import counted_drift, encoder_tests, reference_sample
+from mmcore.monitor.window import counted_drift, encoder_tests, reference_pool, reference_sample, shipment_units
 
 ALPHA = 0.2   # a large level: its binomial spread over a few dozen draws is small next to it
 
@@ -102,3 +102,22 @@ def test_min_drift_auc_must_be_an_auc_above_chance() -> None:
         MonitorConfig(min_drift_auc=0.4)
     with pytest.raises(ValueError, match="min_drift_auc"):
         MonitorConfig(min_drift_auc=1.0)
+
+
+def test_the_reference_pool_is_the_champions_training_rows_else_the_train_split() -> None:
+    profile = pd.DataFrame({"record_id": ["a", "b", "c", "d"], "hub": ["A", "A", "B", "B"],
+                            "shipment_id": ["s1", "s1", "s2", "s3"]})
+    splits = pd.DataFrame({"record_id": ["a", "b", "c", "d"], "split": ["train", "train", "train", "test"]})
+    champion = pd.DataFrame({"record_id": ["a", "c", "gone"]})        # trained on a and c; "gone" left data/raw
+    champion.attrs["source"] = {"version": "3"}
+    pool, source = reference_pool(profile, splits, (champion, ""))
+    assert list(pool["record_id"]) == ["a", "c"] and source == {"from": "champion", "version": "3", "rows": 3,
+                                                                 "in_raw": 2}
+    pool, source = reference_pool(profile, splits, (None, "no champion"))
+    assert list(pool["record_id"]) == ["a", "b", "c"] and source["from"] == "train split"
+    assert source["why"] == "no champion"
+
+
+def test_a_record_without_a_shipment_is_its_own_unit() -> None:
+    units = shipment_units(pd.DataFrame({"record_id": ["a", "b", "c"], "shipment_id": ["s1", None, "s1"]}))
+    assert units.tolist() == ["s1", "record:b", "s1"]
