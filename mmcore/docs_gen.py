@@ -222,7 +222,7 @@ FIGURES: dict[str, Figure] = {
         Row("capture on vs off: requests/s at concurrency 32, relative loss", "capture_overhead_rps", "<=",
             "goals.capture_overhead_rps.limit"),
         Row("drift test: windows without shift", "drift.windows_no_shift"),
-        Row("drift test: window / reference records", "drift.window"), Row("reference records", "drift.reference"),
+        Row("drift test: window records", "drift.window"), Row("reference records", "drift.reference"),
         Row("drift test: false-alarm rate (drift that counts)", "false_alarm_rate"),
         Row("its one-sided 95% upper bound", "false_alarm_upper", "<=", "goals.false_alarm_upper.limit"),
         Row("significant tests at any effect, rate", "test_alarm_rate"),
