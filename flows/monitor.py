@@ -33,7 +33,7 @@ from flows.retrain import OPERATOR_RETRAIN, SLOT, ensure_slot, repro
 from mmcore.config import Params, load_params
 from mmcore.monitor import page, triggers
 from mmcore.monitor.capture_batches import Period, capture_batch_waiting, make_period, parse_time
-from mmcore.monitor.window import window_report
+from mmcore.monitor.window import training_rows, window_report
 from mmcore.serving.capture import CaptureSettings
 
 OUT = Path("reports/monitor")
@@ -82,7 +82,7 @@ def report_window(batch: str, p: Params, roots: list[Path]) -> dict[str, Any]:
     if not splits.is_file():
         raise FileNotFoundError(f"{splits} is missing: no model has been trained here yet, so there is nothing to "
                                 "monitor against; run the retrain flow (or `dvc repro`) first")
-    return window_report(Path("data/raw"), splits, [batch], p, Path("data/cache"), roots)
+    return window_report(Path("data/raw"), splits, [batch], p, Path("data/cache"), roots, champion=training_rows(p))
 
 
 def announce(findings: list[triggers.Finding], report: dict[str, Any], html: Path, notify_block: str | None) -> int:

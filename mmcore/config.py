@@ -362,6 +362,7 @@ class MonitorConfig:
     drift_window_span: int = 4      # trigger: windows the drift rule counts in (k of n: one false alarm never retrains)
     cooldown_hours: float = 24.0    # at most one monitor-started retrain per this many hours (operators: never held)
     min_retrain_labels: int = 50    # a live_drop or drift retrain needs this many labels joined since the last retrain
+    min_drift_auc: float = 0.55     # an encoder's drift counts toward a retrain only at this held-out AUC or above
     max_estimated_drop: float = 0.10  # alert (no retrain): estimated macro-F1 this far below the gate-set figure
 
     def __post_init__(self) -> None:
@@ -371,6 +372,9 @@ class MonitorConfig:
         if self.drift_windows > self.drift_window_span or self.cooldown_hours < 0 or self.min_retrain_labels < 1:
             raise ValueError("monitor.drift_windows must be at most drift_window_span, cooldown_hours at least 0 "
                              "and min_retrain_labels at least 1")
+        if not 0.5 <= self.min_drift_auc < 1:
+            raise ValueError(f"monitor.min_drift_auc: {self.min_drift_auc}; a held-out AUC in [0.5, 1) "
+                             "(0.5: every significant drift counts)")
 
 
 @dataclass(frozen=True)

@@ -66,13 +66,15 @@ def quality_section(report: dict[str, Any]) -> str:
 
 
 def drift_section(report: dict[str, Any]) -> str:
-    rows = [[name, e.get("drift"), e.get("p_value"), e.get("auc"), e.get("n_reference"), e.get("n_current"),
-             e.get("note", "")]
+    rows = [[name, e.get("drift"), e.get("effect_ok"), e.get("p_value"), e.get("auc"), e.get("n_reference"),
+             e.get("n_current"), e.get("note", "")]
             for name, e in report.get("embedding_drift", {}).items()]
     tab = report.get("tabular_drift") or {}
     miss = report.get("missing_share") or {}
     return ("<h2 id='drift'>Drift</h2>"
-            + table(["encoder", "drift", "p-value", "held-out AUC", "reference", "window", "note"], rows)
+            + table(["encoder", "drift", "effect ok", "p-value", "held-out AUC", "reference", "window", "note"], rows)
+            + (f"<p>Drift below <code>monitor.min_drift_auc</code> (reported, not counted toward a retrain): "
+               f"{esc(', '.join(report['drift_below_effect']))}.</p>" if report.get("drift_below_effect") else "")
             + f"<p>Tabular drift (PSI): <b>{esc(tab.get('status', 'n/a'))}</b>; failing columns "
               f"{esc(', '.join(tab.get('fail', [])) or 'none')}.</p>"
             + table(["modality", "missing in window", "missing in reference"],

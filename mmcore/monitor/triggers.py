@@ -139,10 +139,14 @@ def alerts(report: dict[str, Any], drops: list[str], cfg: MonitorConfig, rule: l
         found.append(Finding("alert", "drift", f"embedding drift in {', '.join(report['drift'])}"
                              + (f" (in {cfg.drift_windows} of the last {cfg.drift_window_span} windows: "
                                 f"{', '.join(rule)})" if rule else "")))
+    if report.get("drift_below_effect"):    # significant but small: people may look, no retrain counts it
+        found.append(Finding("alert", "drift", f"embedding drift in {', '.join(report['drift_below_effect'])} "
+                             f"below the minimum effect (held-out AUC < monitor.min_drift_auc={cfg.min_drift_auc})"))
     for version, est in report["estimated"].items():
         if est.get("drop") is not None and est["drop"] > cfg.max_estimated_drop:
+            like = est.get("gate_set_cbpe_macro_f1", est.get("gate_set_macro_f1"))
             found.append(Finding("alert", "estimated_drop", f"v{version}: estimated macro-F1 {est['macro_f1']:.3f} "
-                                 f"on {est['n']} answers, gate set {est['gate_set_macro_f1']:.3f}"))
+                                 f"on {est['n']} answers, estimated {like:.3f} on the gate set"))
     return found
 
 
