@@ -331,7 +331,7 @@ class GateConfig:
     min_slice_shipments: int = 30   # slices of fewer shipments are reported in gate.json, not gated
     max_behaviour_regression: float = 0.05  # no behavioural suite's failure rate may exceed the champion's by more
     noninferiority_margin: float = 0.01  # vs champion: the macro-F1 gain's bootstrap low must exceed -margin
-    proper_score: str = "log_loss"  # vs champion: superiority on this score of the same records: log_loss | brier
+    proper_score: str = "brier"     # vs champion: superiority on this score of the same records: log_loss | brier
     min_score_gain: float = 0.0     # the proper score's improvement (bootstrap low) must exceed this
     max_decline_from_best: float = 0.02  # never promote this far below the best macro-F1 seen on this gate set
     max_ece_classwise: float = 0.03  # floor: class-wise ECE of the served (temperature-scaled) probabilities

@@ -187,11 +187,11 @@ def test_an_identical_challenger_is_not_promoted(data: Data, store: Path) -> Non
     report = gate(data, evaluate(data, twin))
     comp = report["comparison"]
     assert (comp["low"], comp["observed"], comp["high"]) == (0.0, 0.0, 0.0)
-    assert comp["scores"]["log_loss"]["low"] == comp["scores"]["log_loss"]["high"] == 0.0
-    assert not report["promoted"] and failed(report) == ["log_loss_superiority"], report["reasons"]
+    assert comp["scores"]["brier"]["low"] == comp["scores"]["brier"]["high"] == 0.0
+    assert not report["promoted"] and failed(report) == ["brier_superiority"], report["reasons"]
     assert report["verdict"] == "inconclusive"            # not better, not worse: stays a candidate
     assert registry.alias_version(NAME, registry.CHAMPION) == "1"
-    assert tags(2)["gate"] == "inconclusive" and tags(2)["gate_failed"] == "log_loss_superiority"
+    assert tags(2)["gate"] == "inconclusive" and tags(2)["gate_failed"] == "brier_superiority"
 
 
 def test_a_challenger_that_ignores_the_sensor_is_rejected_by_the_behavioural_suites(data: Data,
