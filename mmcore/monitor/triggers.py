@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from mmcore.config import MonitorConfig
+from mmcore.data.ingest import write_atomic
 from mmcore.schema import LABEL_SOURCES
 
 
@@ -58,10 +59,7 @@ class State:
         return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_atomic(path, lambda p: p.write_text(json.dumps(asdict(self), indent=2)))
 
 
 @dataclass(frozen=True)
@@ -76,10 +74,7 @@ class OperatorRetrain:
         return cls(**json.loads(path.read_text())) if path.is_file() else None
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        write_atomic(path, lambda p: p.write_text(json.dumps(asdict(self), indent=2)))
 
     @classmethod
     def note(cls, path: Path, at: datetime, raw: Path) -> None:
