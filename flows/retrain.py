@@ -46,7 +46,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.publish import RUNS, notify, publish
-from mmcore.config import ParamsError, apply_overrides, check_overrides
+from mmcore.config import ParamsError, apply_overrides, check_overrides, load_yaml
 from mmcore.monitor.triggers import OperatorRetrain
 
 SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
@@ -372,15 +372,15 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
 
 
 def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`section.key=value` (value parsed as YAML) into {section: {key: value}}; the keys and values are
-    checked against the typed config by `check_overrides`."""
+    """`section.key=value` (value parsed as YAML, as params.yaml is: `1e-4` is a number) into
+    {section: {key: value}}; the keys and values are checked against the typed config by `check_overrides`."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, _, value = item.partition("=")
         section, _, key = name.partition(".")
         if not (section and key and _):
             raise SystemExit(f"--set expects section.key=value, got {item!r}")
-        out.setdefault(section, {})[key] = yaml.safe_load(value)
+        out.setdefault(section, {})[key] = load_yaml(value)
     return out
 
 

@@ -1,22 +1,33 @@
-"""Typed views of `params.yaml`: one frozen dataclass per section.
+"""Typed views of `params.yaml`: one frozen pydantic dataclass per section, checked on load.
 
-An unknown or missing key fails at load time, so a typo in params.yaml never
-silently falls back to a default.
+Every key is checked when params.yaml loads, and `--set` overrides go through the same check: an
+unknown key (with the closest known one), a missing one, or a value of the wrong type fails at once
+naming the key's path (`train.epochs`) and what it expects, so a typo never silently falls back to a
+default and `epochs: "60"` never reaches training as text. Types are strict (a string is never a
+number, nor a number a flag); YAML 1.1's `1e-4`, which plain PyYAML reads as text, is read as the
+number it means (`load_yaml`), as DVC's YAML 1.2 reader does. Each class's `__post_init__` runs
+inside pydantic's validation, after the types: its range and cross-field checks fail the same way.
+
+Pydantic dataclasses, not BaseModel: `dataclasses.replace` re-validates (BaseModel's `model_copy`
+does not), `dataclasses.asdict`/`fields` keep working for callers and the docs generator, and a
+section may be named `validate`, which BaseModel reserves.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 CLASSES: tuple[str, ...] = ("normal", "damaged", "wet", "temperature_excursion", "tampered")
 SENSOR_CHANNELS: tuple[str, ...] = ("temperature_c", "humidity_pct", "shock_g", "light_lux")
@@ -33,8 +44,17 @@ SHIFT_SENSOR_GAIN = dict.fromkeys(SENSOR_CHANNELS, (0.5, 2.0))
 SHIFT_SENSOR_NOISE = {"temperature_c": (0.0, 2.0), "humidity_pct": (0.0, 5.0), "shock_g": (0.0, 0.5),
                       "light_lux": (0.0, 5.0)}
 
+# Every section: an unknown key is an error, and no value is converted from another type
+# (`"60"` is not 60, `1` is not true); only a whole number may stand for a number.
+STRICT = ConfigDict(extra="forbid", strict=True)
 
-@dataclass(frozen=True)
+
+def _as_tuple(cls: type, value: Any) -> Any:
+    """A list (what YAML, JSON and most callers give) for a tuple field: tuples keep configs hashable."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True, config=STRICT)
 class ShiftConfig:
     """A new hub with its own camera, note style and tracker (mmcore/synth/shift.py).
 
@@ -59,15 +79,9 @@ class ShiftConfig:
     sensor_offset: dict[str, float] = field(default_factory=dict)  # tracker: calibration offset per channel
     sensor_gain: dict[str, float] = field(default_factory=dict)    # tracker: calibration gain per channel
     sensor_noise: dict[str, float] = field(default_factory=dict)   # tracker: extra noise std per channel
+    _tuples = field_validator("colour_gains", mode="before")(_as_tuple)
 
     def __post_init__(self) -> None:
-        try:   # YAML gives lists and plain mappings: normalised so equal settings compare equal
-            object.__setattr__(self, "colour_gains", tuple(float(g) for g in self.colour_gains))
-            for name in ("sensor_offset", "sensor_gain", "sensor_noise"):
-                object.__setattr__(self, name, {str(k): float(v) for k, v in (getattr(self, name) or {}).items()})
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ValueError("synth.shift: colour_gains must be 3 numbers and sensor_offset, sensor_gain, "
-                             f"sensor_noise mappings of channel to number ({exc})") from exc
         problems = _shift_problems(self)
         if problems:
             raise ValueError("synth.shift: " + "; ".join(problems))
@@ -81,8 +95,6 @@ class ShiftConfig:
 def _shift_problems(s: ShiftConfig) -> list[str]:
     """Every out-of-range knob, with its allowed range (bounds keep traces and photos inside the contract)."""
     def outside(name: str, value: float, lo: float, hi: float) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{name} must be a number, got {value!r}"
         return None if lo <= value <= hi else f"{name} = {value} is outside [{lo}, {hi}]"
 
     checks = [outside("share", s.share, 0, 1), outside("exposure", s.exposure, 0.3, 3),
@@ -100,7 +112,7 @@ def _shift_problems(s: ShiftConfig) -> list[str]:
     elif s.image_width:
         checks += [outside("image_width", s.image_width, IMAGE_MIN_SIDE, 4096),
                    outside("image_height", s.image_height, IMAGE_MIN_SIDE, 4096)]
-    if s.hub is not None and not (isinstance(s.hub, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s.hub)):
+    if s.hub is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", s.hub):
         checks.append(f"hub {s.hub!r} must be 1-32 characters of [A-Za-z0-9_-]")
     if s.share > 0 and s.hub is None:
         checks.append(f"share = {s.share} needs a hub")
@@ -112,7 +124,7 @@ def _shift_problems(s: ShiftConfig) -> list[str]:
     return [c for c in checks if c]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class SynthConfig:
     """The synthetic generator (mmcore/synth/, `python -m mmcore.synth`): `make run`'s default data."""
 
@@ -136,8 +148,6 @@ class SynthConfig:
     shift: ShiftConfig = field(default_factory=ShiftConfig)  # a new hub's traffic (off by default)
 
     def __post_init__(self) -> None:
-        if isinstance(self.shift, dict):   # params.yaml gives a mapping: typed here so a typo fails at load
-            object.__setattr__(self, "shift", from_dict(ShiftConfig, self.shift))
         if self.shift.hub is not None and self.shift.hub in self.hubs:
             raise ValueError(f"synth.shift.hub {self.shift.hub!r} is one of synth.hubs: a shift is a new hub")
 
@@ -151,7 +161,7 @@ def _aware(value: Any) -> datetime | None:
     return ts if ts.utcoffset() is not None else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class IngestConfig:
     """The ingest stage (mmcore/data/ingest.py): landing batches into data/raw, or quarantined with a reason."""
 
@@ -176,13 +186,9 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.executor not in ("process", "dask"):
             raise ValueError(f"ingest.executor must be process or dask, got {self.executor!r}")
-        side = self.image_min_side
-        if isinstance(side, bool) or not isinstance(side, int) or side < 1:
-            raise ValueError(f"ingest.image_min_side must be a whole number of pixels >= 1, got {side!r}")
-        for name in ("max_line_bytes", "max_json_depth", "max_sensor_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ingest.{name} must be a whole number >= 1, got {value!r}")
+        for name in ("image_min_side", "max_line_bytes", "max_json_depth", "max_sensor_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ingest.{name} must be at least 1, got {getattr(self, name)!r}")
         earliest = _aware(self.earliest_timestamp)
         if earliest is None:
             raise ValueError("ingest.earliest_timestamp must be ISO 8601 with a timezone, "
@@ -191,7 +197,7 @@ class IngestConfig:
             raise ValueError(f"ingest.max_future_skew_hours must be >= 0, got {self.max_future_skew_hours!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class ValidateConfig:
     """The validate stage (mmcore/stages/validate.py, mmcore/expectations.py): the suite's limits, drift thresholds."""
 
@@ -208,7 +214,7 @@ class ValidateConfig:
     drift_fail_is_hard: bool     # true: a drift fail stops the pipeline; false: it only warns
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class SplitConfig:
     """The split (mmcore/data/split.py): by a salted hash of shipment_id; `test` is the gate set."""
 
@@ -218,7 +224,7 @@ class SplitConfig:
     calib_fraction: float = 0.15    # calibrates abstention (mmcore.selective); carved from what was train
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class SelectiveConfig:
     """When the model decides alone (mmcore/selective): calibrated on the calib split at each retrain."""
 
@@ -246,7 +252,7 @@ class SelectiveConfig:
             raise ValueError(f"selective.detector: {self.detector!r}; allowed: leave_one_out, pairwise")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class ModelConfig:
     """The architecture (mmcore/model.py): saved with every checkpoint, so serving never reads params.yaml."""
 
@@ -260,6 +266,7 @@ class ModelConfig:
     fusion: str = "concat"          # concat | gated | attention
     text_ngram_buckets: int = 0     # hashed character 1-2-gram counts next to MiniLM (0: MiniLM only)
     modalities: tuple[str, ...] = ("image", "text", "sensor")  # inputs it may see (one alone: a unimodal baseline)
+    _tuples = field_validator("modalities", mode="before")(_as_tuple)
 
     def __post_init__(self) -> None:
         if self.fusion not in ("concat", "gated", "attention"):
@@ -269,7 +276,7 @@ class ModelConfig:
 STRATEGIES = ("frozen", "top_k", "full", "lora")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class TrainConfig:
     """The train stage (mmcore/train.py, mmcore/finetune.py): optimiser, schedule, what of the encoders trains."""
 
@@ -299,7 +306,7 @@ class TrainConfig:
             raise ValueError(f"train.embed_backend must be onnx or torch, got {self.embed_backend!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class EvaluateConfig:
     """The evaluate stage (mmcore/evaluate.py): challenger and champion scored on the same gate set."""
 
@@ -317,7 +324,7 @@ class EvaluateConfig:
     target_max_modality_drop: float = 0.10  # target: largest macro-F1 drop with one modality masked at test time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class GateConfig:
     """The gate's rules (mmcore/gate.py): floors for every challenger, comparisons against the champion."""
 
@@ -344,7 +351,7 @@ class GateConfig:
                              "min_slice_shipments >= 1")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class MonitorConfig:
     """The hourly monitor (flows/monitor.py, mmcore/monitor/): captured traffic judged, triggers for a retrain."""
 
@@ -364,9 +371,9 @@ class MonitorConfig:
     min_retrain_labels: int = 50    # a live_drop or drift retrain needs this many labels joined since the last retrain
     min_drift_auc: float = 0.55     # an encoder's drift counts toward a retrain only at this held-out AUC or above
     max_estimated_drop: float = 0.10  # alert (no retrain): estimated macro-F1 this far below the gate-set figure
+    _tuples = field_validator("capture_dirs", mode="before")(_as_tuple)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "capture_dirs", tuple(self.capture_dirs))
         if self.window_minutes < 1 or self.drift_windows < 1 or self.min_new_labels < 1:
             raise ValueError("monitor.window_minutes, drift_windows and min_new_labels must be at least 1")
         if self.drift_windows > self.drift_window_span or self.cooldown_hours < 0 or self.min_retrain_labels < 1:
@@ -377,7 +384,7 @@ class MonitorConfig:
                              "(0.5: every significant drift counts)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class ServeConfig:
     """How the package stage prepares the served model (mmcore/serving/export.py) and which runtime serves it."""
 
@@ -395,7 +402,7 @@ class ServeConfig:
 BACKENDS = ("auto", "onnx_int8", "onnx_fp32", "torch")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class RegistryConfig:
     """MLflow names (mmcore/registry.py)."""
 
@@ -403,20 +410,7 @@ class RegistryConfig:
     model_name: str                 # registered model; its aliases are champion and challenger
 
 
-T = TypeVar("T")
-
-
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build a config dataclass, refusing unknown keys with the section's name."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {sorted(unknown)} in params.yaml; "
-                         f"allowed: {sorted(names)}")
-    return cls(**data)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class Params:
     synth: SynthConfig
     ingest: IngestConfig
@@ -432,6 +426,9 @@ class Params:
     serve: ServeConfig = field(default_factory=ServeConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        _check_photo_sides(self.synth, self.ingest)
+
 
 SECTIONS: dict[str, type] = {
     "synth": SynthConfig, "ingest": IngestConfig, "validate": ValidateConfig, "split": SplitConfig,
@@ -439,23 +436,69 @@ SECTIONS: dict[str, type] = {
     "registry": RegistryConfig, "monitor": MonitorConfig, "selective": SelectiveConfig, "serve": ServeConfig}
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read params.yaml into typed sections."""
-    return params_from_raw(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
-
-
-def params_from_raw(raw: dict[str, Any]) -> Params:
-    """params.yaml's mapping into typed sections (what `load_params` does after reading the file)."""
-    raw.setdefault("serve", {})   # optional: a params.yaml from before the serve section still loads
-    if set(raw) != set(SECTIONS):
-        raise ValueError(f"params.yaml sections {sorted(raw)} differ from {sorted(SECTIONS)}")
-    built = {name: from_dict(cls, raw[name] or {}) for name, cls in SECTIONS.items()}
-    _check_photo_sides(built["synth"], built["ingest"])
-    return Params(**built, raw=raw)
-
-
 class ParamsError(ValueError):
-    """Overrides of params.yaml that cannot apply; the message names each key and what it allows."""
+    """params.yaml, or overrides of it, that cannot load; the message names each key and what it allows."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading `1e-4` and `1.5E3` as numbers, as YAML 1.2 (and DVC) do: YAML 1.1
+    takes a float only with a dot and a signed exponent, so plain PyYAML gives `lr: 1e-4` as text."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as params.yaml and `--set` values are read: safe, with YAML 1.2's floats (`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def from_dict(cls: type[Any], data: Any, where: str = "") -> Any:
+    """A config built from plain data as a file gives it (mappings for sections, lists for tuples),
+    every type checked strictly; ParamsError names each bad key under `where` (e.g. `synth.shift`)."""
+    try:
+        return _adapter(cls).validate_json(json.dumps(data, default=str))
+    except ValidationError as exc:
+        raise ParamsError("\n".join(_problem(err, cls, where) for err in exc.errors(include_url=False))) from None
+
+
+_EXPECTED = {"int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "text", "dict_type": "a mapping", "dataclass_type": "a mapping",
+             "list_type": "a list", "tuple_type": "a list"}
+
+
+def _problem(err: Any, cls: type, where: str) -> str:
+    """One pydantic error as params.yaml's user reads it: the key's path, then what is wrong."""
+    loc = tuple(err["loc"])
+    path = _path(where, loc)
+    if err["type"] == "value_error":   # a section's own check: its message names its keys
+        return str(err["ctx"]["error"])
+    if err["type"] == "missing":
+        return f"missing {'section' if cls is Params and len(loc) == 1 else 'key'} {path} (it has no default)"
+    if err["type"] != "unexpected_keyword_argument":
+        return f"{path} = {err['input']!r}: expected {_EXPECTED.get(err['type'], err['msg'])}"
+    owner = functools.reduce(lambda c, name: c.__pydantic_fields__[name].annotation, loc[:-1], cls)
+    keys = [f.name for f in dataclasses.fields(owner) if f.name != "raw"]
+    if owner is Params:
+        return f"unknown section {loc[-1]!r}{_did_you_mean(str(loc[-1]), keys)}; sections: {', '.join(keys)}"
+    parent = _path(where, loc[:-1]) or owner.__name__
+    return (f"unknown key {path}{_did_you_mean(str(loc[-1]), keys, parent + '.')}\n"
+            f"  {parent} keys: {', '.join(sorted(keys))}")
+
+
+def _path(where: str, loc: tuple[Any, ...]) -> str:
+    """`train.epochs`, `validate.brightness_range[0]`, `synth.class_mix.normal`."""
+    out = where
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
 
 
 def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
@@ -463,103 +506,31 @@ def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
-def _type_name(hint: Any) -> str:
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "null"}
-    if hint in names:
-        return names[hint]
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if origin in (list, tuple):
-        return f"a list of {_type_name(args[0])}" if args else "a list"
-    if origin is dict:
-        return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "a mapping"
-    if dataclasses.is_dataclass(hint):
-        return "a mapping"
-    return getattr(hint, "__name__", str(hint))
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml into typed sections; ParamsError names every bad key."""
+    return params_from_raw(load_yaml(Path(path).read_text(encoding="utf-8")) or {})
 
 
-def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
-    """Whether `value` (as YAML parsed it) fits the field's type hint; text that reads as a number is
-    taken for a float field, since YAML 1.1 leaves `1e-4` a string."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True, value
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            ok, out = _conform(value, arg)
-            if ok:
-                return True, out
-        return False, value
-    if hint is type(None):
-        return value is None, value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return isinstance(value, (int, float)) and not isinstance(value, bool), value
-    if hint is str:
-        return isinstance(value, str), value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        items = [_conform(v, args[0]) if args else (True, v) for v in value]
-        return all(ok for ok, _ in items), [v for _, v in items]
-    if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            return False, value
-        if origin is dict and args:
-            items = {k: _conform(v, args[1]) for k, v in value.items()}
-            return all(ok for ok, _ in items.values()), {k: v for k, (_, v) in items.items()}
-        return True, value
-    return True, value
+def params_from_raw(raw: dict[str, Any]) -> Params:
+    """params.yaml's mapping into typed sections (what `load_params` does after reading the file)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: expected a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("serve", {})   # optional: a params.yaml from before the serve section still loads
+    sections = {name: {} if body is None else body for name, body in raw.items()}   # `serve:` alone: defaults
+    return dataclasses.replace(from_dict(Params, sections), raw=raw)
 
 
 def check_overrides(path: str | Path, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Overrides ({section: {key: value}}) checked against the typed config before anything runs:
-    unknown sections and keys (with the allowed ones and a close match), values of the wrong type,
-    then every section's own checks on params.yaml as it would become. Raises ParamsError naming
-    each problem; returns the overrides with numbers written as text made numbers."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    problems: list[str] = []
-    out: dict[str, dict[str, Any]] = {}
+    """Overrides ({section: {key: value}}) checked against the typed config before anything runs, by
+    loading params.yaml as it would become: unknown sections and keys (with the allowed ones and a close
+    match), values of the wrong type, every section's own checks. Raises ParamsError naming each
+    problem; returns the overrides."""
+    raw = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+    merged = {name: dict(body or {}) for name, body in raw.items()}
     for section, values in (overrides or {}).items():
-        if section not in SECTIONS:
-            problems.append(f"unknown section {section!r}{_did_you_mean(section, list(SECTIONS))}; "
-                            f"sections: {', '.join(SECTIONS)}")
-            continue
-        if not isinstance(values, dict):
-            problems.append(f"{section}: expected a mapping of key to value, got {values!r}")
-            continue
-        cls = SECTIONS[section]
-        hints = typing.get_type_hints(cls)
-        keys = [f.name for f in dataclasses.fields(cls)]
-        for key, value in values.items():
-            if key not in hints:
-                problems.append(f"unknown key {section}.{key}{_did_you_mean(key, keys, section + '.')}\n"
-                                f"  {section} keys: {', '.join(sorted(keys))}")
-                continue
-            ok, value = _conform(value, hints[key])
-            if not ok:
-                problems.append(f"{section}.{key} = {value!r}: expected {_type_name(hints[key])}")
-            out.setdefault(section, {})[key] = value
-    if not problems:
-        merged = {name: dict(body or {}) for name, body in raw.items()}
-        for section, values in out.items():
-            merged.setdefault(section, {}).update(values)
-        try:
-            params_from_raw(merged)
-        except (ValueError, TypeError) as exc:
-            problems.append(str(exc))
-    if problems:
-        raise ParamsError("\n".join(problems))
-    return out
+        merged[section] = {**merged.get(section, {}), **values} if isinstance(values, dict) else values
+    params_from_raw(merged)
+    return overrides
 
 
 def _check_photo_sides(synth: SynthConfig, ingest: IngestConfig) -> None:

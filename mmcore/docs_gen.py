@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = "docs/reports/bench"      # the committed copy of reports/bench/ the benchmark tables read
@@ -407,7 +406,7 @@ def config_reference(params_path: Path = ROOT / "params.yaml", config_path: Path
 
     source = (config_path or Path(config.__file__)).read_text(encoding="utf-8")
     comments, types = field_comments(source), field_types(source)
-    raw = yaml.safe_load(params_path.read_text(encoding="utf-8")) or {}
+    raw = config.load_yaml(params_path.read_text(encoding="utf-8")) or {}   # as load_params reads it
     sections = {f.name: f.type for f in dataclasses.fields(config.Params) if f.name != "raw"}
     classes = {name: getattr(config, t if isinstance(t, str) else t.__name__) for name, t in sections.items()}
     out: list[str] = []

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from mmcore.config import load_yaml
 from mmcore.stages.common import GateSetAccess, write_json
 
 TRIAL_METRICS = "reports/train.json"      # written by the train stage; a DVC metric
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("dvc.lock").is_file() or not Path("data/split/splits.parquet").is_file():
         print("sweep: no ingested and split data here: run `make run` (or `dvc repro split`) first", file=sys.stderr)
         return 2
-    spec = yaml.safe_load(args.sweep.read_text(encoding="utf-8"))
+    spec = load_yaml(args.sweep.read_text(encoding="utf-8"))   # as params.yaml reads: 1e-4 is a number
     report = sweep(spec, args.params)
     write_json(args.out, report)
     if args.apply:

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import yaml
 from PIL import Image, ImageFilter
 
-from mmcore.config import SENSOR_CHANNELS, ShiftConfig, from_dict
+from mmcore.config import SENSOR_CHANNELS, ShiftConfig, from_dict, load_yaml
 from mmcore.synth.sensor import PERIOD_S
 from mmcore.synth.text import typo
 
@@ -79,15 +78,15 @@ SHORTHAND: dict[str, str] = {
 def load_shift(spec: str) -> ShiftConfig:
     """A preset name (PRESETS) or a YAML file holding a mapping of ShiftConfig keys."""
     if spec in PRESETS:
-        return from_dict(ShiftConfig, PRESETS[spec])
+        return from_dict(ShiftConfig, PRESETS[spec], "synth.shift")
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"--shift {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a shift preset is a mapping of synth.shift keys, got {type(data).__name__}")
     try:
-        return from_dict(ShiftConfig, data)
+        return from_dict(ShiftConfig, data, "synth.shift")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
 

@@ -102,8 +102,8 @@ def test_verdict_reads_only_this_runs_reports() -> None:
 
 
 def test_parse_set() -> None:
-    assert retrain.parse_set(["train.epochs=5", "ingest.landing=/a/b", "gate.max_ece=0.2"]) == {
-        "train": {"epochs": 5}, "ingest": {"landing": "/a/b"}, "gate": {"max_ece": 0.2}}
+    assert retrain.parse_set(["train.epochs=5", "ingest.landing=/a/b", "gate.max_ece=0.2", "train.lr=1e-4"]) == {
+        "train": {"epochs": 5, "lr": 0.0001}, "ingest": {"landing": "/a/b"}, "gate": {"max_ece": 0.2}}  # as params.yaml
     with pytest.raises(SystemExit):
         retrain.parse_set(["epochs=5"])
 

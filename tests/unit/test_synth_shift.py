@@ -264,8 +264,8 @@ def test_presets_differ_and_load() -> None:
     ({"sensor_offset": {"humidity": 5}}, "unknown channel 'humidity'"),
     ({"sensor_offset": {"humidity_pct": 40}}, "sensor_offset.humidity_pct"),
     ({"sensor_gain": {"shock_g": 0}}, "sensor_gain.shock_g"),
-    ({"sensor_noise": "loud"}, "mappings of channel"),
-    ({"exposure": "bright"}, "exposure must be a number"),
+    ({"sensor_noise": "loud"}, r"sensor_noise\n  Input should be a valid dictionary"),
+    ({"exposure": "bright"}, r"exposure\n  Input should be a valid number"),
 ])
 def test_invalid_settings_fail_clearly(knobs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
