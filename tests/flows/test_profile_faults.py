@@ -30,7 +30,7 @@ from tests.e2e.test_pipeline import BIN
 from tests.flows.harness import ProfileServer, make_workspace, wait_until
 from tests.settings import FAULTS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.profile]
 
 RUN_TIMEOUT = 600
 

@@ -62,7 +62,7 @@ from mmcore.config import CLASSES, load_params
 from tests.flows.harness import ProfileServer, Receiver, make_workspace, wait_until
 from tests.settings import SCENARIO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.profile]
 
 DAY_TIMEOUT = 600
 
