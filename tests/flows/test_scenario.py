@@ -23,8 +23,8 @@ champion's bento behind nginx, switched blue/green after each promotion:
   day 8  v4, promoted, serves 200 more new-hub records: its live accuracy there recovers at least
          half of what v2 lost on the new hub
 
-Overrides that keep it small (SCENARIO in tests/settings.py): small images, the concat head, few epochs, a short latency
-probe, 40 records for the behavioural suites, a 5 % calib split, and gate floors low enough for a first
+Overrides that keep it small (SCENARIO, in tests/settings.py): small images, the concat head, few epochs, a
+short latency probe, 40 records for the behavioural suites, a 5 % calib split, and gate floors low enough for a first
 model judged on ~30 gate-set records. The
 comparative rules (macro-F1 non-inferior within gate.noninferiority_margin and the Brier score better, both on the
 shipment bootstrap's low end; class and slice F1 drops on one band) are the project's own, so day 1 must
@@ -33,7 +33,7 @@ genuinely win and day 2 genuinely fail to.
 Day 8's promotion probability under the gate benchmark's figures (mmcore.bench.gate, simulated models
 calibrated by the train stage's own calibration; v4 taken as +0.065 macro-F1 over a 0.75 champion on a
 ~240-record gate set, the issue's figures), with params.yaml carrying SCENARIO's gate, selective and split
-overrides below (P):
+overrides (P):
   python -m mmcore.bench gate --params P --scenarios better --better-gap 0.065 --champion-f1 0.75
          --gate-records 240 --reps 300 --sigma-model S --out x.json
 with the models' own noise S=0.45 calibrated to two retrains on the default data: 0.94 [0.91, 0.96]
