@@ -57,6 +57,9 @@ INPUTS = RUNS / "last_inputs.txt"    # fingerprint of params.yaml, dvc.yaml and 
 OPERATOR_RETRAIN = Path("reports/monitor/operator_retrain.json")
 MONITOR_DEPLOYMENT = "retrain-on-monitor"   # prefect.yaml: the deployment the monitor's event starts
 # Failures worth retrying: the tracking server, object storage, the network, DVC's or SQLite's lock.
+# First delay before a transient failure is retried (then 2x, 4x); the profile sets it from .env
+# (PARCEL_RETRY_DELAY_S), tests set it small so a fault test waits seconds for the retries it checks.
+RETRY_DELAY_S = float(os.environ.get("PARCEL_RETRY_DELAY_S", "10"))
 TRANSIENT = re.compile(r"Connection ?(Error|refused|reset|aborted)|Max retries exceeded|timed? ?out|"
                        r"Temporary failure|Service Unavailable|Bad Gateway|Gateway Time-?out|Too Many Requests|"
                        r"(HTTP|status|response)[^\n]{0,12}\b(50[234]|429)\b|"
@@ -163,7 +166,7 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     return bool(TRANSIENT.search(str(exc)))
 
 
-@task(name="dvc-repro", task_run_name="{stage}", retries=3, retry_delay_seconds=exponential_backoff(10),
+@task(name="dvc-repro", task_run_name="{stage}", retries=3, retry_delay_seconds=exponential_backoff(RETRY_DELAY_S),
       retry_jitter_factor=0.3, retry_condition_fn=transient)
 def repro(stage: str) -> dict[str, Any]:
     """One stage of dvc.yaml; reports whether it ran or was up to date, and what DVC would have
@@ -190,7 +193,7 @@ def repro(stage: str) -> dict[str, Any]:
             "git_add": sorted(set(track))}
 
 
-@task(name="dvc-push", task_run_name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(10), retry_jitter_factor=0.3)
+@task(name="dvc-push", task_run_name="dvc-push", retries=3, retry_delay_seconds=exponential_backoff(RETRY_DELAY_S), retry_jitter_factor=0.3)
 def push_data() -> bool:
     """The run's data versions to the DVC remote (storage hiccups are retried); a workspace
     without a remote has nothing to push to, and says so (False)."""

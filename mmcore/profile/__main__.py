@@ -18,10 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmcore.profile import objectstore, postgres, services
 from mmcore.profile.settings import DATABASES, Profile
+
+if TYPE_CHECKING:
+    from prefect.automations import Automation
 
 POOL = "retrain-pool"
 
@@ -92,12 +95,15 @@ def configure_prefect(profile: Profile) -> None:
 
 
 ZOMBIES = "crash-zombie-flow-runs"
+# Three missed heartbeats. Not shortened for tests: at 60 s a run waiting out a 20 s PostgreSQL outage (its
+# heartbeats lost with the database) was marked Crashed though it was alive (tests/flows/test_profile_faults.py).
+ZOMBIE_SILENCE_S = 90
 
 
-def crash_zombies(profile: Profile, silence_s: int = 90) -> None:
+def zombie_automation(silence_s: int = ZOMBIE_SILENCE_S) -> Automation:
     """Prefect's recipe for runs whose process died with its machine or worker: flow runs send a heartbeat
-    every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY); one silent for `silence_s` is marked Crashed, which
-    frees what it held and lets the next run resume from the training checkpoint."""
+    every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, Prefect's shortest); one silent for `silence_s` is marked
+    Crashed, which frees what it held and lets the next run resume from the training checkpoint."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -106,13 +112,7 @@ def crash_zombies(profile: Profile, silence_s: int = 90) -> None:
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    os.environ.update(profile.client_env())
-    try:
-        Automation.read(name=ZOMBIES)
-        return
-    except ValueError:
-        pass
-    Automation(name=ZOMBIES, trigger=EventTrigger(
+    return Automation(name=ZOMBIES, trigger=EventTrigger(
         after={"prefect.flow-run.heartbeat"},
         expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
                 "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
@@ -121,7 +121,20 @@ def crash_zombies(profile: Profile, silence_s: int = 90) -> None:
         within=timedelta(seconds=silence_s)),
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
                                     message=f"no heartbeat for {silence_s} s: its process died (worker or machine)")],
-    ).create()
+    )
+
+
+def crash_zombies(profile: Profile) -> None:
+    """The zombie automation on the profile's Prefect server, once (kept as it is when it exists)."""
+    from prefect.automations import Automation
+
+    os.environ.update(profile.client_env())
+    try:
+        Automation.read(name=ZOMBIES)
+        return
+    except ValueError:
+        pass
+    zombie_automation().create()
 
 
 def configure_dvc(profile: Profile) -> None:
@@ -131,8 +144,9 @@ def configure_dvc(profile: Profile) -> None:
     run(["dvc", "remote", "add", "--local", "--force", "--default", "profile", f"s3://{profile.bucket}/dvc"], profile)
     if profile.s3_endpoint:
         run(["dvc", "remote", "modify", "--local", "profile", "endpointurl", profile.s3_endpoint], profile)
-    for key, value in (("connect_timeout", "10"), ("read_timeout", "30")):
-        run(["dvc", "remote", "modify", "--local", "profile", key, value], profile)
+    for key, var in (("connect_timeout", "PROFILE_DVC_CONNECT_TIMEOUT_S"),
+                     ("read_timeout", "PROFILE_DVC_READ_TIMEOUT_S")):
+        run(["dvc", "remote", "modify", "--local", "profile", key, profile.env[var]], profile)
 
 
 def up(profile: Profile, restore_from: Path | None = None) -> int:

@@ -169,7 +169,9 @@ class Profile:
                 "PROFILE_MLFLOW_PORT": str(self.port("mlflow")), "PROFILE_PREFECT_PORT": str(self.port("prefect")),
                 **self.server_secrets(), "PROFILE_ARTIFACTS": f"s3://{self.bucket}/mlflow",
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url("prefect", "asyncpg"),
-                "PREFECT_HOME": str(self.dir / "prefect"), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", "PROFILE_NGINX_CONF": str(self.dir / "nginx" / "nginx.conf"),
+                "PREFECT_HOME": str(self.dir / "prefect"), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+                "PARCEL_RETRY_DELAY_S": self.env["PARCEL_RETRY_DELAY_S"],
+                "PROFILE_NGINX_CONF": str(self.dir / "nginx" / "nginx.conf"),
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True",
                 "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 

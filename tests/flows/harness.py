@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_pipeline import BIN, ROOT, env_for, free_port
+from tests.settings import PROFILE_TIMINGS
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -175,7 +176,8 @@ class Receiver:
 
 class ProfileServer(PrefectServer):
     """The production profile (`python -m mmcore.profile up`: PostgreSQL, the S3 stand-in, MLflow, Prefect,
-    the worker, nginx) in a workspace, on free ports; its Prefect API takes the same REST calls as above.
+    the worker, nginx) in a workspace, on free ports, with the short waits of tests/settings.py; its Prefect API
+    takes the same REST calls as above.
 
     Its state lives outside pytest's private tmp folders, which the `postgres` account cannot enter."""
 
@@ -187,7 +189,7 @@ class ProfileServer(PrefectServer):
         self.vars = {"PROFILE_DIR": str(self.base / "state"), "PROFILE_S3_DIR": str(self.base / "s3"),
                      "PROFILE_BACKUP_DIR": str(self.base / "backups"),
                      **{f"PROFILE_{n}_PORT": str(free_port()) for n in ("PG", "S3", "MLFLOW", "PREFECT", "PROXY")},
-                     "PROFILE_BENTO_PORTS": f"{free_port()},{free_port()}", **(extra or {})}
+                     "PROFILE_BENTO_PORTS": f"{free_port()},{free_port()}", **PROFILE_TIMINGS, **(extra or {})}
         self.ws = ws
         self.profile = Profile.load(ws, create_env=True, overrides=self.vars)
         self.home, self.port = self.profile.dir / "prefect", self.profile.port("prefect")

@@ -28,13 +28,10 @@ from mmcore.config import load_params
 from mmcore.profile import objectstore, postgres
 from tests.e2e.test_pipeline import BIN
 from tests.flows.harness import ProfileServer, make_workspace, wait_until
-from tests.flows.test_scenario import SCENARIO
+from tests.settings import FAULTS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.profile]
 
-FAULTS = {**SCENARIO, "train": {"epochs": 6, "patience": 6, "lr": 0.002},
-          "evaluate": {**SCENARIO["evaluate"], "n_boot": 300, "behaviour_records": 20},
-          "serve": {"quantise": False}}
 RUN_TIMEOUT = 600
 
 

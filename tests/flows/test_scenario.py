@@ -23,8 +23,8 @@ champion's bento behind nginx, switched blue/green after each promotion:
   day 8  v4, promoted, serves 200 more new-hub records: its live accuracy there recovers at least
          half of what v2 lost on the new hub
 
-Overrides that keep it small (SCENARIO below): small images, the concat head, few epochs, a short latency
-probe, 40 records for the behavioural suites, a 5 % calib split, and gate floors low enough for a first
+Overrides that keep it small (SCENARIO, in tests/settings.py): small images, the concat head, few epochs, a
+short latency probe, 40 records for the behavioural suites, a 5 % calib split, and gate floors low enough for a first
 model judged on ~30 gate-set records. The
 comparative rules (macro-F1 non-inferior within gate.noninferiority_margin and the Brier score better, both on the
 shipment bootstrap's low end; class and slice F1 drops on one band) are the project's own, so day 1 must
@@ -33,7 +33,7 @@ genuinely win and day 2 genuinely fail to.
 Day 8's promotion probability under the gate benchmark's figures (mmcore.bench.gate, simulated models
 calibrated by the train stage's own calibration; v4 taken as +0.065 macro-F1 over a 0.75 champion on a
 ~240-record gate set, the issue's figures), with params.yaml carrying SCENARIO's gate, selective and split
-overrides below (P):
+overrides (P):
   python -m mmcore.bench gate --params P --scenarios better --better-gap 0.065 --champion-f1 0.75
          --gate-records 240 --reps 300 --sigma-model S --out x.json
 with the models' own noise S=0.45 calibrated to two retrains on the default data: 0.94 [0.91, 0.96]
@@ -60,27 +60,10 @@ import yaml
 
 from mmcore.config import CLASSES, load_params
 from tests.flows.harness import ProfileServer, Receiver, make_workspace, wait_until
+from tests.settings import SCENARIO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.profile]
 
-SCENARIO = {
-    "synth": {"image_size": 128},
-    # day 0 is a few dozen shipments: the concat head (params.yaml's attention needs more data)
-    "model": {"image_size": 96, "fusion": "concat"},
-    "train": {"epochs": 8, "patience": 8, "lr": 0.002},
-    # a few hundred records in all: 5 % of shipments calibrate abstention (15 % would take a fifth of the
-    # little training data the loop's v4 has to win with)
-    "split": {"calib_fraction": 0.05},
-    "validate": {"min_rows": 20},
-    "evaluate": {"n_boot": 2000, "latency_records": 5, "latency_warmup": 1, "latency_repeats": 1,
-                 "behaviour_records": 40},
-    "gate": {"min_macro_f1": 0.2, "min_accuracy": 0.2, "min_class_f1": 0.0, "max_ece": 1.0,
-             "max_ece_classwise": 1.0, "max_latency_p95_ms": 60000},
-    # a few dozen calib and gate-set records: abstention is checked, with room for that noise
-    "selective": {"coverage_slack": 0.3, "max_automation_drop": 1.0},
-    "monitor": {"min_new_labels": 250, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,
-                "reference_records": 300, "drift_records": 300},
-}
 DAY_TIMEOUT = 600
 
 

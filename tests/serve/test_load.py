@@ -1,4 +1,7 @@
-"""Load: locust, headless, 32 concurrent users for 60 s against the bento on loopback; zero errors."""
+"""Load: locust, headless, 32 concurrent users for 20 s against the bento on loopback; zero errors.
+
+20 s is long enough for every user to be answered many times over at that concurrency, which is the claim;
+sustained throughput over a longer run is the serve benchmark's (`make bench`, reports/bench/serve.json)."""
 from __future__ import annotations
 
 import csv
@@ -15,9 +18,9 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 
 
-def test_60s_at_concurrency_32_without_errors(server: str, tmp_path: Path) -> None:
+def test_concurrency_32_for_20s_without_errors(server: str, tmp_path: Path) -> None:
     cmd = [Path(sys.executable).parent / "locust", "-f", HERE / "locustfile.py", "--headless", "--host", server,
-           "--users", "32", "--spawn-rate", "32", "--run-time", "60s", "--stop-timeout", "60",
+           "--users", "32", "--spawn-rate", "32", "--run-time", "20s", "--stop-timeout", "60",
            "--csv", tmp_path / "load", "--only-summary", "--exit-code-on-error", "1", "--loglevel", "WARNING"]
     proc = subprocess.run([str(c) for c in cmd], cwd=HERE.parents[1], capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PARCEL_API_KEY": API_KEY})

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,29 @@ def test_clients_get_the_credentials_and_no_secret_is_on_a_command_line(root: Pa
     auth = configparser.ConfigParser()
     auth.read(ini)
     assert auth["mlflow"]["database_uri"].endswith("/mlflow_auth") and "admin_password" not in auth["mlflow"]
+
+
+def test_production_waits_are_the_examples_and_reach_prefect_dvc_and_the_flow(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests run the profile with short waits (tests/settings.py); production keeps these: a run silent for
+    90 s (three 30 s heartbeats) is crashed, DVC gives the bucket 10 s to connect and 30 s to answer, and a
+    transient failure is retried after 10, 20 and 40 s."""
+    from datetime import timedelta
+
+    from flows.retrain import push_data, repro
+    from mmcore.profile.__main__ import configure_dvc, zombie_automation
+
+    ensure_env_file(root)
+    p = Profile.load(root)
+    assert zombie_automation().trigger.within == timedelta(seconds=90)
+    assert p.supervisor_env()["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    assert p.supervisor_env()["PARCEL_RETRY_DELAY_S"] == "10"
+    assert "PARCEL_RETRY_DELAY_S" not in os.environ      # so the flow module read its default: the example's
+    assert repro.retry_delay_seconds == push_data.retry_delay_seconds == [10, 20, 40]
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")   # this venv's dvc
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    configure_dvc(p)
+    local = configparser.ConfigParser()
+    local.read(root / ".dvc" / "config.local")
+    remote = local["'remote \"profile\"'"]
+    assert (remote["connect_timeout"], remote["read_timeout"]) == ("10", "30")
