@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from mmcore.evaluate import model_probs
 from mmcore.model import MODALITIES, ModelBundle
 from mmcore.selective.calibrate import calibrate
 from mmcore.selective.router import Router
+from mmcore.serving.int8 import calibration_images
+from mmcore.stages import int8_choice
 from mmcore.stages.common import data_version, split_records, write_json
 from mmcore.fit import History
 from mmcore.train import checkpoint_path, train_bundle
@@ -34,8 +37,10 @@ MIN_CALIB_RECORDS = 20
 
 def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_name: str,
             experiment: str, data_ver: str, reference: pd.DataFrame | None = None,
-            fitted: pd.DataFrame | None = None) -> tuple[str, str]:
-    """One MLflow run per training: params, curves, tags; the fused model registered. Returns (run_id, version).
+            fitted: pd.DataFrame | None = None, fallback: Path | None = None) -> tuple[str, str, str | None]:
+    """One MLflow run per training: params, curves, tags; the fused model registered (after the fp32
+    pipeline's `fallback` model when there is one, so the challenger alias names the chosen model).
+    Returns (run_id, version, fallback's version).
 
     `reference` (the training split's profile rows) is logged with the run: once this
     version is champion, validate measures drift of new data against it. `fitted` (ids and
@@ -61,25 +66,27 @@ def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_
             registry.log_reference(reference)
         if fitted is not None:
             registry.log_reference(fitted, registry.FIT_FILE)
-        version = registry.log_model(model_dir, model_name)
-        registry.client().set_model_version_tag(model_name, version, "data_version", data_ver)
-        registry.client().set_model_version_tag(model_name, version, "params_hash", params_hash)
-    return run.info.run_id, version
+        versions = [registry.log_model(d, model_name, artifact) for d, artifact in
+                    ((fallback, "model-fp32"), (model_dir, "model")) if d is not None]
+        for version in versions:
+            registry.client().set_model_version_tag(model_name, version, "data_version", data_ver)
+            registry.client().set_model_version_tag(model_name, version, "params_hash", params_hash)
+    return run.info.run_id, versions[-1], versions[0] if fallback is not None else None
 
 
 def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
-                      bundles: dict[str, ModelBundle]) -> dict[str, Any]:
+                      bundles: dict[str, ModelBundle], out: Path | None = None) -> dict[str, Any]:
     """The unimodal models into the fused model's directory, and abstention calibrated on the calib split
     (mmcore.selective): both travel with the registered version to the service."""
-    fused = bundles["fused"]
-    Router.save_opinions(args.out, {m: bundles[m] for m in MODALITIES})
+    fused, out = bundles["fused"], out or args.out
+    Router.save_opinions(out, {m: bundles[m] for m in MODALITIES})
     recs, labels = split_records(args.raw, args.splits, "calib")
     if len(recs) < MIN_CALIB_RECORDS:
         print(f"train: WARNING only {len(recs)} calib records (need {MIN_CALIB_RECORDS}): the model is not "
               "calibrated and every answer goes to review; raise split.calib_fraction or add labelled data",
               file=sys.stderr)
         return {"records": len(recs), "calibrated": False}
-    router = Router.load(args.out, fused)
+    router = Router.load(out, fused)
     router.detector = p.selective.detector
     batch = feat.batch(recs, fused.sensor_mean, fused.sensor_std)
     probs = model_probs(fused.model, batch)
@@ -94,7 +101,7 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
                    np.array([CLASSES.index(lbl) for lbl in val_labels]))
     cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective, shipments=shipments,
                     scaling=scaling)
-    cal.save(args.out)
+    cal.save(out)
     print(f"train: calibrated on {len(y)} calib records: temperature {cal.temperature} fitted on "
           f"{cal.info['scaling_records']} {cal.info['scaling_split']} records; on {cal.info['threshold_records']} "
           "calib records set quantile "
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="model directory of the fused model")
     ap.add_argument("--unimodal", type=Path, required=True)
+    ap.add_argument("--fallback", type=Path, default=Path("artifacts/model-fp32"),
+                    help="the fp32 pipeline's model when the model is trained on int8 encoders")
     ap.add_argument("--report", type=Path, required=True)
     args = ap.parse_args(argv)
     from mmcore import registry
@@ -140,28 +149,51 @@ def run(args: argparse.Namespace) -> int:
     train_recs, train_y = split_records(args.raw, args.splits, "train")
     val_recs, val_y = split_records(args.raw, args.splits, "val")
     hists, ckpts, bundles = {}, [], {}
-    for name, mods in [("fused", MODALITIES)] + [(m, (m,)) for m in MODALITIES]:
+
+    def fit(name: str, featurizer: Featurizer, mods: tuple[str, ...] = MODALITIES) -> tuple[ModelBundle, History]:
         mcfg = dataclasses.replace(p.model, modalities=tuple(mods))
         ckpt = checkpoint_path(args.cache / "checkpoints", name, mcfg, p.train, [r["record_id"] for r in train_recs])
         if ckpt.is_file():
             print(f"train[{name}]: resuming from the checkpoint {ckpt.name} (a run that stopped mid-way left it)",
                   flush=True)
-        bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
-                                           progress=True)
+        bundle, hist = train_bundle(featurizer, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
+                                    progress=True)
         ckpts.append(ckpt)
-        bundles[name] = bundle
-        bundle.save(args.out if name == "fused" else args.unimodal / name)
-        print(f"train[{name}]: best val macro-F1 {hists[name].best_val_macro_f1:.3f} "
-              f"at epoch {hists[name].best_epoch}")
-    calibration = calibrate_routing(args, p, feat, bundles)
+        print(f"train[{name}]: best val macro-F1 {hist.best_val_macro_f1:.3f} at epoch {hist.best_epoch}")
+        return bundle, hist
+
+    shutil.rmtree(args.fallback, ignore_errors=True)     # a previous run's fp32 model is not this run's
+    fp32 = fit("fused", feat)
+    images = calibration_images(train_recs, p.serve.calibration_images)
+    decision, chosen_feat, (bundles["fused"], hists["fused"]) = int8_choice.choose(
+        p, feat, fp32, (val_recs, val_y), images, fit)
+    print(f"train: int8 {'chosen' if decision['chosen'] else 'not chosen'}: {decision['reason']}")
+    for m in MODALITIES:
+        bundles[m], hists[m] = fit(m, chosen_feat, (m,))
+        bundles[m].save(args.unimodal / m)
+    bundles["fused"].save(args.out)
+    write_json(args.out / int8_choice.DECISION_FILE, {**decision, "margins": int8_choice.margins(p)})
+    calibration = calibrate_routing(args, p, chosen_feat, bundles)
+    fallback = None
+    if decision["chosen"]:   # the fp32 pipeline's model, kept for the gate set's check (mmcore.stages.evaluate)
+        kept = {"fused": fp32[0], **{m: fit(f"{m}-fp32", feat, (m,))[0] for m in MODALITIES}}
+        fp32[0].save(args.fallback)
+        calibrate_routing(args, p, feat, kept, args.fallback)
+        fallback = args.fallback
+    else:
+        args.fallback.mkdir(parents=True, exist_ok=True)
+        write_json(args.fallback / "README.json", {"fp32_fallback": None, "reason": "the model is fp32 already"})
     profile = load_profile(args.raw)
     reference = profile[profile["record_id"].isin({r["record_id"] for r in train_recs})]
     fitted = fit_rows(profile, pd.read_parquet(args.splits))
-    run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
-                              data_version(args.raw), reference, fitted)
+    run_id, version, fallback_version = log_run(p.raw, hists, args.out, p.registry.model_name,
+                                                p.registry.experiment, data_version(args.raw), reference, fitted,
+                                                fallback)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
                              "val_records": len(val_y), "embedded_now": feat.embedded, "calibration": calibration,
-                             "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()}})
+                             "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()},
+                             "int8": {**decision, "margins": int8_choice.margins(p),
+                                      "fp32_fallback_version": fallback_version}})
     for ckpt in ckpts:  # the stage is complete: a rerun must train afresh, not resume
         ckpt.unlink(missing_ok=True)
     print(f"train: registered {p.registry.model_name} version {version} (run {run_id})")
