@@ -16,12 +16,9 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
-
-if TYPE_CHECKING:   # features imports this module when it embeds through int8 graphs
-    from mmcore.features import Featurizer
 
 INT8_DIR = "int8"
 ENCODERS = ("image", "text")
@@ -83,23 +80,21 @@ def quantise_graphs(src: Path, dst: Path, images: list[bytes], size: int) -> dic
     return {e: dst / f"{e}.onnx" for e in ENCODERS}
 
 
-def int8_graphs(featurizer: Featurizer, cache_dir: Path | None, images: list[bytes]) -> dict[str, str]:
-    """{encoder: sha256} of the int8 graphs of the featurizer's fp32 export, quantised once per cache and
-    calibration set (`int8-<key>.json` beside the export records the digests)."""
-    from mmcore.features import cache_key, image_key
-    from mmcore.serving.onnx_encoders import encoder_exports
-
+def int8_graphs(export: Path, images: list[bytes], image_size: int) -> dict[str, str]:
+    """{encoder: sha256} of the int8 graphs of the fp32 encoder export in `export`
+    (mmcore.serving.onnx_encoders.encoder_exports), quantised once per export and calibration set
+    (`int8-<key>.json` beside the export records the digests)."""
     if not images:
         raise ValueError("no training-split images to set the image encoder's int8 activation ranges with")
-    export, _ = encoder_exports(featurizer, cache_dir)
-    record = export / f"int8-{cache_key(*[image_key(b) for b in images])}.json"
+    key = hashlib.sha256("".join(hashlib.sha256(b).hexdigest() for b in images).encode()).hexdigest()[:16]
+    record = export / f"int8-{key}.json"
     if record.is_file():
         digests = json.loads(record.read_text(encoding="utf-8"))
         if all((export / INT8_DIR / f"{d}.onnx").is_file() for d in digests.values()):
             return digests
     tmp = export / f".int8.{os.getpid()}.tmp"
     digests = {}
-    for name, path in quantise_graphs(export, tmp, images, featurizer.cfg.image_size).items():
+    for name, path in quantise_graphs(export, tmp, images, image_size).items():
         digests[name] = sha256_file(path)
         (export / INT8_DIR).mkdir(exist_ok=True)
         os.replace(path, export / INT8_DIR / f"{digests[name]}.onnx")

@@ -52,7 +52,7 @@ def ship_int8(model_dir: Path, digests: dict[str, str], cache_dir: Path | None,
 
     def requantise() -> list[Path]:
         print("package: the int8 graphs the model was trained on are not in the cache: re-quantising", flush=True)
-        int8_graphs(feat, cache_dir, images())
+        int8_graphs(export, images(), feat.cfg.image_size)
         return [export / INT8_DIR]
 
     try:

@@ -290,7 +290,7 @@ def confirm_int8(args: argparse.Namespace, trained: dict[str, Any], feat: Featur
                  p: Any) -> tuple[Path, int, dict[str, Any]]:
     """The challenger to evaluate: the train stage's model, or, when the gate set's interval vetoes its
     int8 choice (mmcore.stages.int8_choice.gate_check), the fp32 pipeline's model the train stage kept,
-    registered beside it (the challenger alias moves to it). Returns (directory, version, the record)."""
+    registered now in the same training run (it becomes the challenger). Returns (directory, version, record)."""
     choice = trained.get("int8") or {}
     version = int(trained["model_version"])
     if not choice.get("chosen"):
@@ -300,15 +300,28 @@ def confirm_int8(args: argparse.Namespace, trained: dict[str, Any], feat: Featur
     check = int8_choice.gate_check(gate.y, served_probs(args.model, feat, gate), served_probs(args.fallback, feat, gate),
                                    gate.shipments, p.serve.max_quantised_drop, cfg.n_boot, cfg.seed, cfg.ci)
     out = {"chosen_on_val": True, "encoders": choice["encoders"], "sha256": choice["sha256"], "gate_check": check,
-           "int8_version": version, "fp32_version": choice.get("fp32_fallback_version")}
+           "int8_version": version}
     print(f"evaluate: {check['reason']}")
     if not check["vetoed"]:
         return args.model, version, {**out, "served": "int8"}
+    fallback = register_fallback(args.fallback, trained["run_id"], p.registry.model_name, str(version))
+    return args.fallback, fallback, {**out, "served": "fp32", "fp32_version": fallback}
+
+
+def register_fallback(model_dir: Path, run_id: str, model_name: str, int8_version: str) -> int:
+    """The fp32 pipeline's model as a version of its own, logged to the training run with the int8
+    version's lineage tags; log_model makes it the challenger."""
+    import mlflow
+
     from mmcore import registry
 
-    fallback = int(choice["fp32_fallback_version"])
-    registry.client().set_registered_model_alias(p.registry.model_name, registry.CHALLENGER, str(fallback))
-    return args.fallback, fallback, {**out, "served": "fp32"}
+    tags = registry.client().get_model_version(model_name, int8_version).tags
+    with mlflow.start_run(run_id=run_id):
+        version = registry.log_model(model_dir, model_name, "model-fp32")
+    for key in ("data_version", "params_hash"):
+        if key in tags:
+            registry.client().set_model_version_tag(model_name, version, key, tags[key])
+    return int(version)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,12 +61,13 @@ def choose(p: Params, feat: Featurizer, fp32: tuple[ModelBundle, History], val: 
     """(decision, the chosen pipeline's featurizer, its fused model and history). `fit(name, feat)` trains
     the fused head on a featurizer's embeddings; `fp32` is the head already trained on `feat`."""
     from mmcore.serving.int8 import int8_graphs
+    from mmcore.serving.onnx_encoders import encoder_exports
 
     if (why := quantisable(p, feat)) is not None:
         return {"chosen": False, "encoders": [], "reason": why}, feat, fp32
     if not images:
         return {"chosen": False, "encoders": [], "reason": "no training-split images to calibrate int8 on"}, feat, fp32
-    digests = int8_graphs(feat, feat.onnx_cache, images)
+    digests = int8_graphs(encoder_exports(feat, feat.onnx_cache)[0], images, feat.cfg.image_size)
     reference = val_scores(fp32[0], feat, *val)
     tried = []
     for encoders in CANDIDATES:

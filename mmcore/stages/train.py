@@ -37,10 +37,8 @@ MIN_CALIB_RECORDS = 20
 
 def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_name: str,
             experiment: str, data_ver: str, reference: pd.DataFrame | None = None,
-            fitted: pd.DataFrame | None = None, fallback: Path | None = None) -> tuple[str, str, str | None]:
-    """One MLflow run per training: params, curves, tags; the fused model registered (after the fp32
-    pipeline's `fallback` model when there is one, so the challenger alias names the chosen model).
-    Returns (run_id, version, fallback's version).
+            fitted: pd.DataFrame | None = None) -> tuple[str, str]:
+    """One MLflow run per training: params, curves, tags; the fused model registered. Returns (run_id, version).
 
     `reference` (the training split's profile rows) is logged with the run: once this
     version is champion, validate measures drift of new data against it. `fitted` (ids and
@@ -66,12 +64,10 @@ def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_
             registry.log_reference(reference)
         if fitted is not None:
             registry.log_reference(fitted, registry.FIT_FILE)
-        versions = [registry.log_model(d, model_name, artifact) for d, artifact in
-                    ((fallback, "model-fp32"), (model_dir, "model")) if d is not None]
-        for version in versions:
-            registry.client().set_model_version_tag(model_name, version, "data_version", data_ver)
-            registry.client().set_model_version_tag(model_name, version, "params_hash", params_hash)
-    return run.info.run_id, versions[-1], versions[0] if fallback is not None else None
+        version = registry.log_model(model_dir, model_name)
+        registry.client().set_model_version_tag(model_name, version, "data_version", data_ver)
+        registry.client().set_model_version_tag(model_name, version, "params_hash", params_hash)
+    return run.info.run_id, version
 
 
 def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
@@ -186,14 +182,13 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.raw)
     reference = profile[profile["record_id"].isin({r["record_id"] for r in train_recs})]
     fitted = fit_rows(profile, pd.read_parquet(args.splits))
-    run_id, version, fallback_version = log_run(p.raw, hists, args.out, p.registry.model_name,
-                                                p.registry.experiment, data_version(args.raw), reference, fitted,
-                                                fallback)
+    run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
+                              data_version(args.raw), reference, fitted)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
                              "val_records": len(val_y), "embedded_now": feat.embedded, "calibration": calibration,
                              "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()},
                              "int8": {**decision, "margins": int8_choice.margins(p),
-                                      "fp32_fallback_version": fallback_version}})
+                                      "fp32_fallback": str(fallback) if fallback else None}})
     for ckpt in ckpts:  # the stage is complete: a rerun must train afresh, not resume
         ckpt.unlink(missing_ok=True)
     print(f"train: registered {p.registry.model_name} version {version} (run {run_id})")

@@ -31,7 +31,7 @@ def quantised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     cache = tmp_path_factory.mktemp("cache")
     images = [r["image"] for r in records(8, seed=3) if r["image"] is not None]
     feat = Featurizer(PARAMS.model, cache_dir=cache, backend="onnx")
-    return cache, int8_graphs(feat, cache, images), images
+    return cache, int8_graphs(encoder_exports(feat, cache)[0], images, PARAMS.model.image_size), images
 
 
 def int8_bundle(path: Path, digests: dict[str, str]) -> Path:
@@ -49,7 +49,7 @@ def test_graphs_are_cached_by_digest_and_their_embeddings_kept_apart(quantised: 
     files = {e: export / INT8_DIR / f"{d}.onnx" for e, d in digests.items()}
     assert set(digests) == {"image", "text"} and all(sha256_file(f) == digests[e] for e, f in files.items())
     stamps = {e: f.stat().st_mtime_ns for e, f in files.items()}
-    assert int8_graphs(feat, cache, images) == digests                    # once per cache: not re-quantised
+    assert int8_graphs(export, images, PARAMS.model.image_size) == digests     # once per cache: not re-made
     assert {e: f.stat().st_mtime_ns for e, f in files.items()} == stamps
     both = Featurizer(PARAMS.model, cache_dir=cache, backend="onnx", int8=digests)
     text_only = Featurizer(PARAMS.model, cache_dir=cache, backend="onnx", int8={"text": digests["text"]})
