@@ -20,7 +20,7 @@ import numpy as np
 
 from mmcore.config import CLASSES, Params, load_params
 from mmcore.data.raw import load_profile
-from mmcore.features import Featurizer
+from mmcore.features import INT8_KEY, Featurizer
 from mmcore.leak import fit_rows
 from mmcore.evaluate import model_probs
 from mmcore.model import MODALITIES, ModelBundle
@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         bundle, hist = train_bundle(featurizer, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
                                     progress=True)
         ckpts.append(ckpt)
+        if featurizer.int8:     # the graphs its embeddings came from: every later reader embeds through them
+            bundle.extra = {**bundle.extra, INT8_KEY: featurizer.int8}
         print(f"train[{name}]: best val macro-F1 {hist.best_val_macro_f1:.3f} at epoch {hist.best_epoch}")
         return bundle, hist
 
@@ -185,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
     run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
                               data_version(args.raw), reference, fitted)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
-                             "val_records": len(val_y), "embedded_now": feat.embedded, "calibration": calibration,
+                             "val_records": len(val_y), "embedded_now": feat.embedded,
+                             "embedded_now_int8": chosen_feat.embedded if chosen_feat is not feat else None,
+                             "calibration": calibration,
                              "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()},
                              "int8": {**decision, "margins": int8_choice.margins(p),
                                       "fp32_fallback": str(fallback) if fallback else None}})
