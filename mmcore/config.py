@@ -385,7 +385,7 @@ class ServeConfig:
     backend: str = "auto"               # auto (int8 where the model was trained on it, else onnx_fp32) | onnx_fp32 | onnx_int8 | torch
     quantise: bool = True               # frozen encoders: train on int8 graphs too, chosen on val within the margins below
     max_quantised_drop: float = 0.01    # int8 chosen when its val macro-F1 is at most this far below fp32's; vetoed on the gate set only when the whole interval of its gain is below minus this
-    max_quantised_brier_rise: float = 0.01   # and when its val Brier score (head softmax, before temperature scaling) is at most this far above fp32's
+    max_quantised_brier_rise: float = 0.01   # and when its val Brier score (temperature-scaled as served, temperature fitted on val) is at most this far above fp32's
     calibration_images: int = 64        # training-split images for int8 activation ranges (static quantisation)
 
     def __post_init__(self) -> None:

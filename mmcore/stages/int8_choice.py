@@ -4,8 +4,8 @@ Served speed comes from int8 encoders, so the choice is a quality decision made 
 is chosen (DESIGN §3: the val split): the fused head is trained on the fp32 pipeline's embeddings and
 on an int8 pipeline's (fastest first: image+text, text, image; the first that passes wins), and int8
 is chosen when its val macro-F1 is at most `serve.max_quantised_drop` below fp32's and its val Brier
-score (of the head's softmax, before temperature scaling, which is fitted afterwards on the chosen
-pipeline) at most `serve.max_quantised_brier_rise` above. The model is then trained, calibrated,
+score (of the probabilities as served, each pipeline's temperature fitted on val) at most
+`serve.max_quantised_brier_rise` above. The model is then trained, calibrated,
 evaluated and gated on the chosen pipeline's own graphs; the evaluate stage confirms the choice once
 on the gate set with an interval (mmcore.stages.evaluate). Only frozen encoders are quantised.
 """
@@ -21,6 +21,7 @@ from mmcore.evaluate import macro_f1, model_probs
 from mmcore.features import INT8_KEY, Featurizer
 from mmcore.fit import History
 from mmcore.model import ModelBundle
+from mmcore.selective.scaling import apply_temperature, fit_temperature
 
 CANDIDATES = (("image", "text"), ("text",), ("image",))     # fastest first: which encoders run in int8
 DECISION_FILE = "int8.json"                                  # in the model directory, beside config.json
@@ -29,11 +30,21 @@ Fit = Callable[[str, Featurizer], tuple[ModelBundle, History]]
 
 def val_scores(bundle: ModelBundle, feat: Featurizer, records: list[dict[str, Any]], labels: list[str]
                ) -> dict[str, float]:
-    """Macro-F1 and Brier score of the head's softmax on the val split, through `feat`'s graphs."""
+    """Macro-F1 and Brier score on the val split, through `feat`'s graphs. The Brier score is of the
+    probabilities as served: temperature-scaled, the temperature fitted on val as the calibration does
+    (mmcore.selective.scaling). Unscaled, two heads that early stopping left at different epochs differ
+    in sharpness, which the served model's temperature takes out; `brier_unscaled` keeps that figure."""
     probs = model_probs(bundle.model, feat.batch(records, bundle.sensor_mean, bundle.sensor_std))
     y = np.array([CLASSES.index(lbl) for lbl in labels])
-    brier = float(((probs - np.eye(len(CLASSES))[y]) ** 2).sum(1).mean())
-    return {"macro_f1": round(macro_f1(y, probs.argmax(1), len(CLASSES)), 4), "brier": round(brier, 4)}
+    temperature = fit_temperature(probs, y)
+    onehot = np.eye(len(CLASSES))[y]
+
+    def brier(p: np.ndarray) -> float:
+        return round(float(((p - onehot) ** 2).sum(1).mean()), 4)
+
+    return {"macro_f1": round(macro_f1(y, probs.argmax(1), len(CLASSES)), 4),
+            "brier": brier(apply_temperature(probs, temperature)), "brier_unscaled": brier(probs),
+            "temperature": round(float(temperature), 4)}
 
 
 def verdict(fp32: dict[str, float], int8: dict[str, float], max_drop: float, max_brier_rise: float) -> list[str]:

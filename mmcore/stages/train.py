@@ -111,6 +111,14 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
             "threshold_mode": cal.info["mode"], **{k: v for k, v in asdict(cal).items() if k != "info"}}
 
 
+def fp32_opinion(modality: str, chosen: ModelBundle, int8: list[str], train: Any) -> ModelBundle:
+    """The fp32 pipeline's unimodal model: the chosen pipeline's when its modality's encoder is not int8
+    (same embeddings, same seeded training: the same model), else `train(modality)`."""
+    if modality in int8:
+        return train(modality)
+    return dataclasses.replace(chosen, extra={k: v for k, v in chosen.extra.items() if k != INT8_KEY})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the fused model and the unimodal baselines.")
     ap.add_argument("--params", default="params.yaml")
@@ -174,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibrate_routing(args, p, chosen_feat, bundles)
     fallback = None
     if decision["chosen"]:   # the fp32 pipeline's model, kept for the gate set's check (mmcore.stages.evaluate)
-        kept = {"fused": fp32[0], **{m: fit(f"{m}-fp32", feat, (m,))[0] for m in MODALITIES}}
+        kept = {"fused": fp32[0], **{m: fp32_opinion(m, bundles[m], decision["encoders"], lambda m: fit(
+            f"{m}-fp32", feat, (m,))[0]) for m in MODALITIES}}
         fp32[0].save(args.fallback)
         calibrate_routing(args, p, feat, kept, args.fallback)
         fallback = args.fallback
