@@ -386,12 +386,13 @@ class MonitorConfig:
 
 @dataclass(frozen=True, config=STRICT)
 class ServeConfig:
-    """How the package stage prepares the served model (mmcore/serving/export.py) and which runtime serves it."""
+    """Which encoder graphs the model is trained and served on (mmcore/stages/int8_choice.py, chosen at training)
+    and which runtime serves it (mmcore/serving)."""
 
-    backend: str = "auto"               # auto (best exported: onnx_int8, else onnx_fp32) | onnx_fp32 | onnx_int8 | torch
-    quantise: bool = True               # try int8 (ONNX Runtime quantisation); kept only within the two limits below
-    max_quantised_drop: float = 0.005   # int8 kept only when its macro-F1 is at most this far below fp32's
-    min_quantised_agreement: float = 0.99   # and when at least this share of its labels agree with fp32's
+    backend: str = "auto"               # auto (int8 where the model was trained on it, else onnx_fp32) | onnx_fp32 | onnx_int8 | torch
+    quantise: bool = True               # frozen encoders: train on int8 graphs too, chosen on val within the margins below
+    max_quantised_drop: float = 0.01    # int8 chosen when its val macro-F1 is at most this far below fp32's; vetoed on the gate set only when the whole interval of its gain is below minus this
+    max_quantised_brier_rise: float = 0.01   # and when its val Brier score (temperature-scaled as served, temperature fitted on val) is at most this far above fp32's
     calibration_images: int = 64        # training-split images for int8 activation ranges (static quantisation)
 
     def __post_init__(self) -> None:

@@ -62,6 +62,9 @@ class EmbeddingCache:
         (self.dir / f"{name}.json").write_text(json.dumps(keys))
 
 
+INT8_KEY = "int8_encoders"      # ModelBundle.extra: {encoder: sha256 of the int8 graph it was trained on}
+
+
 def text_key(note: str) -> str:
     return hashlib.sha256(note.encode("utf-8")).hexdigest()
 
@@ -108,7 +111,9 @@ class Featurizer:
 
     def __init__(self, cfg: ModelConfig, cache_dir: Path | None = None, device: str | None = None,
                  batch_size: int = 32, progress: bool = False,
-                 encoder_state: dict[str, torch.Tensor] | None = None, backend: str = "torch") -> None:
+                 encoder_state: dict[str, torch.Tensor] | None = None, backend: str = "torch",
+                 int8: dict[str, str] | None = None, graph_dirs: list[Path] | None = None,
+                 onnx_cache: Path | None = None) -> None:
         self.cfg, self.batch_size, self.progress = cfg, batch_size, progress
         self.encoder_state = encoder_state
         self.tag = f"+ft-{weights_tag(encoder_state)}" if encoder_state is not None else ""
@@ -116,6 +121,7 @@ class Featurizer:
         self._image_enc: Any = None
         self._text_enc: Any = None
         self.cache_dir = cache_dir
+        self.onnx_cache = onnx_cache or cache_dir    # where the encoders' ONNX exports live (int8 graphs beside)
         code = module_fingerprint(preprocess)
         self.dtype = "bf16" if torch.device(self.device).type == "cuda" else "fp32"   # mmcore.encoders.autocast
         # ONNX Runtime embeds for the pretrained encoders on CPU (train.embed_backend), once its export
@@ -128,6 +134,15 @@ class Featurizer:
                            "text": f"{self.text_version}-{cache_key(*made_by, text_weights)}",
                            "pixels": f"decoded-{cfg.image_size}-{cache_key(code)}"}
         self.cache_keys["onnx"] = cache_key(self.cache_keys["image"], self.cache_keys["text"])   # their ONNX export
+        # int8 graphs (mmcore.serving.int8), named by sha256, replace the fp32 export per encoder; their
+        # embeddings get a folder of their own, so int8 and fp32 embeddings never mix
+        self.int8 = dict(int8 or {})
+        if self.int8 and self.backend != "onnx":
+            raise ValueError(f"int8 encoders {sorted(self.int8)} run on ONNX Runtime on CPU: this featurizer embeds "
+                             f"with torch ({'fine-tuned encoders' if encoder_state is not None else self.device})")
+        self.graph_dirs = [Path(d) for d in graph_dirs or []]
+        for name, digest in self.int8.items():
+            self.cache_keys[name] = f"{self.cache_keys[name]}-int8-{digest[:16]}"
         self.image_cache = EmbeddingCache(cache_dir, self.cache_keys["image"])
         self.text_cache = EmbeddingCache(cache_dir, self.cache_keys["text"])
         self.pixel_cache = EmbeddingCache(cache_dir, self.cache_keys["pixels"])
@@ -136,7 +151,10 @@ class Featurizer:
 
     @classmethod
     def for_bundle(cls, bundle: ModelBundle, **kwargs: Any) -> "Featurizer":
-        """The featurizer a saved model needs: its input settings and, if fine-tuned, its encoder weights."""
+        """The featurizer a saved model needs: its input settings, its int8 encoder graphs (on ONNX Runtime)
+        and, if fine-tuned, its encoder weights."""
+        if int8 := bundle.extra.get(INT8_KEY):
+            kwargs = {**kwargs, "backend": "onnx", "int8": int8}
         return cls(bundle.model.cfg, encoder_state=bundle.encoder_state, **kwargs)
 
     @property
@@ -180,7 +198,7 @@ class Featurizer:
         if not hasattr(self, "_onnx_encoders"):
             from mmcore.serving.onnx_encoders import onnx_encoders
 
-            self._onnx_encoders = onnx_encoders(self, self.cache_dir)
+            self._onnx_encoders = onnx_encoders(self, self.onnx_cache, int8=self.int8, graph_dirs=self.graph_dirs)
         return self._onnx_encoders
 
     def _load_state(self, encoder: torch.nn.Module, prefix: str) -> torch.nn.Module:

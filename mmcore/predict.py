@@ -57,7 +57,11 @@ class Predictor:
         return answer_dicts(records, probs, routed, self.labels, set(self.bundle.model.cfg.modalities))
 
 
-def load_model(path: str | Path, cache_dir: Path | None = None) -> Predictor:
-    """Load a model directory (safetensors + JSON, no pickle) with its frozen encoders."""
+def load_model(path: str | Path, cache_dir: Path | None = None, onnx_cache: Path | None = None) -> Predictor:
+    """Load a model directory (safetensors + JSON, no pickle) with its frozen encoders; a model trained on
+    int8 encoder graphs embeds through them, found by digest in its packaged `onnx/int8/` or beside the
+    encoders' ONNX export in `onnx_cache` (default `cache_dir`)."""
     bundle = ModelBundle.load(Path(path))
-    return Predictor(bundle, Featurizer.for_bundle(bundle, cache_dir=cache_dir), Router.load(Path(path), bundle))
+    feat = Featurizer.for_bundle(bundle, cache_dir=cache_dir, onnx_cache=onnx_cache,
+                                 graph_dirs=[Path(path) / "onnx" / "int8"])
+    return Predictor(bundle, feat, Router.load(Path(path), bundle))

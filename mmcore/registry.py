@@ -161,13 +161,13 @@ def input_example() -> pd.DataFrame:
                          "sensor": [json.dumps(sensor), None]})
 
 
-def log_model(model_dir: Path, model_name: str) -> str:
+def log_model(model_dir: Path, model_name: str, artifact: str = "model") -> str:
     """Log the model directory as a pyfunc (models from code, with signature and a JSON input
     example) and register it as the challenger; returns the version."""
     import mlflow
 
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(PYFUNC_FILE), artifacts={"model_dir": str(model_dir)},
+        name=artifact, python_model=str(PYFUNC_FILE), artifacts={"model_dir": str(model_dir)},
         signature=signature(), input_example=input_example(),
         registered_model_name=model_name, pip_requirements=["mmcore", "torch", "transformers"])
     version = str(info.registered_model_version)

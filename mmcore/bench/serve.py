@@ -360,23 +360,28 @@ def bench_serve(seconds: float, params_path: Path, work: Path, sizes: tuple[int,
 def shipped_int8(package_report: Path) -> tuple[str, ...]:
     """The int8 encoders the last package stage shipped (reports/package.json); both without a report."""
     if package_report.is_file():
-        decision = json.loads(package_report.read_text()).get("runtime", {}).get("int8_decision") or {}
-        if "encoders" in decision:
-            return tuple(decision["encoders"])
+        runtime = json.loads(package_report.read_text()).get("runtime") or {}
+        if "onnx_int8" in runtime:
+            return tuple(sorted(runtime["onnx_int8"] or {}))
     return ("image", "text")
 
 
 def exported_bundle(path: Path, cfg: ModelConfig, cache: Path, records: list[dict[str, Any]],
                     int8: tuple[str, ...], routing: bool = True) -> Path:
-    """A random-weight model directory exported to ONNX, `int8` encoders quantised as the package stage
-    does (speed only: random weights have no quality to keep)."""
-    from mmcore.serving.export import export_model, quantise_encoders, write_runtime
+    """A random-weight model directory exported to ONNX, `int8` encoders quantised as the train stage
+    does and shipped as the package stage does (speed only: random weights have no quality to keep)."""
+    from mmcore.features import Featurizer
+    from mmcore.serving.export import export_model, write_runtime
+    from mmcore.serving.int8 import int8_graphs, ship_graphs
+    from mmcore.serving.onnx_encoders import encoder_exports
 
     random_bundle(path, cfg, routing=routing)
     runtime = export_model(path, cache)
     if int8:
-        quantise_encoders(path, [to_mmcore(r)["image"] for r in records[:32]])
-        runtime["onnx_int8"] = {e: f"int8/{e}.onnx" for e in int8}
+        feat = Featurizer(cfg, device="cpu", backend="onnx", onnx_cache=cache)
+        export, _ = encoder_exports(feat, cache)
+        digests = int8_graphs(export, [to_mmcore(r)["image"] for r in records[:32]], cfg.image_size)
+        runtime["onnx_int8"] = ship_graphs({e: digests[e] for e in int8}, [export / "int8"], path / "onnx" / "int8")
     write_runtime(path, runtime)
     return path
 

@@ -56,8 +56,9 @@ def sweep(params: Path, model: Path, raw: Path, splits: Path, cache: Path) -> di
     p = load_params(params)
     fused = ModelBundle.load(model)
     router = Router.load(model, fused)
-    feat = Featurizer(fused.model.cfg, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True,
-                      backend=p.train.embed_backend)
+    feat = Featurizer.for_bundle(fused, cache_dir=cache, batch_size=p.train.embed_batch_size, progress=True,
+                                 backend=p.train.embed_backend)    # an int8 model's own graphs
+
     calib, yc = _split(raw, splits, "calib", feat, fused)
     val, yv = _split(raw, splits, "val", feat, fused)
     multimodal = (calib.mask.numpy() > 0).sum(1) >= 2

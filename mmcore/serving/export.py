@@ -2,32 +2,29 @@
 
 Written next to the safetensors weights, in `onnx/`: the image encoder (`image.onnx`), the text
 encoder with a dynamic sequence length (`text.onnx`, plus the tokenizer's `tokenizer.json`), and the
-fusion head with its leave-one-out logits and the unimodal opinions (`head.onnx`); `int8/` holds the quantised encoders when they are kept.
+fusion head with its leave-one-out logits and the unimodal opinions (`head.onnx`); `int8/` holds the
+int8 encoder graphs the model was trained on, when it was (mmcore.serving.shipping).
 `runtime.json` in the model directory records which runtimes the directory can serve with.
 Fine-tuned encoder weights are exported as the model uses them (the featurizer loads them).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from mmcore.features import Featurizer
 from mmcore.encoders import IMAGE_DIM, TEXT_DIM
 from mmcore.model import MODALITIES, Batch, FusionModel, ModelBundle
-from mmcore.preprocess import prepare_image
 from mmcore.selective.router import Router
+from mmcore.serving.int8 import INT8_DIR
 from mmcore.serving.onnx_encoders import OPSET, encoder_exports, export_encoders, export_onnx
 
 ONNX_DIR = "onnx"
-INT8_DIR = "int8"
 RUNTIME_FILE = "runtime.json"
 HEAD_INPUTS = ("image", "text", "sensor", "mask", "ngrams")
 
@@ -72,8 +69,8 @@ def export_model(model_dir: Path, cache_dir: Path | None = None) -> dict[str, An
     featurizer = Featurizer.for_bundle(bundle, device="cpu", backend="onnx")   # the training featurizer's keys
     if bundle.encoder_state is None:
         exports, files = encoder_exports(featurizer, cache_dir)
-        shutil.copytree(exports, out)
-        (out / "files.json").unlink()
+        # the fp32 graphs only: the int8 ones (mmcore.serving.int8) are shipped per model, by digest
+        shutil.copytree(exports, out, ignore=shutil.ignore_patterns("files.json", INT8_DIR, "int8-*.json"))
     else:
         out.mkdir()
         files = export_encoders(featurizer, out)
@@ -87,61 +84,3 @@ def export_model(model_dir: Path, cache_dir: Path | None = None) -> dict[str, An
 
 def write_runtime(model_dir: Path, runtime: dict[str, Any]) -> None:
     (Path(model_dir) / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2), encoding="utf-8")
-
-
-class ImageCalibration:
-    """ONNX Runtime's CalibrationDataReader over training-split images, one per call."""
-
-    def __init__(self, images: list[bytes], size: int) -> None:
-        self.images, self.size = images, size
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for data in self.images:
-            yield {"pixels": prepare_image(data, self.size)[None]}
-
-
-def quantise_encoders(model_dir: Path, calibration_images: list[bytes]) -> dict[str, str]:
-    """int8 encoders with ONNX Runtime's tooling: static QDQ (per-channel weights, activation ranges
-    from `calibration_images`) for the convolutional image encoder, dynamic quantisation of the
-    text encoder's matmuls. Writes `onnx/int8/`; returns its files relative to `onnx/`."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, \
-        quantize_static
-
-    src = Path(model_dir) / ONNX_DIR
-    dst = src / INT8_DIR
-    dst.mkdir(exist_ok=True)
-    size = ModelBundle.load(Path(model_dir)).model.cfg.image_size
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(ImageCalibration(calibration_images, size))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    # ONNX Runtime's basic graph optimisations first: they fold the exported "same" padding into the
-    # convolutions, which otherwise stay float between a dequantise and a quantise (int8 then ran at
-    # the fp32 pace; measured 15.8 vs 15.7 ms, folded 7.7 ms, batch 1, one thread)
-    folded = dst / "image-folded.onnx"
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(folded)
-    ort.InferenceSession(str(src / "image.onnx"), opts, providers=["CPUExecutionProvider"])
-    with _quiet():
-        quantize_static(str(folded), str(dst / "image.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        quantize_dynamic(str(src / "text.onnx"), str(dst / "text.onnx"), op_types_to_quantize=["MatMul"],
-                         weight_type=QuantType.QInt8)
-    folded.unlink()
-    return {"image": f"{INT8_DIR}/image.onnx", "text": f"{INT8_DIR}/text.onnx"}
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The quantiser logs a warning per bias it clips and a hint to pre-process: not the user's to act on."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)

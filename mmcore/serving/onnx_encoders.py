@@ -114,9 +114,12 @@ def encoder_exports(featurizer: Featurizer, cache_dir: Path | None) -> tuple[Pat
     return out, json.loads((out / "files.json").read_text(encoding="utf-8"))
 
 
-def onnx_encoders(featurizer: Featurizer, cache_dir: Path | None, tolerance: float = 1e-4) -> dict[str, Any]:
+def onnx_encoders(featurizer: Featurizer, cache_dir: Path | None, tolerance: float = 1e-4,
+                  int8: dict[str, str] | None = None, graph_dirs: list[Path] | None = None) -> dict[str, Any]:
     """The featurizer's pretrained encoders on ONNX Runtime, exported once per cache (keyed like its
-    embeddings) and used only if they embed a probe set as torch does within `tolerance`."""
+    embeddings) and used only if they embed a probe set as torch does within `tolerance`; then the
+    encoders in `int8` ({encoder: sha256}) swapped for those exact graphs (mmcore.serving.int8, looked
+    up beside the export and in `graph_dirs`): a model trained on them embeds through nothing else."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
@@ -136,4 +139,15 @@ def onnx_encoders(featurizer: Featurizer, cache_dir: Path | None, tolerance: flo
     if gap > tolerance:
         raise RuntimeError(f"the ONNX export of the encoders embeds {gap:.2g} away from torch (limit {tolerance}): "
                            "set train.embed_backend: torch in params.yaml and report this")
-    return {"image": image, "text": text}
+    found = {"image": image, "text": text}
+    if int8:
+        from mmcore.serving.int8 import INT8_DIR, find_graph
+
+        folders = [out / INT8_DIR, *(graph_dirs or [])]
+        sessions = {name: ort.InferenceSession(str(find_graph(digest, folders)), opts,
+                                               providers=["CPUExecutionProvider"]) for name, digest in int8.items()}
+        if "image" in sessions:
+            found["image"] = OnnxImageEncoder(sessions["image"])
+        if "text" in sessions:
+            found["text"] = OnnxTextEncoder(sessions["text"], featurizer.torch_text_encoder())
+    return found

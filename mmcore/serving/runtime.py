@@ -30,12 +30,13 @@ def exported(model_dir: Path) -> dict[str, Any]:
 
 
 def resolve_backend(model_dir: Path, backend: str) -> str:
-    """`auto`: int8 where the package stage kept it, else fp32 ONNX, else torch (a directory never packaged)."""
+    """`auto`: int8 where the model was trained on int8 encoders, else fp32 ONNX, else torch (a directory
+    never packaged)."""
     have = exported(model_dir)
     if backend == "auto":
         return next((b for b in ("onnx_int8", "onnx_fp32") if have.get(b)), "torch")
     if backend.startswith("onnx") and not have.get(backend):
-        why = (have.get("int8_decision") or {}).get("reason", "not exported")
+        why = have.get("int8_reason", "not exported")
         raise ValueError(f"backend {backend!r}: the model directory {model_dir} has no such export ({why}); "
                          "run the package stage, or choose PARCEL_BACKEND=auto")
     return backend

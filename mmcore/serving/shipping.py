@@ -1,24 +1,24 @@
-"""What the package stage ships: the ONNX export, checked against torch, and int8 only where it keeps quality.
+"""What the package stage ships: the ONNX export of the model as it was trained, gated and calibrated.
 
-fp32 ONNX must answer like the torch model (probabilities within PARITY_TOLERANCE on the smoke
-records) or the bento serves torch. int8 is tried on top (`mmcore.serving.export.quantise_encoders`,
-activation ranges from training-split images), per encoder: the fastest set of int8 encoders whose
-macro-F1 is at most `serve.max_quantised_drop` below fp32's and whose labels agree with fp32's on at
-least `serve.min_quantised_agreement` of the validation split is chosen there, then kept only if the
-gate set says the same. Each decision and its numbers go into `runtime.json` and reports/package.json.
+The int8 choice is not made here: the train stage chose on validation which encoders the model embeds
+through (mmcore.stages.int8_choice) and the evaluate stage confirmed it on the gate set. Packaging
+ships exactly those int8 graphs (copied from the training cache and checked against the sha256 the
+model directory records; re-quantised deterministically when the cache is gone, and refused on a
+digest mismatch) with the fp32 head, then checks the served path (ONNX Runtime, the shipped backend)
+against the in-process one (the training featurizer and the torch head on the same graphs) within
+PARITY_TOLERANCE on probabilities. An fp32 model whose export is off torch is served by torch.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from mmcore.config import CLASSES, ServeConfig
-from mmcore.evaluate import macro_f1
-from mmcore.serving.export import INT8_DIR, ONNX_DIR, export_model, quantise_encoders, write_runtime
-from mmcore.serving.runtime import OnnxPredictor, exported
+from mmcore.serving.export import ONNX_DIR, export_model, write_runtime
+from mmcore.serving.int8 import INT8_DIR, DigestMismatch, int8_graphs, ship_graphs
+from mmcore.serving.runtime import OnnxPredictor
 
 PARITY_TOLERANCE = 1e-4
 SMOKE_RECORDS = [{"note": "corner crushed, box dented", "image": None, "sensor": None},
@@ -27,87 +27,72 @@ SMOKE_RECORDS = [{"note": "corner crushed, box dented", "image": None, "sensor":
                              "shock_g": [0.1, 2.5, 0.2], "light_lux": [0.0, 0.0, 10.0]}}]
 
 
-def fp32_parity(model_dir: Path, records: list[dict[str, Any]]) -> float:
-    """Largest probability difference between torch and ONNX fp32 on `records`."""
+class ShipRefused(RuntimeError):
+    """The files that would ship are not those the model was trained and gated on."""
+
+
+def smoke_records() -> list[dict[str, Any]]:
+    """SMOKE_RECORDS plus one with a (fixed, synthetic) photo, so the parity check runs the image encoder too."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return [*SMOKE_RECORDS, {"note": "seal tape torn", "image": buf.getvalue(), "sensor": None}]
+
+
+def parity(model_dir: Path, backend: str, records: list[dict[str, Any]], cache_dir: Path | None = None) -> float:
+    """Largest probability difference between the shipped backend and the in-process model on `records`."""
     from mmcore.predict import load_model
 
-    torch_p = load_model(model_dir).probabilities(records)
-    return float(np.abs(torch_p - OnnxPredictor(model_dir, "onnx_fp32").probabilities(records)).max())
+    in_process = load_model(model_dir, onnx_cache=cache_dir).probabilities(records)
+    return float(np.abs(in_process - OnnxPredictor(model_dir, backend).probabilities(records)).max())
 
 
-Labelled = tuple[list[dict[str, Any]], np.ndarray]
-CANDIDATES = (("image", "text"), ("text",), ("image",))   # fastest first: which encoders run in int8
+def ship_int8(model_dir: Path, digests: dict[str, str], cache_dir: Path | None,
+              images: Callable[[], list[bytes]]) -> dict[str, str]:
+    """The int8 graphs named by `digests` into `onnx/int8/`; `images()` gives the training-split images
+    to re-quantise with when the cache lost them."""
+    from mmcore.features import Featurizer
+    from mmcore.model import ModelBundle
+    from mmcore.serving.onnx_encoders import encoder_exports
+
+    feat = Featurizer(ModelBundle.load(model_dir).model.cfg, device="cpu", backend="onnx", onnx_cache=cache_dir)
+    export, _ = encoder_exports(feat, cache_dir)
+
+    def requantise() -> list[Path]:
+        print("package: the int8 graphs the model was trained on are not in the cache: re-quantising", flush=True)
+        int8_graphs(export, images(), feat.cfg.image_size)
+        return [export / INT8_DIR]
+
+    try:
+        return ship_graphs(digests, [export / INT8_DIR], Path(model_dir) / ONNX_DIR / INT8_DIR, requantise)
+    except DigestMismatch as e:
+        shutil.rmtree(Path(model_dir) / ONNX_DIR / INT8_DIR, ignore_errors=True)
+        raise ShipRefused(str(e)) from None
 
 
-def quality(model_dir: Path, encoders: tuple[str, ...], data: Labelled, fp32: np.ndarray,
-            cfg: ServeConfig) -> dict[str, Any]:
-    """int8 on `encoders` (fp32 elsewhere) against fp32 on labelled records: F1 drop, agreement, verdict."""
-    runtime = exported(model_dir)
-    write_runtime(model_dir, {**runtime, "onnx_int8": {e: f"{INT8_DIR}/{e}.onnx" for e in encoders}})
-    records, y = data
-    int8 = OnnxPredictor(model_dir, "onnx_int8").probabilities(records).argmax(1)
-    f1_fp32, f1_int8 = macro_f1(y, fp32, len(CLASSES)), macro_f1(y, int8, len(CLASSES))
-    found = {"encoders": list(encoders), "records": len(y), "macro_f1_fp32": round(f1_fp32, 4),
-             "macro_f1_int8": round(f1_int8, 4), "macro_f1_drop": round(f1_fp32 - f1_int8, 4),
-             "label_agreement": round(float((fp32 == int8).mean()), 4)}
-    failed = [f"macro-F1 drop {found['macro_f1_drop']} > serve.max_quantised_drop {cfg.max_quantised_drop}"
-              ] if found["macro_f1_drop"] > cfg.max_quantised_drop else []
-    if found["label_agreement"] < cfg.min_quantised_agreement:
-        failed.append(f"label agreement {found['label_agreement']} < serve.min_quantised_agreement "
-                      f"{cfg.min_quantised_agreement}")
-    return {**found, "passed": not failed, "why": "; ".join(failed)}
-
-
-def int8_decision(model_dir: Path, cfg: ServeConfig, calibration: list[bytes], val: Labelled | None,
-                  gate: Labelled | None) -> dict[str, Any]:
-    """Quantise both encoders; choose on the validation split the fastest set of int8 encoders within
-    both limits; keep it only if the gate set agrees. The decision with every number it rests on."""
-    if not cfg.quantise:
-        return {"kept": False, "reason": "serve.quantise is false"}
-    if val is None or gate is None or not calibration:
-        return {"kept": False, "reason": "no validation split, gate set or training images at hand to check int8 on"}
-    quantise_encoders(model_dir, calibration)
-    reference = OnnxPredictor(model_dir, "onnx_fp32")
-    fp32 = {name: reference.probabilities(d[0]).argmax(1) for name, d in (("val", val), ("gate", gate))}
-    tried = []
-    for encoders in CANDIDATES:
-        tried.append(quality(model_dir, encoders, val, fp32["val"], cfg))
-        if tried[-1]["passed"]:
-            break
-    out = {"calibration_images": len(calibration), "val": tried}
-    if not tried[-1]["passed"]:
-        return {**out, "kept": False, "encoders": [], "reason": f"no int8 encoder within the limits on val "
-                                                                f"({tried[-1]['why']} for {tried[-1]['encoders']})"}
-    encoders = tuple(tried[-1]["encoders"])
-    gated = quality(model_dir, encoders, gate, fp32["gate"], cfg)
-    reason = f"{'+'.join(encoders)} in int8: within both limits on val and the gate set" if gated["passed"] \
-        else f"{'+'.join(encoders)} in int8 passed val, not the gate set: {gated['why']}"
-    return {**out, "gate": gated, "kept": gated["passed"], "encoders": list(encoders) if gated["passed"] else [],
-            "reason": reason}
-
-
-def prepare(model_dir: Path, cfg: ServeConfig, calibration: list[bytes], val: Labelled | None,
-            gate: Labelled | None, cache_dir: Path | None = None) -> dict[str, Any]:
-    """Export, check, quantise a model directory in place; returns what runtime.json now says.
-    `cache_dir`: the training cache, whose encoder export is reused (mmcore.serving.export.encoder_exports)."""
+def prepare(model_dir: Path, digests: dict[str, str], images: Callable[[], list[bytes]],
+            cache_dir: Path | None = None) -> dict[str, Any]:
+    """Export and check a model directory in place; returns what runtime.json now says. `digests`: the
+    int8 graphs the model was trained on ({} for fp32); `cache_dir`: the training cache, whose encoder
+    export and int8 graphs are reused."""
     runtime = export_model(model_dir, cache_dir)
-    parity = fp32_parity(model_dir, SMOKE_RECORDS)
-    if parity > PARITY_TOLERANCE:
+    if digests:
+        runtime.update(onnx_int8=ship_int8(model_dir, digests, cache_dir, images), int8_sha256=digests)
+    backend = "onnx_int8" if digests else "onnx_fp32"
+    runtime["int8_reason"] = (f"trained on int8 {'+'.join(sorted(digests))} (chosen on val, confirmed on the gate set)"
+                              if digests else "trained on fp32 encoders (reports/train.json says why)")
+    write_runtime(model_dir, runtime)
+    gap = parity(model_dir, backend, smoke_records(), cache_dir)
+    runtime["parity"] = {"backend": backend, "max_abs": gap, "tolerance": PARITY_TOLERANCE}
+    if gap > PARITY_TOLERANCE:
+        if digests:
+            raise ShipRefused(f"the shipped {backend} answers {gap:.2g} away from the in-process model on the same "
+                              f"graphs (limit {PARITY_TOLERANCE}): refusing to ship; report this")
         shutil.rmtree(Path(model_dir) / ONNX_DIR)
-        runtime.update(onnx_fp32=None, fp32_parity_max_abs=parity,
-                       int8_decision={"kept": False, "reason": f"fp32 export off torch by {parity:.2g}: serving torch"})
-        write_runtime(model_dir, runtime)
-        return runtime
-    decision = int8_decision(model_dir, cfg, calibration, val, gate)
-    runtime = exported(model_dir)
-    int8 = Path(model_dir) / ONNX_DIR / INT8_DIR
-    if decision["kept"]:
-        runtime["onnx_int8"] = {e: f"{INT8_DIR}/{e}.onnx" for e in decision["encoders"]}
-        for unused in {"image", "text"} - set(decision["encoders"]):
-            (int8 / f"{unused}.onnx").unlink(missing_ok=True)
-    else:
-        shutil.rmtree(int8, ignore_errors=True)
-        runtime["onnx_int8"] = None
-    runtime.update(int8_decision=decision, fp32_parity_max_abs=parity)
+        runtime.update(onnx_fp32=None, reason=f"fp32 export off torch by {gap:.2g}: serving torch")
     write_runtime(model_dir, runtime)
     return runtime

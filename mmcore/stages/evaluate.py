@@ -27,7 +27,7 @@ from mmcore.data.raw import load_profile, load_records
 from mmcore.bootstrap import ece_classwise_interval, paired_bootstrap
 from mmcore.evaluate import (ablation, ablation_report, ece_classwise, macro_f1, model_probs, percentiles_ms,
                              reliability, score, slice_scores)
-from mmcore.features import Featurizer
+from mmcore.features import INT8_KEY, Featurizer
 from mmcore.leak import fit_rows, leak_message, overlap
 from mmcore.model import MODALITIES, Batch, ModelBundle
 from mmcore.predict import Predictor
@@ -36,6 +36,7 @@ from mmcore.monitor.quality import estimated_quality
 from mmcore.selective.calibrate import scale
 from mmcore.selective.evaluate import selective_section
 from mmcore.selective.router import Router
+from mmcore.stages import int8_choice
 from mmcore.stages.common import read_json, write_json
 
 CURVE_SUFFIXES = ("_train_loss", "_val_macro_f1")
@@ -89,10 +90,12 @@ def featurizer_for(bundle: ModelBundle, shared: Featurizer) -> Featurizer:
     """The shared featurizer when its input settings match the bundle's, a fresh one on the same cache otherwise."""
     keys = ("image_size", "text_max_tokens", "sensor_length", "text_ngram_buckets")
     same_inputs = all(getattr(shared.cfg, k) == getattr(bundle.model.cfg, k) for k in keys)
-    if same_inputs and shared.versions() == bundle.encoders:
+    same_graphs = shared.int8 == (bundle.extra.get(INT8_KEY) or {})
+    if same_inputs and same_graphs and shared.versions() == bundle.encoders:
         return shared
     return Featurizer.for_bundle(bundle, cache_dir=shared.cache_dir, device=shared.device,
-                                 batch_size=shared.batch_size, progress=shared.progress, backend=shared.backend)
+                                 batch_size=shared.batch_size, progress=shared.progress, backend=shared.backend,
+                                 onnx_cache=shared.onnx_cache)
 
 
 def evaluate_bundle(bundle: ModelBundle, feat: Featurizer, gate: GateSet, cfg: EvaluateConfig,
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--unimodal", type=Path, required=True)
+    ap.add_argument("--fallback", type=Path, default=Path("artifacts/model-fp32"),
+                    help="the fp32 pipeline's model, evaluated instead when the gate set vetoes int8")
     ap.add_argument("--train-report", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plots", type=Path, default=Path("reports/plots"))
@@ -274,6 +279,51 @@ def write_selective(path: Path, metrics: dict[str, Any]) -> None:
         print(f"evaluate: WARNING the challenger automates nothing ({name}): {why}", file=sys.stderr)
 
 
+def served_probs(model_dir: Path, feat: Featurizer, gate: GateSet) -> np.ndarray:
+    """A model directory's served (temperature-scaled) probabilities on the gate set, through its own graphs."""
+    bundle = ModelBundle.load(model_dir)
+    batch = featurizer_for(bundle, feat).batch(gate.records, bundle.sensor_mean, bundle.sensor_std)
+    return scale(model_probs(bundle.model, batch), Router.load(model_dir, bundle).calibration)
+
+
+def confirm_int8(args: argparse.Namespace, trained: dict[str, Any], feat: Featurizer, gate: GateSet,
+                 p: Any) -> tuple[Path, int, dict[str, Any]]:
+    """The challenger to evaluate: the train stage's model, or, when the gate set's interval vetoes its
+    int8 choice (mmcore.stages.int8_choice.gate_check), the fp32 pipeline's model the train stage kept,
+    registered now in the same training run (it becomes the challenger). Returns (directory, version, record)."""
+    choice = trained.get("int8") or {}
+    version = int(trained["model_version"])
+    if not choice.get("chosen"):
+        return args.model, version, {"chosen_on_val": False, "reason": choice.get("reason", "not recorded"),
+                                     "served": "fp32"}
+    cfg = p.evaluate
+    check = int8_choice.gate_check(gate.y, served_probs(args.model, feat, gate), served_probs(args.fallback, feat, gate),
+                                   gate.shipments, p.serve.max_quantised_drop, cfg.n_boot, cfg.seed, cfg.ci)
+    out = {"chosen_on_val": True, "encoders": choice["encoders"], "sha256": choice["sha256"], "gate_check": check,
+           "int8_version": version}
+    print(f"evaluate: {check['reason']}")
+    if not check["vetoed"]:
+        return args.model, version, {**out, "served": "int8"}
+    fallback = register_fallback(args.fallback, trained["run_id"], p.registry.model_name, str(version))
+    return args.fallback, fallback, {**out, "served": "fp32", "fp32_version": fallback}
+
+
+def register_fallback(model_dir: Path, run_id: str, model_name: str, int8_version: str) -> int:
+    """The fp32 pipeline's model as a version of its own, logged to the training run with the int8
+    version's lineage tags; log_model makes it the challenger."""
+    import mlflow
+
+    from mmcore import registry
+
+    tags = registry.client().get_model_version(model_name, int8_version).tags
+    with mlflow.start_run(run_id=run_id):
+        version = registry.log_model(model_dir, model_name, "model-fp32")
+    for key in ("data_version", "params_hash"):
+        if key in tags:
+            registry.client().set_model_version_tag(model_name, version, key, tags[key])
+    return int(version)
+
+
 def run(args: argparse.Namespace) -> int:
     p = load_params(args.params)
     cfg = p.evaluate
@@ -285,20 +335,21 @@ def run(args: argparse.Namespace) -> int:
                       backend=p.train.embed_backend)
     gate = gate_set(args.raw, args.splits)
 
-    challenger = ModelBundle.load(args.model)
-    chal_router = Router.load(args.model, challenger)
+    model_dir, version, int8 = confirm_int8(args, trained, feat, gate, p)
+    challenger = ModelBundle.load(model_dir)
+    chal_router = Router.load(model_dir, challenger)
     cases = behaviour.build_cases(gate.records, gate.y, cfg.behaviour_records, cfg.seed)
     seed = p.selective.contradiction_seed
     metrics, chal_probs, slices = evaluate_bundle(challenger, feat, gate, cfg, cases, chal_router, seed)
-    lat_feat = Featurizer.for_bundle(challenger, cache_dir=None, device="cpu")
+    lat_feat = Featurizer.for_bundle(challenger, cache_dir=None, device="cpu", onnx_cache=args.cache)
     metrics["latency_ms"] = latency(challenger, gate.records, cfg, lat_feat, chal_router)
     metrics["unimodal_macro_f1"] = {m: unimodal_macro_f1(args.unimodal / m, feat, gate.records, gate.y)
                                     for m in MODALITIES}
-    metrics["model_version"] = int(trained["model_version"])
+    metrics["model_version"], metrics["int8"] = version, int8
 
     probs, scored = {"challenger": chal_probs}, {"challenger": metrics}
     metrics["champion"], metrics["comparison"] = None, None
-    champ = champion_bundle(p.registry.model_name, trained["model_version"])
+    champ = champion_bundle(p.registry.model_name, str(version))
     if champ is not None:
         version, bundle, champ_router = champ
         champ_metrics, probs["champion"], _ = evaluate_bundle(bundle, feat, gate, cfg, cases, champ_router, seed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +39,23 @@ def smoke_test(model_path: str, backend: str) -> dict[str, Any]:
     return {"label": out[0]["label"], "ok": abs(sum(out[0]["probabilities"].values()) - 1) < 1e-4}
 
 
-def shipping_data(raw: Path, splits: Path, n_images: int) -> tuple[list[bytes], Any, Any]:
-    """Training-split images for int8 calibration, the validation split to choose int8 encoders on and
-    the gate set to check the choice on; nothing without data."""
-    if not (raw.is_dir() and splits.is_file()):
-        return [], None, None
-    import numpy as np
-
-    from mmcore.config import CLASSES
+def training_images(raw: Path, splits: Path, n: int) -> list[bytes]:
+    """The training-split images the train stage set the int8 activation ranges with (same pick)."""
+    from mmcore.serving.int8 import calibration_images
     from mmcore.stages.common import split_records
-    from mmcore.stages.evaluate import gate_set
 
-    train, _ = split_records(raw, splits, "train")
-    images = [r["image"] for r in train if r.get("image") is not None]
-    pick = np.random.default_rng(0).permutation(len(images))[:n_images]
-    val, labels = split_records(raw, splits, "val")
-    gate = gate_set(raw, splits)
-    return ([images[i] for i in sorted(pick)], (val, np.array([CLASSES.index(x) for x in labels])) if val else None,
-            (gate.records, np.asarray(gate.y)) if len(gate.y) else None)
+    if not (raw.is_dir() and splits.is_file()):
+        return []
+    return calibration_images(split_records(raw, splits, "train")[0], n)
 
 
 def ship_model(model_dir: Path, serve: Any, raw: Path, splits: Path, cache: Path) -> dict[str, Any]:
-    """Export the champion to ONNX, with int8 only where the gate set allows (mmcore.serving.shipping)."""
+    """Export the champion to ONNX with the int8 graphs it was trained on (mmcore.serving.shipping)."""
     from mmcore.serving.shipping import prepare
+    from mmcore.stages.int8_choice import model_int8
 
-    calibration, val, gate = shipping_data(raw, splits, serve.calibration_images)
-    return prepare(model_dir, serve, calibration, val, gate, cache)
+    return prepare(model_dir, model_int8(model_dir), lambda: training_images(raw, splits, serve.calibration_images),
+                   cache)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import bentoml
 
+    from mmcore.serving.shipping import ShipRefused
+
     try:
         model = bentoml.models.get(f"{p.registry.model_name}:v{version}")
     except bentoml.exceptions.NotFound:
         model_dir = registry.download_model_dir(p.registry.model_name, version)
-        ship_model(model_dir, p.serve, args.raw, args.splits, args.cache)
+        try:
+            ship_model(model_dir, p.serve, args.raw, args.splits, args.cache)
+        except ShipRefused as e:
+            print(f"package: error: version {version} not packaged: {e}", file=sys.stderr)
+            return 4
         model = import_model(model_dir, p.registry.model_name, version)
     from mmcore.serving.runtime import exported, resolve_backend
 
@@ -109,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, {"bento": str(bento.tag), "model": str(model.tag), "model_version": int(version),
                           "bentoml_home": os.environ["BENTOML_HOME"], "smoke_test": smoke,
                           "backend": backend, "runtime": runtime})
-    int8 = runtime.get("int8_decision") or {}
     print(f"package: built bento {bento.tag} from champion version {version}, serving {backend}"
-          f" (int8 {'kept' if int8.get('kept') else 'not kept'}: {int8.get('reason', 'no decision recorded')})")
+          f" ({runtime.get('int8_reason', 'no int8 record')})")
     return 0
 
 

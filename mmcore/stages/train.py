@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,14 @@ import numpy as np
 
 from mmcore.config import CLASSES, Params, load_params
 from mmcore.data.raw import load_profile
-from mmcore.features import Featurizer
+from mmcore.features import INT8_KEY, Featurizer
 from mmcore.leak import fit_rows
 from mmcore.evaluate import model_probs
 from mmcore.model import MODALITIES, ModelBundle
 from mmcore.selective.calibrate import calibrate
 from mmcore.selective.router import Router
+from mmcore.serving.int8 import calibration_images
+from mmcore.stages import int8_choice
 from mmcore.stages.common import data_version, split_records, write_json
 from mmcore.fit import History
 from mmcore.train import checkpoint_path, train_bundle
@@ -68,18 +71,18 @@ def log_run(params_raw: dict, hists: dict[str, History], model_dir: Path, model_
 
 
 def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
-                      bundles: dict[str, ModelBundle]) -> dict[str, Any]:
+                      bundles: dict[str, ModelBundle], out: Path | None = None) -> dict[str, Any]:
     """The unimodal models into the fused model's directory, and abstention calibrated on the calib split
     (mmcore.selective): both travel with the registered version to the service."""
-    fused = bundles["fused"]
-    Router.save_opinions(args.out, {m: bundles[m] for m in MODALITIES})
+    fused, out = bundles["fused"], out or args.out
+    Router.save_opinions(out, {m: bundles[m] for m in MODALITIES})
     recs, labels = split_records(args.raw, args.splits, "calib")
     if len(recs) < MIN_CALIB_RECORDS:
         print(f"train: WARNING only {len(recs)} calib records (need {MIN_CALIB_RECORDS}): the model is not "
               "calibrated and every answer goes to review; raise split.calib_fraction or add labelled data",
               file=sys.stderr)
         return {"records": len(recs), "calibrated": False}
-    router = Router.load(args.out, fused)
+    router = Router.load(out, fused)
     router.detector = p.selective.detector
     batch = feat.batch(recs, fused.sensor_mean, fused.sensor_std)
     probs = model_probs(fused.model, batch)
@@ -94,7 +97,7 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
                    np.array([CLASSES.index(lbl) for lbl in val_labels]))
     cal = calibrate(probs, y, router.disagreement(batch), present.sum(1) >= 2, p.selective, shipments=shipments,
                     scaling=scaling)
-    cal.save(args.out)
+    cal.save(out)
     print(f"train: calibrated on {len(y)} calib records: temperature {cal.temperature} fitted on "
           f"{cal.info['scaling_records']} {cal.info['scaling_split']} records; on {cal.info['threshold_records']} "
           "calib records set quantile "
@@ -108,6 +111,14 @@ def calibrate_routing(args: argparse.Namespace, p: Params, feat: Featurizer,
             "threshold_mode": cal.info["mode"], **{k: v for k, v in asdict(cal).items() if k != "info"}}
 
 
+def fp32_opinion(modality: str, chosen: ModelBundle, int8: list[str], train: Any) -> ModelBundle:
+    """The fp32 pipeline's unimodal model: the chosen pipeline's when its modality's encoder is not int8
+    (same embeddings, same seeded training: the same model), else `train(modality)`."""
+    if modality in int8:
+        return train(modality)
+    return dataclasses.replace(chosen, extra={k: v for k, v in chosen.extra.items() if k != INT8_KEY})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train the fused model and the unimodal baselines.")
     ap.add_argument("--params", default="params.yaml")
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="model directory of the fused model")
     ap.add_argument("--unimodal", type=Path, required=True)
+    ap.add_argument("--fallback", type=Path, default=Path("artifacts/model-fp32"),
+                    help="the fp32 pipeline's model when the model is trained on int8 encoders")
     ap.add_argument("--report", type=Path, required=True)
     args = ap.parse_args(argv)
     from mmcore import registry
@@ -140,28 +153,55 @@ def run(args: argparse.Namespace) -> int:
     train_recs, train_y = split_records(args.raw, args.splits, "train")
     val_recs, val_y = split_records(args.raw, args.splits, "val")
     hists, ckpts, bundles = {}, [], {}
-    for name, mods in [("fused", MODALITIES)] + [(m, (m,)) for m in MODALITIES]:
+
+    def fit(name: str, featurizer: Featurizer, mods: tuple[str, ...] = MODALITIES) -> tuple[ModelBundle, History]:
         mcfg = dataclasses.replace(p.model, modalities=tuple(mods))
         ckpt = checkpoint_path(args.cache / "checkpoints", name, mcfg, p.train, [r["record_id"] for r in train_recs])
         if ckpt.is_file():
             print(f"train[{name}]: resuming from the checkpoint {ckpt.name} (a run that stopped mid-way left it)",
                   flush=True)
-        bundle, hists[name] = train_bundle(feat, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
-                                           progress=True)
+        bundle, hist = train_bundle(featurizer, train_recs, train_y, val_recs, val_y, mcfg, p.train, ckpt,
+                                    progress=True)
         ckpts.append(ckpt)
-        bundles[name] = bundle
-        bundle.save(args.out if name == "fused" else args.unimodal / name)
-        print(f"train[{name}]: best val macro-F1 {hists[name].best_val_macro_f1:.3f} "
-              f"at epoch {hists[name].best_epoch}")
-    calibration = calibrate_routing(args, p, feat, bundles)
+        if featurizer.int8:     # the graphs its embeddings came from: every later reader embeds through them
+            bundle.extra = {**bundle.extra, INT8_KEY: featurizer.int8}
+        print(f"train[{name}]: best val macro-F1 {hist.best_val_macro_f1:.3f} at epoch {hist.best_epoch}")
+        return bundle, hist
+
+    shutil.rmtree(args.fallback, ignore_errors=True)     # a previous run's fp32 model is not this run's
+    fp32 = fit("fused", feat)
+    images = calibration_images(train_recs, p.serve.calibration_images)
+    decision, chosen_feat, (bundles["fused"], hists["fused"]) = int8_choice.choose(
+        p, feat, fp32, (val_recs, val_y), images, fit)
+    print(f"train: int8 {'chosen' if decision['chosen'] else 'not chosen'}: {decision['reason']}")
+    for m in MODALITIES:
+        bundles[m], hists[m] = fit(m, chosen_feat, (m,))
+        bundles[m].save(args.unimodal / m)
+    bundles["fused"].save(args.out)
+    write_json(args.out / int8_choice.DECISION_FILE, {**decision, "margins": int8_choice.margins(p)})
+    calibration = calibrate_routing(args, p, chosen_feat, bundles)
+    fallback = None
+    if decision["chosen"]:   # the fp32 pipeline's model, kept for the gate set's check (mmcore.stages.evaluate)
+        kept = {"fused": fp32[0], **{m: fp32_opinion(m, bundles[m], decision["encoders"], lambda m: fit(
+            f"{m}-fp32", feat, (m,))[0]) for m in MODALITIES}}
+        fp32[0].save(args.fallback)
+        calibrate_routing(args, p, feat, kept, args.fallback)
+        fallback = args.fallback
+    else:
+        args.fallback.mkdir(parents=True, exist_ok=True)
+        write_json(args.fallback / "README.json", {"fp32_fallback": None, "reason": "the model is fp32 already"})
     profile = load_profile(args.raw)
     reference = profile[profile["record_id"].isin({r["record_id"] for r in train_recs})]
     fitted = fit_rows(profile, pd.read_parquet(args.splits))
     run_id, version = log_run(p.raw, hists, args.out, p.registry.model_name, p.registry.experiment,
                               data_version(args.raw), reference, fitted)
     write_json(args.report, {"run_id": run_id, "model_version": version, "train_records": len(train_y),
-                             "val_records": len(val_y), "embedded_now": feat.embedded, "calibration": calibration,
-                             "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()}})
+                             "val_records": len(val_y), "embedded_now": feat.embedded,
+                             "embedded_now_int8": chosen_feat.embedded if chosen_feat is not feat else None,
+                             "calibration": calibration,
+                             "best_val_macro_f1": {k: h.best_val_macro_f1 for k, h in hists.items()},
+                             "int8": {**decision, "margins": int8_choice.margins(p),
+                                      "fp32_fallback": str(fallback) if fallback else None}})
     for ckpt in ckpts:  # the stage is complete: a rerun must train afresh, not resume
         ckpt.unlink(missing_ok=True)
     print(f"train: registered {p.registry.model_name} version {version} (run {run_id})")

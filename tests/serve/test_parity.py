@@ -83,13 +83,14 @@ def check_parity_under_batching(server: str, model_dir: Path, backend: str) -> N
 
 
 def test_served_onnx_equals_in_process_onnx_and_torch(serve_ws: Path, server: str) -> None:
-    """The bento serves what the package stage shipped (ONNX fp32 here: no gate set to check int8 on),
+    """The bento serves what the package stage shipped (ONNX fp32 here: the model was trained on fp32 graphs),
     answering as ONNX Runtime in process, which answers as torch within 1e-4."""
     from mmcore.predict import load_model
     from mmcore.serving.runtime import load_predictor
 
     package = json.loads((serve_ws / "reports" / "package.json").read_text())
-    assert package["backend"] == "onnx_fp32" and package["runtime"]["int8_decision"]["kept"] is False
+    assert package["backend"] == "onnx_fp32" and package["runtime"]["onnx_int8"] is None
+    assert package["runtime"]["parity"]["backend"] == "onnx_fp32" and package["runtime"]["parity"]["max_abs"] < 1e-4
     model_dir = serve_ws / ".bentoml" / "models" / "parcel-condition" / "v1"
     check_parity_under_batching(server, model_dir, "onnx_fp32")
     records = [to_mmcore(r) for r in synthetic_records(16, seed=8)]

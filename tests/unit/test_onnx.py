@@ -1,24 +1,21 @@
-"""The ONNX export and runtime: same answers as torch, same tokens as transformers, int8 kept only
-within its limits, clear errors for a backend a model directory does not have."""
+"""The ONNX export and runtime: same answers as torch, same tokens as transformers, clear errors for a
+backend a model directory does not have. The int8 graphs: tests/unit/test_int8.py."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmcore.bench.serve import random_bundle, synthetic_records
-from mmcore.config import ServeConfig, load_params
+from mmcore.config import load_params
 from mmcore.evaluate import model_probs
 from mmcore.selective.scaling import apply_temperature
 from mmcore.serving import runtime
 from mmcore.serving.export import export_model
 from mmcore.serving.runtime import OnnxPredictor, load_predictor, resolve_backend
-from mmcore.serving.shipping import int8_decision, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,57 +92,6 @@ def test_onnx_runtime_imports_no_torch() -> None:
             "import mmcore.serving.runtime, mmcore.preprocess, mmcore.selective.decide, mmcore.data.checks")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-
-
-def test_int8_kept_only_within_limits(exported_dir: Path, tmp_path: Path) -> None:
-    d = tmp_path / "model"
-    shutil.copytree(exported_dir, d)
-    recs, gate_recs = records(16, seed=2), records(12, seed=9)
-    images = [r["image"] for r in records(8, seed=3) if r["image"] is not None]
-    val = (recs, OnnxPredictor(d).probabilities(recs).argmax(1))          # fp32 is right on every record
-    gate = (gate_recs, OnnxPredictor(d).probabilities(gate_recs).argmax(1))
-    lax = ServeConfig(max_quantised_drop=1.0, min_quantised_agreement=0.0)
-    kept = prepare(d, lax, images, val, gate)["int8_decision"]
-    assert kept["kept"] and kept["encoders"] == ["image", "text"] and len(kept["val"]) == 1
-    assert kept["gate"]["records"] == 12 and kept["gate"]["passed"]
-    assert np.allclose(probs(load_predictor(d, "onnx_int8").predict(recs)).sum(1), 1, atol=1e-5)
-    assert resolve_backend(d, "auto") == "onnx_int8"
-
-    strict = ServeConfig(max_quantised_drop=-1.0)                  # no int8 can pass: fp32 is shipped
-    meta = prepare(d, strict, images, val, gate)
-    decision = meta["int8_decision"]
-    assert meta["onnx_int8"] is None and not decision["kept"] and "gate" not in decision
-    assert [t["encoders"] for t in decision["val"]] == [["image", "text"], ["text"], ["image"]]
-    assert "max_quantised_drop" in decision["reason"]
-    assert not (d / "onnx" / "int8").exists() and resolve_backend(d, "auto") == "onnx_fp32"
-    assert meta["fp32_parity_max_abs"] < 1e-4
-
-    off = prepare(d, dataclasses.replace(strict, quantise=False), images, val, gate)
-    assert off["int8_decision"] == {"kept": False, "reason": "serve.quantise is false"}
-    assert prepare(d, ServeConfig(), [], None, None)["int8_decision"]["kept"] is False
-
-
-def test_int8_chosen_on_val_and_refused_by_the_gate_set(exported_dir: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gate set only checks the choice made on val: its refusal ships fp32 and says why."""
-    from mmcore.serving import shipping
-
-    d = tmp_path / "model"
-    shutil.copytree(exported_dir, d)
-    recs = records(8, seed=2)
-    val, gate = (recs, np.zeros(8, int)), (recs[:4], np.zeros(4, int))
-    seen = []
-
-    def fake_quality(model_dir: Path, encoders: tuple, data: tuple, fp32: np.ndarray, cfg: ServeConfig) -> dict:
-        seen.append((encoders, len(data[1])))
-        passed = encoders == ("text",) and len(data[1]) == 8           # only text, only on val
-        return {"encoders": list(encoders), "records": len(data[1]), "passed": passed, "why": "" if passed else "no"}
-
-    monkeypatch.setattr(shipping, "quality", fake_quality)
-    images = [r["image"] for r in recs if r["image"] is not None]
-    decision = int8_decision(d, ServeConfig(), images, val, gate)
-    assert seen == [(("image", "text"), 8), (("text",), 8), (("text",), 4)]
-    assert not decision["kept"] and decision["encoders"] == [] and "not the gate set" in decision["reason"]
 
 
 def test_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:
