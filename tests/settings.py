@@ -22,6 +22,9 @@ SCENARIO = {
              "max_ece_classwise": 1.0, "max_latency_p95_ms": 60000},
     # a few dozen calib and gate-set records: abstention is checked, with room for that noise
     "selective": {"coverage_slack": 0.3, "max_automation_drop": 1.0},
+    # fp32 only: the loop's verdicts are what this checks; the int8 choice has its own tests (tests/unit/test_int8.py)
+    # and the end-to-end run keeps it on
+    "serve": {"quantise": False},
     "monitor": {"min_new_labels": 250, "min_live_labels": 30, "n_boot": 500, "settle_s": 60,
                 "reference_records": 300, "drift_records": 300},
 }
@@ -29,8 +32,7 @@ SCENARIO = {
 # The fault tests (tests/flows/test_profile_faults.py): the scenario's small model, fewer epochs, a short
 # bootstrap and behavioural suite, fp32 only (what they check is the state after a fault, not quality)
 FAULTS = {**SCENARIO, "train": {"epochs": 6, "patience": 6, "lr": 0.002},
-          "evaluate": {**SCENARIO["evaluate"], "n_boot": 300, "behaviour_records": 20},
-          "serve": {"quantise": False}}
+          "evaluate": {**SCENARIO["evaluate"], "n_boot": 300, "behaviour_records": 20}}
 
 # .env overrides of every profile a test starts (tests/flows/harness.py): a refused connection to the bucket
 # gives up after 2 s instead of 10, and a transient failure is retried after 4, 8 and 16 s instead of 10, 20
