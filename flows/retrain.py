@@ -48,6 +48,7 @@ from prefect.tasks import exponential_backoff
 from flows.publish import RUNS, notify, publish
 from mmcore.config import ParamsError, apply_overrides, check_overrides, load_yaml
 from mmcore.monitor.triggers import OperatorRetrain
+from mmcore.report import timings
 
 SLOT = "retrain"              # global concurrency limit, 1 slot: one retrain at a time
 STATE = RUNS / "last_batches.json"   # batches (and their _SUCCESS times) the last finished run saw
@@ -355,7 +356,9 @@ def retrain(landing: str | None = None, force: bool = False, overrides: dict[str
             run_stages(run)
         else:
             logger.info(f"no new batch in {where} since the last run: nothing to do")
-        run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        finished = datetime.now(timezone.utc)
+        run["finished"] = finished.isoformat(timespec="seconds")
+        run["timings"] = timings(run["stages"], (finished - start).total_seconds())   # run.json keeps them
         page = publish(run)
         if os.environ.get("PARCEL_PROFILE_DIR") and run["verdict"]["status"] != "failed":
             run["deployed"] = deploy_bento()   # a no-op while the champion's bento is the live one

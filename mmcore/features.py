@@ -26,8 +26,10 @@ from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.finetune import weights_tag
 from mmcore.model import Batch, ModelBundle
 from mmcore.progress import progress
-from mmcore.preprocess import (image_pixels, ngram_block, prepare_image, prepare_note, sensor_block,
-                              sensor_input)
+from mmcore.preprocess import (image_pixels, ngram_block, normalise_sensor, prepare_image, prepare_note,
+                              sensor_block, sensor_input)
+
+Sensors = tuple[np.ndarray, np.ndarray]   # `Featurizer.sensors`: raw traces (N,4,L), presence (N,)
 
 
 class EmbeddingCache:
@@ -240,7 +242,7 @@ class Featurizer:
                 txt[i], present[i, 1] = self.text_cache.mem[text_key(note)], 1
         return img, txt, present
 
-    def sensors(self, records: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    def sensors(self, records: list[dict[str, Any]]) -> Sensors:
         """(raw features (N,4,L), presence (N,)) before normalisation."""
         return sensor_block(records, self.cfg.sensor_length)
 
@@ -277,22 +279,30 @@ class Featurizer:
         """(N, text_ngram_buckets) character n-gram features of the notes; zeros where the note is missing."""
         return torch.from_numpy(ngram_block(records, self.cfg.text_ngram_buckets))
 
-    def _sensor_batch(self, records: list[dict[str, Any]], mean: np.ndarray,
-                      std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        sens, present = sensor_input(records, self.cfg.sensor_length, mean, std)
+    def _sensor_batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray,
+                      sensors: Sensors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sensors`: these records' `self.sensors(records)` where the caller has them (train_bundle,
+        for the statistics): resampling the traces is most of the cost of building a batch."""
+        if sensors is None:
+            sens, present = sensor_input(records, self.cfg.sensor_length, mean, std)
+        else:
+            raw, present = sensors
+            sens = normalise_sensor(raw, mean, std) * present[:, None, None]   # as sensor_input does
         return torch.from_numpy(sens), torch.from_numpy(present)
 
-    def batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray) -> Batch:
+    def batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray,
+              sensors: Sensors | None = None) -> Batch:
         """Frozen-encoder embeddings: the input of a FusionModel."""
         img, txt, present = self.embed(records)
-        sens, s_present = self._sensor_batch(records, mean, std)
+        sens, s_present = self._sensor_batch(records, mean, std, sensors)
         mask = torch.cat([torch.from_numpy(present), s_present[:, None]], dim=1)
         return Batch(torch.from_numpy(img), torch.from_numpy(txt), sens, mask, self.ngrams(records))
 
-    def raw_batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray) -> Batch:
+    def raw_batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray,
+                  sensors: Sensors | None = None) -> Batch:
         """Pixels and token ids: the input of a FinetuneModel (encoders in the loop)."""
         tokens = self.tokens(records)
-        sens, s_present = self._sensor_batch(records, mean, std)
+        sens, s_present = self._sensor_batch(records, mean, std, sensors)
         present = np.stack([[r.get("image") is not None for r in records], tokens[:, 1].any(1)], axis=1)
         mask = torch.cat([torch.from_numpy(present.astype(np.float32)), s_present[:, None]], dim=1)
         return Batch(torch.from_numpy(self.pixels(records)), torch.from_numpy(tokens), sens, mask,

@@ -43,7 +43,10 @@ class EncoderStack(nn.Module):
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (B,3,H,W) uint8, tokens (B,2,T) ids and attention mask -> (B,1280), (B,384)."""
-        return self.image(normalise_pixels(pixels)), self.text.encode_ids(tokens[:, 0], tokens[:, 1])
+        x = normalise_pixels(pixels)
+        if x.is_cuda:            # the layout fit gives the convolutions on CUDA (fit.channels_last_on_cuda)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.image(x), self.text.encode_ids(tokens[:, 0], tokens[:, 1])
 
 
 class FinetuneModel(nn.Module):

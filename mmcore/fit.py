@@ -13,6 +13,7 @@ import math
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class History:
     val_macro_f1: list[float] = field(default_factory=list)
     best_epoch: int = 0
     best_val_macro_f1: float = 0.0
+    epoch_s: list[float] = field(default_factory=list)   # wall seconds of each epoch, validation included
 
 
 STEPS_EVERY_S = 30.0   # optimiser steps within an epoch are reported only when it runs longer, this often
@@ -101,8 +103,9 @@ def restore_rng(saved: Any, seed: int, rank: int) -> None:
         seed_everything(seed + rank)
 
 
-def subset(batch: Batch, idx: torch.Tensor) -> Batch:
-    return Batch(*(t[idx] for t in dataclasses.astuple(batch)))
+def subset(batch: Batch, idx: torch.Tensor | slice) -> Batch:
+    """The rows `idx` of every tensor: a gather for an index tensor, a view (no copy) for a slice."""
+    return Batch(*(t[idx] for t in batch.tensors()))
 
 
 @torch.inference_mode()
@@ -111,8 +114,7 @@ def predict_logits(model: nn.Module, batch: Batch, chunk: int = 512) -> torch.Te
     device = next(model.parameters()).device
     batch, n = batch.to(device), batch.mask.shape[0]
     with autocast(device):
-        return torch.cat([model(subset(batch, torch.arange(i, min(i + chunk, n), device=device))).float()
-                          for i in range(0, n, chunk)])
+        return torch.cat([model(subset(batch, slice(i, i + chunk))).float() for i in range(0, n, chunk)])
 
 
 def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -185,7 +187,7 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
     rank, size = world()
     device = train_device()
     train, y, val = train.to(device), y.to(device), val.to(device)
-    model = build_model(mcfg, tcfg, num_classes).to(device)
+    model = channels_last_on_cuda(build_model(mcfg, tcfg, num_classes).to(device))
     seed_rank(tcfg.seed, rank)
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     opt = torch.optim.AdamW(param_groups(model, tcfg), weight_decay=tcfg.weight_decay)
@@ -214,12 +216,14 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
                       file=sys.stderr, flush=True)   # the stream of the epoch lines (mmcore.progress): in order
             break
         sampler.set_epoch(epoch)
+        began = time.perf_counter()
         losses = train_epoch(net, opt, sched, train, y, torch.tensor(list(sampler)), loss_fn, tcfg,
                              progress=shown, desc=f"{name} epoch {epoch}")
         f1 = macro_f1(yv.numpy(), predict_logits(model, val).argmax(1).cpu().numpy(), num_classes)
         hist.epoch.append(epoch)
         hist.train_loss.append(float(np.mean(losses)))
         hist.val_macro_f1.append(f1)
+        hist.epoch_s.append(time.perf_counter() - began)   # f1 came back to the CPU: the GPU's work is in it
         bar.set_postfix(loss=f"{hist.train_loss[-1]:.3f}", val_f1=f"{f1:.3f}")
         if f1 > hist.best_val_macro_f1:
             hist.best_val_macro_f1, hist.best_epoch, stale = f1, epoch, 0
@@ -234,7 +238,17 @@ def fit(train: Batch, y: torch.Tensor, val: Batch, yv: torch.Tensor, mcfg: Model
                                              "hist": dataclasses.asdict(hist), "best": best_state,
                                              "stale": stale, "epoch": epoch})
     model.load_state_dict(best_state)
-    return model.cpu().eval(), hist
+    return model.cpu().to(memory_format=torch.contiguous_format).eval(), hist
+
+
+def channels_last_on_cuda(model: nn.Module) -> nn.Module:
+    """On CUDA, 4-D (convolution) weights in channels-last layout, the one cuDNN's bf16 tensor-core
+    convolutions run in (EncoderStack feeds its pixels so): the image encoder, when fine-tuned, would
+    otherwise be converted around every convolution. The frozen head has no 4-D weight; CPU is left as is,
+    and `fit` hands back the usual layout."""
+    if next(model.parameters()).device.type != "cuda":
+        return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: Batch, y: torch.Tensor,
@@ -245,8 +259,8 @@ def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: B
     Each batch's mean loss is weighted by its share of its group's samples, so a group's gradient is
     that of the mean loss over the group's samples, whether the group (the last) or a batch is short."""
     net.train()
-    device, losses = y.device, []
-    batches = order.split(tcfg.batch_size)
+    losses: list[torch.Tensor] = []
+    batches = order.to(y.device).split(tcfg.batch_size)      # one transfer an epoch, not one a batch
     starts = range(0, len(batches), tcfg.accumulate)
     # silent unless the epoch runs long (real data): then a line every STEPS_EVERY_S
     for start in progress_bar(starts, desc=desc, unit="step", disable=not progress, leave=False,
@@ -254,13 +268,12 @@ def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, sched: Any, train: B
         group = batches[start:start + tcfg.accumulate]
         group_samples = sum(len(idx) for idx in group)
         for idx in group:
-            idx = idx.to(device)
-            with autocast(device):
+            with autocast(y.device):
                 loss = step_loss(net, subset(train, idx), y[idx], loss_fn, tcfg)
             (loss * (len(idx) / group_samples)).backward()
-            losses.append(loss.item())
+            losses.append(loss.detach())             # read once an epoch: .item() a step waits for the GPU
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return losses
+    return torch.stack(losses).tolist() if losses else []

@@ -35,8 +35,14 @@ class Batch:
     mask: torch.Tensor         # (B, 3) presence of image, text, sensor
     ngrams: torch.Tensor       # (B, K) hashed character n-grams of the note, K = text_ngram_buckets
 
-    def to(self, device: str | torch.device) -> "Batch":
-        return Batch(*(t.to(device) for t in dataclasses.astuple(self)))
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The fields in order, as they are (`dataclasses.astuple` deep-copies every tensor: a copy of
+        the whole training set for each batch `fit` sliced from it)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> "Batch":
+        """On `device`; a no-op on the device it is on. `non_blocking` overlaps a copy from pinned memory."""
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self.tensors()))
 
 
 class GatedFusion(nn.Module):

@@ -65,11 +65,20 @@ def verdict_section(verdict: dict[str, Any]) -> str:
             f'<ul id="verdict-reasons">{reasons}</ul></section>')
 
 
+def timings(stages: list[dict[str, Any]], run_s: float) -> dict[str, Any]:
+    """Seconds per stage, their total and the whole run's (stages, push and the checks around them), kept
+    in run.json: set side by side across reports/runs/*/run.json they show which stage slowed down."""
+    per = {s["stage"]: float(s.get("seconds", 0.0)) for s in stages}
+    return {"stages_s": per, "stages_total_s": round(sum(per.values()), 1), "run_s": round(run_s, 1)}
+
+
 def stages_section(run: dict[str, Any]) -> str:
     rows = [[s["stage"], "ran" if s.get("ran") else ("failed" if s.get("ok") is False else "up to date"),
              f"{s.get('seconds', 0):.1f}"] for s in run.get("stages", [])]
     if not rows:
         return "<h2>Stages</h2><p class='muted'>No stage ran in this run.</p>"
+    if t := run.get("timings"):
+        rows += [["total of the stages", "", f"{t['stages_total_s']:.1f}"], ["whole run", "", f"{t['run_s']:.1f}"]]
     return "<h2>Stages</h2>" + table(["stage", "outcome", "seconds"], rows)
 
 

@@ -40,10 +40,10 @@ def train_bundle(featurizer: Featurizer, train_recs: list[dict[str, Any]], train
 
     Frozen encoders train the head on cached embeddings; the other strategies feed decoded
     pixels and token ids, and the bundle carries the fine-tuned encoder weights."""
-    raw, present = featurizer.sensors(train_recs)
-    mean, std = sensor_stats(raw, present)
+    sensors = featurizer.sensors(train_recs)            # resampled once: for the statistics and the batch
+    mean, std = sensor_stats(*sensors)
     make = featurizer.batch if tcfg.strategy == "frozen" else featurizer.raw_batch
-    train, val = make(train_recs, mean, std), make(val_recs, mean, std)
+    train, val = make(train_recs, mean, std, sensors), make(val_recs, mean, std)
     y, yv = encode_labels(train_labels), encode_labels(val_labels)
     if tcfg.nproc > 1:
         from mmcore.distributed import fit_torchrun

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 def test_train_bench_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
-    args = ["--records", "60", "--epochs", "2", "--finetune-records", "12", "--finetune-strategy", "lora",
+    args = ["--records", "60", "--epochs", "2", "--full-records", "60", "--full-epochs", "2", "--finetune-records", "12", "--finetune-strategy", "lora",
             "--params", str(ROOT / "params.yaml"), "--out", str(out)]
     assert main(args) == 0
     figures = json.loads(out.read_text())
@@ -21,3 +21,8 @@ def test_train_bench_writes_its_figures(tmp_path: Path) -> None:
     assert figures["strategy"] == "frozen" and figures["finetune"]["strategy"] == "lora"
     assert figures["finetune"]["samples_per_s"] > 0 and figures["finetune"]["ratio"] > 0
     assert figures["inference"]["records_per_s_b1"] > 0 and figures["inference"]["records_per_s_b64"] > 0
+    assert figures["steady_samples_per_s"] > 0
+    full, on_gpu = figures["full_finetune"], figures["device"].startswith("NVIDIA")
+    assert figures["bf16_autocast"] is on_gpu and full["judged"] is on_gpu and full["goal_samples_per_s"] == 4000
+    assert full["strategy"] == "full" and (full["samples_per_s"] > 0 if on_gpu else "CUDA" in full["skipped"])
+    assert figures["peak_mem_kind"] == ("cuda allocated" if on_gpu else "process RSS")
