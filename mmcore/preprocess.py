@@ -99,10 +99,10 @@ def sensor_features(t_s: np.ndarray, channels: np.ndarray, length: int) -> np.nd
     grid = np.linspace(t[0], t[-1], length) if len(t) > 1 else np.full(length, t[0])
     out = np.stack([np.interp(grid, t, x[:, i]) for i in range(x.shape[1])])
     # Interpolation would smooth away short shock spikes: keep each bin's max instead.
-    edges = np.searchsorted(t, np.linspace(t[0], t[-1], length + 1)[1:-1])
-    shock_bins = np.split(x[:, SENSOR_CHANNELS.index("shock_g")], edges)
-    out[2] = [b.max() if len(b) else np.nan for b in shock_bins]
-    out[2] = np.where(np.isnan(out[2]), np.interp(grid, t, x[:, 2]), out[2])
+    shock = x[:, SENSOR_CHANNELS.index("shock_g")]
+    starts = np.concatenate([[0], np.searchsorted(t, np.linspace(t[0], t[-1], length + 1)[1:-1])])
+    empty = np.append(starts[1:], len(shock)) <= starts     # a bin with no sample keeps the interpolation
+    out[2] = np.where(empty, out[2], np.maximum.reduceat(shock, np.minimum(starts, len(shock) - 1)))
     out[2] = np.log1p(np.clip(out[2], 0, None))
     out[3] = np.log1p(np.clip(out[3], 0, None))
     return out.astype(np.float32)
