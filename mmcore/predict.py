@@ -63,5 +63,5 @@ def load_model(path: str | Path, cache_dir: Path | None = None, onnx_cache: Path
     encoders' ONNX export in `onnx_cache` (default `cache_dir`)."""
     bundle = ModelBundle.load(Path(path))
     feat = Featurizer.for_bundle(bundle, cache_dir=cache_dir, onnx_cache=onnx_cache,
-                                 graph_dirs=[Path(path) / "onnx" / "int8"])
+                                 graph_dirs=[Path(path) / "onnx" / "int8", Path(path) / "int8-graphs"])
     return Predictor(bundle, feat, Router.load(Path(path), bundle))

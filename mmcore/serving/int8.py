@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 INT8_DIR = "int8"
+CARRIED_DIR = "int8-graphs"      # in a model directory: the graphs it was trained on, as <sha256>.onnx
 ENCODERS = ("image", "text")
 
 
@@ -115,6 +116,16 @@ def find_graph(digest: str, folders: list[Path]) -> Path:
     raise FileNotFoundError(f"no int8 encoder graph with sha256 {digest[:12]}… in {[str(f) for f in folders]}: "
                             "the model was trained on it; train again on this cache, or package the model "
                             "(the package stage re-quantises a lost graph and checks its digest)")
+
+
+def carry_graphs(digests: dict[str, str], folders: list[Path], model_dir: Path) -> None:
+    """Copy the int8 graphs a model was trained on into its directory (`int8-graphs/<sha256>.onnx`), so the
+    registered version loads anywhere (MLflow's pyfunc, evaluate or package on a fresh cache) without
+    re-quantising: the graphs depend on the calibration images, which the registry does not hold."""
+    dst = Path(model_dir) / CARRIED_DIR
+    dst.mkdir(parents=True, exist_ok=True)
+    for digest in sorted(set(digests.values())):
+        shutil.copyfile(find_graph(digest, folders), dst / f"{digest}.onnx")
 
 
 def ship_graphs(digests: dict[str, str], folders: list[Path], dst: Path,

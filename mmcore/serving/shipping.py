@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmcore.serving.export import ONNX_DIR, export_model, write_runtime
-from mmcore.serving.int8 import INT8_DIR, DigestMismatch, int8_graphs, ship_graphs
+from mmcore.serving.int8 import CARRIED_DIR, INT8_DIR, DigestMismatch, int8_graphs, ship_graphs
 from mmcore.serving.runtime import OnnxPredictor
 
 PARITY_TOLERANCE = 1e-4
@@ -68,7 +68,10 @@ def ship_int8(model_dir: Path, digests: dict[str, str], cache_dir: Path | None,
         return [export / INT8_DIR]
 
     try:
-        return ship_graphs(digests, [export / INT8_DIR], Path(model_dir) / ONNX_DIR / INT8_DIR, requantise)
+        shipped = ship_graphs(digests, [export / INT8_DIR, Path(model_dir) / CARRIED_DIR],
+                              Path(model_dir) / ONNX_DIR / INT8_DIR, requantise)
+        shutil.rmtree(Path(model_dir) / CARRIED_DIR, ignore_errors=True)   # shipped as onnx/int8/: once is enough
+        return shipped
     except DigestMismatch as e:
         shutil.rmtree(Path(model_dir) / ONNX_DIR / INT8_DIR, ignore_errors=True)
         raise ShipRefused(str(e)) from None

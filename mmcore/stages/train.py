@@ -26,7 +26,7 @@ from mmcore.evaluate import model_probs
 from mmcore.model import MODALITIES, ModelBundle
 from mmcore.selective.calibrate import calibrate
 from mmcore.selective.router import Router
-from mmcore.serving.int8 import calibration_images
+from mmcore.serving.int8 import INT8_DIR, calibration_images, carry_graphs
 from mmcore.stages import int8_choice
 from mmcore.stages.common import data_version, split_records, write_json
 from mmcore.fit import History
@@ -178,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
         bundles[m], hists[m] = fit(m, chosen_feat, (m,))
         bundles[m].save(args.unimodal / m)
     bundles["fused"].save(args.out)
+    if decision["chosen"]:
+        from mmcore.serving.onnx_encoders import encoder_exports
+
+        carry_graphs(decision["sha256"], [encoder_exports(feat, feat.onnx_cache)[0] / INT8_DIR], args.out)
     write_json(args.out / int8_choice.DECISION_FILE, {**decision, "margins": int8_choice.margins(p)})
     calibration = calibrate_routing(args, p, chosen_feat, bundles)
     fallback = None

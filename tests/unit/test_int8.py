@@ -157,3 +157,27 @@ def test_a_lost_cache_is_requantised_to_the_same_bytes(quantised: tuple, tmp_pat
     d = int8_bundle(tmp_path / "model", digests)
     runtime = prepare(d, digests, lambda: images, cache)
     assert {e: sha256_file(d / "onnx" / f) for e, f in runtime["onnx_int8"].items()} == digests
+
+
+def test_a_model_directory_carries_its_graphs_to_a_fresh_cache(quantised: tuple, tmp_path: Path) -> None:
+    """The registered directory holds the graphs (the train stage carries them), so the pyfunc, evaluate
+    and package load it on a machine whose cache never quantised: same bytes, no re-quantising."""
+    from mmcore.predict import load_model
+    from mmcore.serving.int8 import CARRIED_DIR, carry_graphs
+
+    cache, digests, _ = quantised
+    d = int8_bundle(tmp_path / "model", digests)
+    carry_graphs(digests, [encoder_exports(Featurizer(PARAMS.model, cache_dir=cache, backend="onnx"), cache)[0]
+                           / INT8_DIR], d)
+    assert sorted(p.name for p in (d / CARRIED_DIR).iterdir()) == sorted(f"{x}.onnx" for x in digests.values())
+    recs = records(6, seed=8)
+    fresh = tmp_path / "fresh-cache"
+    here = load_model(d, cache_dir=cache).probabilities(recs)
+    assert np.abs(load_model(d, cache_dir=fresh).probabilities(recs) - here).max() < 1e-6
+
+    def no_requantising() -> list[bytes]:
+        raise AssertionError("the carried graphs should have been shipped")
+
+    runtime = prepare(d, digests, no_requantising, fresh)
+    assert {e: sha256_file(d / "onnx" / f) for e, f in runtime["onnx_int8"].items()} == digests
+    assert not (d / CARRIED_DIR).exists()       # shipped once, as onnx/int8/
