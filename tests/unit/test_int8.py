@@ -172,8 +172,10 @@ def test_a_model_directory_carries_its_graphs_to_a_fresh_cache(quantised: tuple,
     assert sorted(p.name for p in (d / CARRIED_DIR).iterdir()) == sorted(f"{x}.onnx" for x in digests.values())
     recs = records(6, seed=8)
     fresh = tmp_path / "fresh-cache"
-    here = load_model(d, cache_dir=cache).probabilities(recs)
-    assert np.abs(load_model(d, cache_dir=fresh).probabilities(recs) - here).max() < 1e-6
+    # no embedding cache on either side: the text encoder's dynamic int8 scales activations per batch, so an
+    # embedding cached from another batch differs by ~1e-3 (the served parity check compares equal batches)
+    here = load_model(d, onnx_cache=cache).probabilities(recs)
+    assert np.abs(load_model(d, onnx_cache=fresh).probabilities(recs) - here).max() < 1e-6
 
     def no_requantising() -> list[bytes]:
         raise AssertionError("the carried graphs should have been shipped")
