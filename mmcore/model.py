@@ -40,9 +40,9 @@ class Batch:
         the whole training set for each batch `fit` sliced from it)."""
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
-    def to(self, device: str | torch.device, non_blocking: bool = False) -> "Batch":
-        """On `device`; a no-op on the device it is on. `non_blocking` overlaps a copy from pinned memory."""
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self.tensors()))
+    def to(self, device: str | torch.device) -> "Batch":
+        """On `device`; a no-op on the device it is on."""
+        return Batch(*(t.to(device) for t in self.tensors()))
 
 
 class GatedFusion(nn.Module):
