@@ -26,8 +26,8 @@ from mmcore.encoders import IMAGE_DIM, TEXT_DIM, autocast, default_device
 from mmcore.finetune import weights_tag
 from mmcore.model import Batch, ModelBundle
 from mmcore.progress import progress
-from mmcore.preprocess import (image_pixels, ngram_block, normalise_sensor, prepare_image, prepare_note,
-                              sensor_block, sensor_input)
+from mmcore.preprocess import (image_pixels, ngram_block, normalised_block, prepare_image, prepare_note,
+                              sensor_block)
 
 Sensors = tuple[np.ndarray, np.ndarray]   # `Featurizer.sensors`: raw traces (N,4,L), presence (N,)
 
@@ -283,11 +283,7 @@ class Featurizer:
                       sensors: Sensors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`sensors`: these records' `self.sensors(records)` where the caller has them (train_bundle,
         for the statistics): resampling the traces is most of the cost of building a batch."""
-        if sensors is None:
-            sens, present = sensor_input(records, self.cfg.sensor_length, mean, std)
-        else:
-            raw, present = sensors
-            sens = normalise_sensor(raw, mean, std) * present[:, None, None]   # as sensor_input does
+        sens, present = normalised_block(sensors if sensors is not None else self.sensors(records), mean, std)
         return torch.from_numpy(sens), torch.from_numpy(present)
 
     def batch(self, records: list[dict[str, Any]], mean: np.ndarray, std: np.ndarray,

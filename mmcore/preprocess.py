@@ -135,7 +135,14 @@ def sensor_block(records: list[dict[str, Any]], length: int) -> tuple[np.ndarray
 def sensor_input(records: list[dict[str, Any]], length: int, mean: np.ndarray,
                  std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(normalised traces (N,4,L), zero where absent; presence (N,)): the model's sensor input."""
-    sens, present = sensor_block(records, length)
+    return normalised_block(sensor_block(records, length), mean, std)
+
+
+def normalised_block(block: tuple[np.ndarray, np.ndarray], mean: np.ndarray,
+                     std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`sensor_block`'s (raw traces, presence) normalised, zero where absent: for a caller that resampled
+    the traces already (training reuses them for the statistics)."""
+    sens, present = block
     return normalise_sensor(sens, mean, std) * present[:, None, None], present
 
 
